@@ -1,0 +1,19 @@
+//! What the Airlock daemons share.
+//!
+//! - [`runner`]: the vhost-user daemon runner (socket path, `--fd`, systemd
+//!   socket activation, `READY=1`, signals, serving one frontend after another);
+//! - [`listen`]: acquiring the listening socket those three ways;
+//! - [`logging`]: stderr/syslog logger with `--log-level` and rate limiting for
+//!   guest-triggerable paths;
+//! - [`audit`]: the JSON-lines audit log writer every daemon uses;
+//! - [`report`]: printing an error chain and mapping it to an exit code.
+
+pub mod audit;
+pub mod listen;
+pub mod logging;
+pub mod notify;
+pub mod report;
+pub mod runner;
+pub mod signals;
+pub mod sys;
+pub mod time;

@@ -1,0 +1,327 @@
+//! Where a vhost-user daemon gets its listening socket, per QEMU's
+//! "vhost-user backend program conventions": a path it creates
+//! (`--socket-path`), a socket it inherits (`--fd`, as libvirt passes), or a
+//! socket systemd passes by socket activation (`LISTEN_FDS`). Exactly one.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use crate::sys;
+
+/// First file descriptor systemd passes (`SD_LISTEN_FDS_START`).
+const LISTEN_FDS_START: RawFd = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("no socket to serve: give --socket-path PATH or --fd N, or start under systemd socket activation")]
+    NoSource,
+    #[error("{0} and systemd socket activation (LISTEN_FDS) both given: use one")]
+    Conflict(&'static str),
+    #[error("systemd passed {0} sockets; this daemon serves exactly one")]
+    TooManyActivated(usize),
+    #[error("invalid LISTEN_FDS value {0:?}")]
+    BadListenFds(String),
+    #[error("socket {0} is in use by a running process")]
+    InUse(PathBuf),
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("cannot remove stale socket {0}")]
+    RemoveStale(PathBuf, #[source] io::Error),
+    #[error("cannot bind socket {0}")]
+    Bind(PathBuf, #[source] io::Error),
+    #[error("cannot set permissions of socket {0}")]
+    Permissions(PathBuf, #[source] io::Error),
+    #[error("cannot resolve --socket-group {0:?}")]
+    Group(String, #[source] io::Error),
+    #[error("file descriptor {0} is not a usable socket")]
+    BadFd(RawFd, #[source] io::Error),
+    #[error("file descriptor {0} is not a listening Unix stream socket")]
+    NotListening(RawFd),
+}
+
+/// `--socket-path`, `--socket-group`, `--fd`: shared by every vhost-user daemon.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ListenArgs {
+    /// vhost-user socket to create and listen on. Created with mode 0600 (0660
+    /// with --socket-group); a stale socket left by a dead daemon is replaced,
+    /// one a live process listens on is an error.
+    #[arg(long, value_name = "PATH", conflicts_with = "fd")]
+    pub socket_path: Option<PathBuf>,
+
+    /// Group allowed to connect to --socket-path (name or number); the socket
+    /// becomes mode 0660 owned by that group.
+    #[arg(long, value_name = "GROUP", requires = "socket_path")]
+    pub socket_group: Option<String>,
+
+    /// Serve an already-listening Unix socket inherited as file descriptor N
+    /// (how libvirt starts the daemon).
+    #[arg(long, value_name = "N")]
+    pub fd: Option<RawFd>,
+}
+
+/// Where the listening socket came from (for messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Path(PathBuf),
+    Fd(RawFd),
+    SocketActivation(RawFd),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Path(p) => write!(f, "{}", p.display()),
+            Source::Fd(fd) => write!(f, "inherited fd {fd}"),
+            Source::SocketActivation(fd) => write!(f, "systemd socket fd {fd}"),
+        }
+    }
+}
+
+/// A listening socket ready to accept frontends. Removes the socket file on
+/// drop if it created it.
+#[derive(Debug)]
+pub struct BoundListener {
+    pub listener: UnixListener,
+    pub source: Source,
+    created: Option<PathBuf>,
+}
+
+impl BoundListener {
+    /// Path of the socket file this process created, if any.
+    pub fn created_path(&self) -> Option<&Path> {
+        self.created.as_deref()
+    }
+
+    /// Stops removing the socket file on drop (the caller took over).
+    pub fn keep_file(&mut self) -> Option<PathBuf> {
+        self.created.take()
+    }
+}
+
+impl Drop for BoundListener {
+    fn drop(&mut self) {
+        if let Some(p) = &self.created {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Reads systemd's socket-activation variables: `Some(fd)` if sockets were
+/// passed to this process.
+fn activated_fds() -> Result<Option<RawFd>, ListenError> {
+    let Ok(fds) = std::env::var("LISTEN_FDS") else {
+        return Ok(None);
+    };
+    // LISTEN_PID must name us; otherwise the variables were meant for a parent.
+    if let Ok(pid) = std::env::var("LISTEN_PID") {
+        if pid.parse::<u32>().ok() != Some(std::process::id()) {
+            return Ok(None);
+        }
+    }
+    let n: usize = fds
+        .parse()
+        .map_err(|_| ListenError::BadListenFds(fds.clone()))?;
+    // Children must not see them (sd_listen_fds(unset_environment=1)).
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_PID");
+    std::env::remove_var("LISTEN_FDNAMES");
+    match n {
+        0 => Ok(None),
+        1 => Ok(Some(LISTEN_FDS_START)),
+        n => Err(ListenError::TooManyActivated(n)),
+    }
+}
+
+/// Checks that `fd` is a listening `AF_UNIX` stream socket and takes it over.
+fn adopt_fd(fd: RawFd) -> Result<UnixListener, ListenError> {
+    let domain = sys::sockopt_int(fd, libc::SO_DOMAIN).map_err(|e| ListenError::BadFd(fd, e))?;
+    let ty = sys::sockopt_int(fd, libc::SO_TYPE).map_err(|e| ListenError::BadFd(fd, e))?;
+    let listening =
+        sys::sockopt_int(fd, libc::SO_ACCEPTCONN).map_err(|e| ListenError::BadFd(fd, e))?;
+    if domain != libc::AF_UNIX || ty != libc::SOCK_STREAM || listening == 0 {
+        return Err(ListenError::NotListening(fd));
+    }
+    sys::set_cloexec(fd, true).map_err(|e| ListenError::BadFd(fd, e))?;
+    // SAFETY: `fd` was checked above to be an open listening Unix stream socket;
+    // the command line / systemd handed its ownership to this process.
+    Ok(unsafe { UnixListener::from_raw_fd(fd) })
+}
+
+/// Binds `path` with mode 0600 (0660 and group `group` if given), replacing a
+/// stale socket file but never a live socket or a non-socket file. Used for
+/// the vhost-user socket and for control sockets alike.
+pub fn bind_path(path: &Path, group: Option<&str>) -> Result<UnixListener, ListenError> {
+    let gid = group
+        .map(|g| sys::resolve_group(g).map_err(|e| ListenError::Group(g.to_owned(), e)))
+        .transpose()?;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
+            Ok(_) => return Err(ListenError::InUse(path.to_owned())),
+            Err(_) => {
+                std::fs::remove_file(path)
+                    .map_err(|e| ListenError::RemoveStale(path.to_owned(), e))?;
+                log::info!("replaced stale socket {}", path.display());
+            }
+        },
+        Ok(_) => return Err(ListenError::NotASocket(path.to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ListenError::Bind(path.to_owned(), e)),
+    }
+    // The socket must never exist with wider permissions, even briefly: bind
+    // under a umask that leaves only the owner's bits. Startup is
+    // single-threaded, so changing the process umask here is race-free.
+    // SAFETY: umask has no memory-safety preconditions.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above; restores the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(|e| ListenError::Bind(path.to_owned(), e))?;
+    if let Some(gid) = gid {
+        let set = std::os::unix::fs::chown(path, None, Some(gid))
+            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)));
+        if let Err(e) = set {
+            let _ = std::fs::remove_file(path);
+            return Err(ListenError::Permissions(path.to_owned(), e));
+        }
+    }
+    Ok(listener)
+}
+
+impl ListenArgs {
+    /// Produces the listening socket from exactly one of the three sources.
+    pub fn bind(&self) -> Result<BoundListener, ListenError> {
+        let activated = activated_fds()?;
+        match (&self.socket_path, self.fd, activated) {
+            (Some(_), _, Some(_)) => Err(ListenError::Conflict("--socket-path")),
+            (_, Some(_), Some(_)) => Err(ListenError::Conflict("--fd")),
+            (Some(path), None, None) => {
+                let listener = bind_path(path, self.socket_group.as_deref())?;
+                Ok(BoundListener {
+                    listener,
+                    source: Source::Path(path.clone()),
+                    created: Some(path.clone()),
+                })
+            }
+            (None, Some(fd), None) => Ok(BoundListener {
+                listener: adopt_fd(fd)?,
+                source: Source::Fd(fd),
+                created: None,
+            }),
+            (None, None, Some(fd)) => Ok(BoundListener {
+                listener: adopt_fd(fd)?,
+                source: Source::SocketActivation(fd),
+                created: None,
+            }),
+            (None, None, None) => Err(ListenError::NoSource),
+            // clap rejects --socket-path together with --fd.
+            (Some(_), Some(_), None) => Err(ListenError::Conflict("--socket-path with --fd")),
+        }
+    }
+}
+
+impl AsRawFd for BoundListener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::IntoRawFd;
+
+    fn args(path: &Path) -> ListenArgs {
+        ListenArgs {
+            socket_path: Some(path.to_owned()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn creates_socket_owner_only_and_removes_it_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let bound = args(&path).bind().unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        drop(bound);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn socket_group_widens_to_0660() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.sock");
+        let mut a = args(&path);
+        a.socket_group = Some("0".into());
+        let _bound = a.bind().unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o660);
+        assert_eq!(meta.gid(), 0);
+    }
+
+    #[test]
+    fn stale_socket_is_replaced_live_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        // A socket file nobody listens on: bind, then close without unlinking.
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let live = args(&path).bind().unwrap();
+        let err = args(&path).bind().unwrap_err();
+        assert!(matches!(err, ListenError::InUse(_)), "{err}");
+        drop(live);
+    }
+
+    #[test]
+    fn regular_file_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        std::fs::write(&path, b"precious").unwrap();
+        let err = args(&path).bind().unwrap_err();
+        assert!(matches!(err, ListenError::NotASocket(_)), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn fd_must_be_a_listening_unix_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(dir.path().join("l.sock")).unwrap();
+        let fd = listener.into_raw_fd();
+        let a = ListenArgs {
+            fd: Some(fd),
+            ..Default::default()
+        };
+        let bound = a.bind().unwrap();
+        assert_eq!(bound.source, Source::Fd(fd));
+        assert!(bound.created_path().is_none());
+
+        let (s1, _s2) = UnixStream::pair().unwrap();
+        let a = ListenArgs {
+            fd: Some(s1.as_raw_fd()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            a.bind().unwrap_err(),
+            ListenError::NotListening(_)
+        ));
+        let a = ListenArgs {
+            fd: Some(9999),
+            ..Default::default()
+        };
+        assert!(matches!(a.bind().unwrap_err(), ListenError::BadFd(9999, _)));
+    }
+
+    #[test]
+    fn nothing_given_is_an_error() {
+        assert!(matches!(
+            ListenArgs::default().bind().unwrap_err(),
+            ListenError::NoSource
+        ));
+    }
+}

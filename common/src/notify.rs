@@ -1,0 +1,52 @@
+//! systemd readiness notification (`sd_notify(3)`), without libsystemd.
+
+use std::io;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+/// Sends `state` (e.g. `"READY=1"`) to `$NOTIFY_SOCKET` if it is set.
+/// Returns whether a notification was sent.
+pub fn notify(state: &str) -> io::Result<bool> {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(false);
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = if let Some(name) = path.strip_prefix('@') {
+        SocketAddr::from_abstract_name(name.as_bytes())?
+    } else {
+        SocketAddr::from_pathname(&path)?
+    };
+    let sock = UnixDatagram::unbound()?;
+    sock.send_to_addr(state.as_bytes(), &addr)?;
+    Ok(true)
+}
+
+/// Tells the service manager the daemon is ready, logging (not failing) if
+/// the notification socket cannot be reached.
+pub fn ready() {
+    match notify("READY=1") {
+        Ok(true) => log::debug!("sent READY=1 to $NOTIFY_SOCKET"),
+        Ok(false) => {}
+        Err(e) => log::warn!("cannot notify the service manager ($NOTIFY_SOCKET): {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_reaches_a_path_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        // The test owns this process's environment for NOTIFY_SOCKET only.
+        std::env::set_var("NOTIFY_SOCKET", &path);
+        assert!(notify("READY=1").unwrap());
+        std::env::remove_var("NOTIFY_SOCKET");
+        let mut buf = [0u8; 64];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+        assert!(!notify("READY=1").unwrap());
+    }
+}
