@@ -1,0 +1,275 @@
+//! The vhost-user-fs device: virtqueues in, FUSE server out.
+//!
+//! Queue 0 is the high-priority queue (FORGET, INTERRUPT), queue 1 the
+//! request queue. Each descriptor chain holds one FUSE request (readable
+//! part) and room for its reply (writable part); `fuse_backend_rs::Server`
+//! parses the request and calls [`AirlockFs`](crate::filesystem::AirlockFs).
+//!
+//! Requests are served on the vring worker thread, or, with
+//! `--thread-pool-size N`, handed to N worker threads so a slow request
+//! (fsync, a large read) doesn't hold up the queue.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use airlock_common::ratelimited;
+use airlock_common::runner::{GuestMemory, Session, Vring};
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringT};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
+use virtio_queue::{DescriptorChain, QueueOwnedT};
+use vm_memory::{GuestAddressSpace, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
+
+use crate::filesystem::AirlockFs;
+
+/// Event id of the high-priority queue.
+pub const HIPRIO_QUEUE_EVENT: u16 = 0;
+/// Event id of the request queue.
+pub const REQUEST_QUEUE_EVENT: u16 = 1;
+const NUM_QUEUES: usize = 2;
+/// Largest queue the device accepts (libvirt's default `queue='1024'`).
+pub const MAX_QUEUE_SIZE: usize = 1024;
+
+type Chain = DescriptorChain<GuestMemoryLoadGuard<GuestMemoryMmap<()>>>;
+type FuseServer = Server<Arc<AirlockFs>>;
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Fixed set of threads serving requests off the vring worker.
+struct Pool {
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Pool {
+    fn new(size: usize) -> io::Result<Pool> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::with_capacity(size);
+        for i in 0..size {
+            let rx = rx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("fs-pool-{i}"))
+                    .spawn(move || loop {
+                        let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                            Ok(job) => job,
+                            Err(_) => return,
+                        };
+                        job();
+                    })?,
+            );
+        }
+        Ok(Pool {
+            tx: Mutex::new(Some(tx)),
+            threads: Mutex::new(threads),
+        })
+    }
+
+    fn spawn(&self, job: Job) {
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = tx.send(job);
+        }
+    }
+
+    /// Lets queued jobs finish, then joins the threads.
+    fn shutdown(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        for t in self
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One frontend connection's virtio-fs device.
+pub struct FsSession {
+    server: Arc<FuseServer>,
+    mem: RwLock<Option<GuestMemory>>,
+    event_idx: AtomicBool,
+    pool: Option<Pool>,
+}
+
+impl FsSession {
+    pub fn new(fs: AirlockFs, thread_pool_size: usize) -> io::Result<Self> {
+        let pool = if thread_pool_size > 0 {
+            Some(Pool::new(thread_pool_size)?)
+        } else {
+            None
+        };
+        Ok(FsSession {
+            server: Arc::new(Server::new(Arc::new(fs))),
+            mem: RwLock::new(None),
+            event_idx: AtomicBool::new(false),
+            pool,
+        })
+    }
+
+    /// Serves one FUSE request and returns its descriptor to the guest.
+    /// A malformed request is answered with an empty used element (the
+    /// guest's request fails) and a rate-limited log line; never a panic.
+    fn serve(server: &FuseServer, vring: &Vring, chain: Chain) {
+        let head = chain.head_index();
+        let mem = chain.memory();
+        let reply_len = match (
+            Reader::from_descriptor_chain(mem, chain.clone()),
+            VirtioFsWriter::new(mem, chain.clone()),
+        ) {
+            (Ok(reader), Ok(writer)) => {
+                match server.handle_message(reader, writer.into(), None, None) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        ratelimited!(
+                            log::Level::Warn,
+                            "cannot handle FUSE request from the guest: {e}"
+                        );
+                        0
+                    }
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                ratelimited!(
+                    log::Level::Warn,
+                    "malformed descriptor chain from the guest: {e}"
+                );
+                0
+            }
+        };
+        if let Err(e) = vring.add_used(head, reply_len as u32) {
+            ratelimited!(
+                log::Level::Warn,
+                "cannot return descriptor {head} to the guest: {e}"
+            );
+        }
+        match vring.needs_notification() {
+            Ok(true) => {
+                if let Err(e) = vring.signal_used_queue() {
+                    ratelimited!(log::Level::Warn, "cannot notify the guest: {e}");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => ratelimited!(log::Level::Warn, "cannot read the guest's event index: {e}"),
+        }
+    }
+
+    /// Takes every available chain off the queue under one lock.
+    fn available_chains(vring: &Vring, mem: &GuestMemory) -> Vec<Chain> {
+        let mut state = vring.get_mut();
+        match state.get_queue_mut().iter(mem.memory()) {
+            Ok(iter) => iter.collect(),
+            Err(e) => {
+                ratelimited!(log::Level::Warn, "guest queue is in an invalid state: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    fn process_queue(&self, vring: &Vring) -> io::Result<()> {
+        let Some(mem) = self.mem.read().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return Ok(());
+        };
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        loop {
+            if event_idx {
+                vring.disable_notification().map_err(io::Error::other)?;
+            }
+            for chain in Self::available_chains(vring, &mem) {
+                match &self.pool {
+                    None => Self::serve(&self.server, vring, chain),
+                    Some(pool) => {
+                        let server = self.server.clone();
+                        let vring = vring.clone();
+                        pool.spawn(Box::new(move || Self::serve(&server, &vring, chain)));
+                    }
+                }
+            }
+            // With EVENT_IDX, re-enable notifications and go round again if
+            // the guest added buffers meanwhile (otherwise they'd be missed).
+            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl VhostUserBackend for FsSession {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
+        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        airlock_common::runner::exit_event()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Vring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Err(io::Error::other(format!("unexpected event set {evset:?}")));
+        }
+        match device_event {
+            HIPRIO_QUEUE_EVENT | REQUEST_QUEUE_EVENT => {
+                let vring = vrings
+                    .get(usize::from(device_event))
+                    .ok_or_else(|| io::Error::other("queue event without a vring"))?;
+                self.process_queue(vring)
+            }
+            other => Err(io::Error::other(format!("unknown device event {other}"))),
+        }
+    }
+}
+
+impl Session for FsSession {
+    fn detach(&self) {
+        if let Some(pool) = &self.pool {
+            pool.shutdown();
+        }
+        self.mem.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}

@@ -1,0 +1,1150 @@
+//! `AirlockFs`: fuse-backend-rs' `PassthroughFs` with what Airlock adds at the
+//! `FileSystem` boundary — transport-free, so all of it is unit-tested
+//! without a VM:
+//!
+//! - **read-only shares**: every mutating request fails with `EROFS`;
+//! - **id translation** (`--translate-uid/--translate-gid`): caller ids and
+//!   new owners go guest → host, returned attributes go host → guest;
+//! - **device nodes**: the guest may not create character or block devices
+//!   on the host (`EPERM`); opening special files is already refused by
+//!   `PassthroughFs` (CVE-2020-35517);
+//! - **submounts** (`--announce-submounts`): entries on a different device
+//!   than their parent carry `FUSE_ATTR_SUBMOUNT`;
+//! - **audit log**: one JSON line per mutating operation.
+//!
+//! Path confinement itself comes from `PassthroughFs`: every lookup is an
+//! `openat(parent_fd, name, O_PATH | O_NOFOLLOW)` of a single component
+//! (names with `/` are rejected, `..` at the root resolves to the root), so
+//! the host never follows a guest-made symlink.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_common::audit::AuditLog;
+use fuse_backend_rs::abi::fuse_abi::{
+    stat64, statvfs64, CreateIn, FsOptions, OpenOptions, SetattrValid, ATTR_SUBMOUNT,
+};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileLock, FileSystem, GetxattrReply, IoctlData, ListxattrReply,
+    ZeroCopyReader, ZeroCopyWriter,
+};
+use fuse_backend_rs::passthrough::PassthroughFs;
+use serde_json::{json, Map, Value};
+
+use crate::idmap::{IdMap, ToHost};
+
+type Inode = u64;
+type Handle = u64;
+
+/// What `AirlockFs` adds over the passthrough file system.
+pub struct Policy {
+    pub readonly: bool,
+    pub uid_map: IdMap,
+    pub gid_map: IdMap,
+    pub announce_submounts: bool,
+    pub audit: Option<Arc<AuditLog>>,
+}
+
+pub struct AirlockFs {
+    inner: PassthroughFs<()>,
+    policy: Policy,
+    /// The shared directory as /proc shows it, to make audit paths relative.
+    share_root: PathBuf,
+}
+
+fn err<T>(errno: i32) -> io::Result<T> {
+    Err(io::Error::from_raw_os_error(errno))
+}
+
+/// Access mode bits and flags that make an open modify the file.
+fn open_writes(flags: u32) -> bool {
+    let flags = flags as i32;
+    (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+/// Errno names for audit records.
+fn errno_name(e: &io::Error) -> String {
+    let name = match e.raw_os_error() {
+        Some(libc::EPERM) => "EPERM",
+        Some(libc::ENOENT) => "ENOENT",
+        Some(libc::EIO) => "EIO",
+        Some(libc::EBADF) => "EBADF",
+        Some(libc::EACCES) => "EACCES",
+        Some(libc::EEXIST) => "EEXIST",
+        Some(libc::EXDEV) => "EXDEV",
+        Some(libc::ENOTDIR) => "ENOTDIR",
+        Some(libc::EISDIR) => "EISDIR",
+        Some(libc::EINVAL) => "EINVAL",
+        Some(libc::ENOSPC) => "ENOSPC",
+        Some(libc::EROFS) => "EROFS",
+        Some(libc::EMLINK) => "EMLINK",
+        Some(libc::ENAMETOOLONG) => "ENAMETOOLONG",
+        Some(libc::ENOTEMPTY) => "ENOTEMPTY",
+        Some(libc::ELOOP) => "ELOOP",
+        Some(libc::ENOSYS) => "ENOSYS",
+        Some(libc::ENODATA) => "ENODATA",
+        Some(libc::ENOTSUP) => "ENOTSUP",
+        Some(libc::EDQUOT) => "EDQUOT",
+        Some(n) => return format!("errno {n}"),
+        None => return e.to_string(),
+    };
+    name.to_owned()
+}
+
+/// Bytes as text for the audit log: UTF-8 kept, other bytes as `\xNN`.
+fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    let mut rest = bytes;
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(s) => {
+                out.push_str(s);
+                return out;
+            }
+            Err(e) => {
+                let (good, bad) = rest.split_at(e.valid_up_to());
+                // `good` is valid UTF-8 up to `valid_up_to`, so this never falls back.
+                out.push_str(std::str::from_utf8(good).unwrap_or_default());
+                let n = e.error_len().unwrap_or(bad.len()).max(1);
+                for b in &bad[..n] {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+                rest = &bad[n..];
+            }
+        }
+    }
+}
+
+impl AirlockFs {
+    /// Wraps `inner`, which serves `share_root`.
+    pub fn new(inner: PassthroughFs<()>, share_root: &Path, policy: Policy) -> Self {
+        AirlockFs {
+            inner,
+            policy,
+            share_root: share_root.to_owned(),
+        }
+    }
+
+    fn check_writable(&self) -> io::Result<()> {
+        if self.policy.readonly {
+            return err(libc::EROFS);
+        }
+        Ok(())
+    }
+
+    fn host_uid(&self, uid: u32) -> io::Result<u32> {
+        match self.policy.uid_map.to_host(uid) {
+            ToHost::Id(id) => Ok(id),
+            ToHost::Forbidden => err(libc::EPERM),
+        }
+    }
+
+    fn host_gid(&self, gid: u32) -> io::Result<u32> {
+        match self.policy.gid_map.to_host(gid) {
+            ToHost::Id(id) => Ok(id),
+            ToHost::Forbidden => err(libc::EPERM),
+        }
+    }
+
+    /// The caller's context with its ids translated to the host's.
+    fn host_ctx(&self, ctx: &Context) -> io::Result<Context> {
+        let mut out = *ctx;
+        out.uid = self.host_uid(ctx.uid)?;
+        out.gid = self.host_gid(ctx.gid)?;
+        Ok(out)
+    }
+
+    fn guest_stat(&self, mut st: stat64) -> stat64 {
+        st.st_uid = self.policy.uid_map.to_guest(st.st_uid);
+        st.st_gid = self.policy.gid_map.to_guest(st.st_gid);
+        st
+    }
+
+    fn guest_entry(&self, mut e: Entry) -> Entry {
+        e.attr = self.guest_stat(e.attr);
+        e
+    }
+
+    /// Marks `e` as a submount if it lives on another device than `parent_dev`.
+    fn mark_submount(&self, e: &mut Entry, parent_dev: Option<u64>) {
+        if let Some(dev) = parent_dev {
+            if e.inode != 0
+                && e.attr.st_dev != dev
+                && (e.attr.st_mode & libc::S_IFMT) == libc::S_IFDIR
+            {
+                e.attr_flags |= ATTR_SUBMOUNT;
+            }
+        }
+    }
+
+    fn parent_dev(&self, ctx: &Context, parent: Inode) -> Option<u64> {
+        if !self.policy.announce_submounts {
+            return None;
+        }
+        self.inner
+            .getattr(ctx, parent, None)
+            .ok()
+            .map(|(st, _)| st.st_dev)
+    }
+
+    /// Path of `inode` relative to the share, for audit records.
+    fn path_of(&self, inode: Inode) -> String {
+        match self.inner.readlinkat_proc_file(inode) {
+            Ok(p) => match p.strip_prefix(&self.share_root) {
+                Ok(rel) if rel.as_os_str().is_empty() => ".".to_owned(),
+                Ok(rel) => escape_bytes(rel.as_os_str().as_bytes()),
+                Err(_) => escape_bytes(p.as_os_str().as_bytes()),
+            },
+            Err(_) => format!("<inode {inode}>"),
+        }
+    }
+
+    fn child_path(&self, parent: Inode, name: &CStr) -> String {
+        let dir = self.path_of(parent);
+        let name = escape_bytes(name.to_bytes());
+        if dir == "." {
+            name
+        } else {
+            format!("{dir}/{name}")
+        }
+    }
+
+    /// Writes one audit record if auditing is on. `fields` builds the
+    /// op-specific fields lazily so a share without audit pays nothing.
+    fn audit<T>(
+        &self,
+        ctx: &Context,
+        op: &str,
+        result: &io::Result<T>,
+        fields: impl FnOnce() -> Map<String, Value>,
+    ) {
+        let Some(log) = &self.policy.audit else {
+            return;
+        };
+        let mut rec = Map::new();
+        rec.insert("op".into(), json!(op));
+        rec.extend(fields());
+        rec.insert("uid".into(), json!(ctx.uid));
+        rec.insert("gid".into(), json!(ctx.gid));
+        rec.insert("pid".into(), json!(ctx.pid));
+        let outcome = match result {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => errno_name(e),
+        };
+        rec.insert("result".into(), json!(outcome));
+        log.record(Value::Object(rec));
+    }
+}
+
+fn fields(pairs: &[(&str, Value)]) -> Map<String, Value> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+fn octal(mode: u32) -> String {
+    format!("{:04o}", mode & 0o7777)
+}
+
+impl FileSystem for AirlockFs {
+    type Inode = Inode;
+    type Handle = Handle;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        let mut opts = self.inner.init(capable)?;
+        // There is no DAX window (no shared cache region is set up), so
+        // per-file DAX must not be offered.
+        opts.remove(FsOptions::PERFILE_DAX);
+        if self.policy.readonly {
+            // Nothing will be written back; don't let the guest batch writes.
+            opts.remove(FsOptions::WRITEBACK_CACHE);
+        }
+        if self.policy.announce_submounts {
+            if capable.contains(FsOptions::SUBMOUNTS) {
+                opts |= FsOptions::SUBMOUNTS;
+            } else {
+                log::warn!("--announce-submounts: the guest kernel does not support submounts");
+            }
+        }
+        Ok(opts)
+    }
+
+    fn destroy(&self) {
+        self.inner.destroy()
+    }
+
+    fn lookup(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
+        let mut e = self.inner.lookup(ctx, parent, name)?;
+        let dev = self.parent_dev(ctx, parent);
+        self.mark_submount(&mut e, dev);
+        Ok(self.guest_entry(e))
+    }
+
+    fn forget(&self, ctx: &Context, inode: Inode, count: u64) {
+        self.inner.forget(ctx, inode, count)
+    }
+
+    fn batch_forget(&self, ctx: &Context, requests: Vec<(Inode, u64)>) {
+        self.inner.batch_forget(ctx, requests)
+    }
+
+    fn getattr(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Option<Handle>,
+    ) -> io::Result<(stat64, Duration)> {
+        let (st, t) = self.inner.getattr(ctx, inode, handle)?;
+        Ok((self.guest_stat(st), t))
+    }
+
+    fn setattr(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        attr: stat64,
+        handle: Option<Handle>,
+        valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        let res = (|| {
+            self.check_writable()?;
+            let hctx = self.host_ctx(ctx)?;
+            let mut host_attr = attr;
+            if valid.contains(SetattrValid::UID) {
+                host_attr.st_uid = self.host_uid(attr.st_uid)?;
+            }
+            if valid.contains(SetattrValid::GID) {
+                host_attr.st_gid = self.host_gid(attr.st_gid)?;
+            }
+            let (st, t) = self.inner.setattr(&hctx, inode, host_attr, handle, valid)?;
+            Ok((self.guest_stat(st), t))
+        })();
+        self.audit(ctx, "setattr", &res, || {
+            let mut f = fields(&[("path", json!(self.path_of(inode)))]);
+            if valid.contains(SetattrValid::MODE) {
+                f.insert("mode".into(), json!(octal(attr.st_mode)));
+            }
+            if valid.contains(SetattrValid::UID) {
+                f.insert("owner_uid".into(), json!(attr.st_uid));
+            }
+            if valid.contains(SetattrValid::GID) {
+                f.insert("owner_gid".into(), json!(attr.st_gid));
+            }
+            if valid.contains(SetattrValid::SIZE) {
+                f.insert("size".into(), json!(attr.st_size));
+            }
+            if valid.intersects(SetattrValid::ATIME | SetattrValid::ATIME_NOW) {
+                f.insert("atime".into(), json!(true));
+            }
+            if valid.intersects(SetattrValid::MTIME | SetattrValid::MTIME_NOW) {
+                f.insert("mtime".into(), json!(true));
+            }
+            f
+        });
+        res
+    }
+
+    fn readlink(&self, ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
+        self.inner.readlink(ctx, inode)
+    }
+
+    fn symlink(
+        &self,
+        ctx: &Context,
+        linkname: &CStr,
+        parent: Inode,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        let res = (|| {
+            self.check_writable()?;
+            let hctx = self.host_ctx(ctx)?;
+            Ok(self.guest_entry(self.inner.symlink(&hctx, linkname, parent, name)?))
+        })();
+        self.audit(ctx, "symlink", &res, || {
+            fields(&[
+                ("path", json!(self.child_path(parent, name))),
+                ("target", json!(escape_bytes(linkname.to_bytes()))),
+            ])
+        });
+        res
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: Inode,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        let res = (|| {
+            self.check_writable()?;
+            // A device node on the host is a way out of the share (for
+            // anyone on the host who opens it): refuse to create one.
+            let kind = mode & libc::S_IFMT;
+            if kind == libc::S_IFCHR || kind == libc::S_IFBLK {
+                return err(libc::EPERM);
+            }
+            let hctx = self.host_ctx(ctx)?;
+            Ok(self.guest_entry(self.inner.mknod(&hctx, parent, name, mode, rdev, umask)?))
+        })();
+        self.audit(ctx, "mknod", &res, || {
+            fields(&[
+                ("path", json!(self.child_path(parent, name))),
+                ("mode", json!(octal(mode))),
+                ("type", json!(format!("{:o}", (mode & libc::S_IFMT) >> 12))),
+            ])
+        });
+        res
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: Inode,
+        name: &CStr,
+        mode: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        let res = (|| {
+            self.check_writable()?;
+            let hctx = self.host_ctx(ctx)?;
+            Ok(self.guest_entry(self.inner.mkdir(&hctx, parent, name, mode, umask)?))
+        })();
+        self.audit(ctx, "mkdir", &res, || {
+            fields(&[
+                ("path", json!(self.child_path(parent, name))),
+                ("mode", json!(octal(mode & !umask))),
+            ])
+        });
+        res
+    }
+
+    fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
+        // Resolve the path before the entry disappears.
+        let path = self
+            .policy
+            .audit
+            .as_ref()
+            .map(|_| self.child_path(parent, name));
+        let res = self
+            .check_writable()
+            .and_then(|()| self.inner.unlink(&self.host_ctx(ctx)?, parent, name));
+        self.audit(ctx, "unlink", &res, || fields(&[("path", json!(path))]));
+        res
+    }
+
+    fn rmdir(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
+        let path = self
+            .policy
+            .audit
+            .as_ref()
+            .map(|_| self.child_path(parent, name));
+        let res = self
+            .check_writable()
+            .and_then(|()| self.inner.rmdir(&self.host_ctx(ctx)?, parent, name));
+        self.audit(ctx, "rmdir", &res, || fields(&[("path", json!(path))]));
+        res
+    }
+
+    fn rename(
+        &self,
+        ctx: &Context,
+        olddir: Inode,
+        oldname: &CStr,
+        newdir: Inode,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        let paths = self.policy.audit.as_ref().map(|_| {
+            (
+                self.child_path(olddir, oldname),
+                self.child_path(newdir, newname),
+            )
+        });
+        let res = self.check_writable().and_then(|()| {
+            self.inner.rename(
+                &self.host_ctx(ctx)?,
+                olddir,
+                oldname,
+                newdir,
+                newname,
+                flags,
+            )
+        });
+        self.audit(ctx, "rename", &res, || {
+            let (from, to) = paths.unwrap_or_default();
+            let mut f = fields(&[("path", json!(from)), ("to", json!(to))]);
+            if flags != 0 {
+                f.insert("flags".into(), json!(flags));
+            }
+            f
+        });
+        res
+    }
+
+    fn link(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        newparent: Inode,
+        newname: &CStr,
+    ) -> io::Result<Entry> {
+        let res = (|| {
+            self.check_writable()?;
+            let hctx = self.host_ctx(ctx)?;
+            Ok(self.guest_entry(self.inner.link(&hctx, inode, newparent, newname)?))
+        })();
+        self.audit(ctx, "link", &res, || {
+            fields(&[
+                ("path", json!(self.child_path(newparent, newname))),
+                ("target", json!(self.path_of(inode))),
+            ])
+        });
+        res
+    }
+
+    fn open(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<(Option<Handle>, OpenOptions, Option<u32>)> {
+        if !open_writes(flags) {
+            return self.inner.open(ctx, inode, flags, fuse_flags);
+        }
+        let res = self.check_writable().and_then(|()| {
+            self.inner
+                .open(&self.host_ctx(ctx)?, inode, flags, fuse_flags)
+        });
+        self.audit(ctx, "open", &res, || {
+            let mode = if flags as i32 & libc::O_TRUNC != 0 {
+                "write,truncate"
+            } else {
+                "write"
+            };
+            fields(&[
+                ("path", json!(self.path_of(inode))),
+                ("access", json!(mode)),
+            ])
+        });
+        res
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: Inode,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<Handle>, OpenOptions, Option<u32>)> {
+        let res = (|| {
+            self.check_writable()?;
+            let hctx = self.host_ctx(ctx)?;
+            let (e, h, o, p) = self.inner.create(&hctx, parent, name, args)?;
+            Ok((self.guest_entry(e), h, o, p))
+        })();
+        self.audit(ctx, "create", &res, || {
+            fields(&[
+                ("path", json!(self.child_path(parent, name))),
+                ("mode", json!(octal(args.mode & !args.umask))),
+            ])
+        });
+        res
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn read(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        flags: u32,
+    ) -> io::Result<usize> {
+        self.inner
+            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        delayed_write: bool,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<usize> {
+        // A read-only share never hands out a writable handle; this guards
+        // a guest that forges a write on a read handle.
+        self.check_writable()?;
+        self.inner.write(
+            &self.host_ctx(ctx)?,
+            inode,
+            handle,
+            r,
+            size,
+            offset,
+            lock_owner,
+            delayed_write,
+            flags,
+            fuse_flags,
+        )
+    }
+
+    fn flush(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        lock_owner: u64,
+    ) -> io::Result<()> {
+        self.inner.flush(ctx, inode, handle, lock_owner)
+    }
+
+    fn fsync(&self, ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()> {
+        self.inner.fsync(ctx, inode, datasync, handle)
+    }
+
+    fn fallocate(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        self.check_writable()?;
+        self.inner
+            .fallocate(ctx, inode, handle, mode, offset, length)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn release(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        flags: u32,
+        handle: Handle,
+        flush: bool,
+        flock_release: bool,
+        lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        self.inner
+            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+    }
+
+    fn statfs(&self, ctx: &Context, inode: Inode) -> io::Result<statvfs64> {
+        let mut st = self.inner.statfs(ctx, inode)?;
+        if self.policy.readonly {
+            st.f_flag |= libc::ST_RDONLY;
+        }
+        Ok(st)
+    }
+
+    fn setxattr(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        let res = self.check_writable().and_then(|()| {
+            self.inner
+                .setxattr(&self.host_ctx(ctx)?, inode, name, value, flags)
+        });
+        self.audit(ctx, "setxattr", &res, || {
+            fields(&[
+                ("path", json!(self.path_of(inode))),
+                ("name", json!(escape_bytes(name.to_bytes()))),
+                ("size", json!(value.len())),
+            ])
+        });
+        res
+    }
+
+    fn getxattr(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        self.inner.getxattr(ctx, inode, name, size)
+    }
+
+    fn listxattr(&self, ctx: &Context, inode: Inode, size: u32) -> io::Result<ListxattrReply> {
+        self.inner.listxattr(ctx, inode, size)
+    }
+
+    fn removexattr(&self, ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
+        let res = self
+            .check_writable()
+            .and_then(|()| self.inner.removexattr(&self.host_ctx(ctx)?, inode, name));
+        self.audit(ctx, "removexattr", &res, || {
+            fields(&[
+                ("path", json!(self.path_of(inode))),
+                ("name", json!(escape_bytes(name.to_bytes()))),
+            ])
+        });
+        res
+    }
+
+    fn opendir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        flags: u32,
+    ) -> io::Result<(Option<Handle>, OpenOptions)> {
+        self.inner.opendir(ctx, inode, flags)
+    }
+
+    fn readdir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.inner
+            .readdir(ctx, inode, handle, size, offset, add_entry)
+    }
+
+    fn readdirplus(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let dev = self.parent_dev(ctx, inode);
+        self.inner
+            .readdirplus(ctx, inode, handle, size, offset, &mut |d, mut e| {
+                self.mark_submount(&mut e, dev);
+                add_entry(d, self.guest_entry(e))
+            })
+    }
+
+    fn fsyncdir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        datasync: bool,
+        handle: Handle,
+    ) -> io::Result<()> {
+        self.inner.fsyncdir(ctx, inode, datasync, handle)
+    }
+
+    fn releasedir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        flags: u32,
+        handle: Handle,
+    ) -> io::Result<()> {
+        self.inner.releasedir(ctx, inode, flags, handle)
+    }
+
+    fn access(&self, ctx: &Context, inode: Inode, mask: u32) -> io::Result<()> {
+        if self.policy.readonly && mask & (libc::W_OK as u32) != 0 {
+            return err(libc::EROFS);
+        }
+        self.inner.access(&self.host_ctx(ctx)?, inode, mask)
+    }
+
+    fn lseek(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        self.inner.lseek(ctx, inode, handle, offset, whence)
+    }
+
+    fn getlk(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        owner: u64,
+        lock: FileLock,
+        flags: u32,
+    ) -> io::Result<FileLock> {
+        self.inner.getlk(ctx, inode, handle, owner, lock, flags)
+    }
+
+    fn setlk(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        owner: u64,
+        lock: FileLock,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.inner.setlk(ctx, inode, handle, owner, lock, flags)
+    }
+
+    fn setlkw(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        owner: u64,
+        lock: FileLock,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.inner.setlkw(ctx, inode, handle, owner, lock, flags)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        flags: u32,
+        cmd: u32,
+        data: IoctlData,
+        out_size: u32,
+    ) -> io::Result<IoctlData<'_>> {
+        self.inner
+            .ioctl(ctx, inode, handle, flags, cmd, data, out_size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idmap::Rule;
+    use fuse_backend_rs::api::filesystem::ROOT_ID;
+    use fuse_backend_rs::passthrough::Config as PassthroughConfig;
+    use std::ffi::CString;
+    use std::os::unix::fs::MetadataExt;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        fs: AirlockFs,
+        audit_path: std::path::PathBuf,
+    }
+
+    fn fixture(readonly: bool, uid_rules: &[&str]) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let share = dir.path().join("share");
+        std::fs::create_dir(&share).unwrap();
+        let share = std::fs::canonicalize(&share).unwrap();
+        let audit_path = dir.path().join("audit.jsonl");
+        let inner = PassthroughFs::new(PassthroughConfig {
+            root_dir: share.to_string_lossy().into_owned(),
+            xattr: true,
+            do_import: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let rules: Vec<Rule> = uid_rules.iter().map(|r| r.parse().unwrap()).collect();
+        let fs = AirlockFs::new(
+            inner,
+            &share,
+            Policy {
+                readonly,
+                uid_map: IdMap::new(&rules).unwrap(),
+                gid_map: IdMap::default(),
+                announce_submounts: false,
+                audit: Some(Arc::new(AuditLog::open(&audit_path).unwrap())),
+            },
+        );
+        fs.init(FsOptions::empty()).unwrap();
+        Fixture {
+            dir,
+            fs,
+            audit_path,
+        }
+    }
+
+    impl Fixture {
+        fn share(&self) -> std::path::PathBuf {
+            self.dir.path().join("share")
+        }
+
+        fn audit(&self) -> Vec<Value> {
+            std::fs::read_to_string(&self.audit_path)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+    }
+
+    fn c(s: &str) -> CString {
+        CString::new(s).unwrap()
+    }
+
+    fn errno<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
+        r.unwrap_err().raw_os_error().unwrap()
+    }
+
+    fn create_args(mode: u32) -> CreateIn {
+        CreateIn {
+            flags: (libc::O_RDWR | libc::O_CREAT) as u32,
+            mode: libc::S_IFREG | mode,
+            umask: 0o022,
+            fuse_flags: 0,
+        }
+    }
+
+    fn root() -> Context {
+        Context::new()
+    }
+
+    #[test]
+    fn readonly_share_refuses_every_modification_with_erofs() {
+        let f = fixture(true, &[]);
+        std::fs::write(f.share().join("existing"), b"data").unwrap();
+        std::fs::create_dir(f.share().join("dir")).unwrap();
+        let ctx = root();
+        let file = f.fs.lookup(&ctx, ROOT_ID, &c("existing")).unwrap().inode;
+        let dir = f.fs.lookup(&ctx, ROOT_ID, &c("dir")).unwrap().inode;
+
+        assert_eq!(
+            errno(f.fs.create(&ctx, ROOT_ID, &c("new"), create_args(0o644))),
+            libc::EROFS
+        );
+        assert_eq!(
+            errno(f.fs.mkdir(&ctx, ROOT_ID, &c("d2"), 0o755, 0)),
+            libc::EROFS
+        );
+        assert_eq!(
+            errno(f.fs.mknod(&ctx, ROOT_ID, &c("p"), libc::S_IFIFO | 0o644, 0, 0)),
+            libc::EROFS
+        );
+        assert_eq!(
+            errno(f.fs.symlink(&ctx, &c("existing"), ROOT_ID, &c("l"))),
+            libc::EROFS
+        );
+        assert_eq!(
+            errno(f.fs.link(&ctx, file, ROOT_ID, &c("hard"))),
+            libc::EROFS
+        );
+        assert_eq!(
+            errno(f.fs.unlink(&ctx, ROOT_ID, &c("existing"))),
+            libc::EROFS
+        );
+        assert_eq!(errno(f.fs.rmdir(&ctx, ROOT_ID, &c("dir"))), libc::EROFS);
+        assert_eq!(
+            errno(f.fs.rename(&ctx, ROOT_ID, &c("existing"), dir, &c("moved"), 0)),
+            libc::EROFS
+        );
+        // SAFETY: all-zero is a valid stat64.
+        let mut attr: stat64 = unsafe { std::mem::zeroed() };
+        attr.st_mode = 0o777;
+        assert_eq!(
+            errno(f.fs.setattr(&ctx, file, attr, None, SetattrValid::MODE)),
+            libc::EROFS
+        );
+        assert_eq!(
+            errno(f.fs.setxattr(&ctx, file, &c("user.k"), b"v", 0)),
+            libc::EROFS
+        );
+        assert_eq!(
+            errno(f.fs.removexattr(&ctx, file, &c("user.k"))),
+            libc::EROFS
+        );
+        for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
+            assert_eq!(errno(f.fs.open(&ctx, file, flags as u32, 0)), libc::EROFS);
+        }
+        assert_eq!(
+            errno(f.fs.access(&ctx, file, libc::W_OK as u32)),
+            libc::EROFS
+        );
+        // Reading still works, and statfs says read-only.
+        let (h, _, _) = f.fs.open(&ctx, file, libc::O_RDONLY as u32, 0).unwrap();
+        assert!(h.is_some());
+        assert_ne!(
+            f.fs.statfs(&ctx, ROOT_ID).unwrap().f_flag & libc::ST_RDONLY,
+            0
+        );
+        // Nothing changed on the host.
+        assert_eq!(std::fs::read(f.share().join("existing")).unwrap(), b"data");
+        assert!(!f.share().join("new").exists());
+        // Refusals are audited.
+        let recs = f.audit();
+        assert!(recs
+            .iter()
+            .any(|r| r["op"] == "unlink" && r["result"] == "EROFS" && r["path"] == "existing"));
+    }
+
+    #[test]
+    fn audit_records_modifications_with_share_relative_paths() {
+        let f = fixture(false, &[]);
+        let ctx = root();
+        let dir =
+            f.fs.mkdir(&ctx, ROOT_ID, &c("sub"), 0o755, 0o022)
+                .unwrap()
+                .inode;
+        let (e, _, _, _) =
+            f.fs.create(&ctx, dir, &c("a.txt"), create_args(0o640))
+                .unwrap();
+        f.fs.rename(&ctx, dir, &c("a.txt"), ROOT_ID, &c("b.txt"), 0)
+            .unwrap();
+        assert_eq!(
+            errno(f.fs.unlink(&ctx, ROOT_ID, &c("missing"))),
+            libc::ENOENT
+        );
+        f.fs.setxattr(&ctx, e.inode, &c("user.tag"), b"1", 0)
+            .unwrap();
+        f.fs.unlink(&ctx, ROOT_ID, &c("b.txt")).unwrap();
+        let recs = f.audit();
+        let ops: Vec<(String, String, String)> = recs
+            .iter()
+            .map(|r| {
+                (
+                    r["op"].as_str().unwrap().to_owned(),
+                    r["path"].as_str().unwrap_or("").to_owned(),
+                    r["result"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ops,
+            vec![
+                ("mkdir".into(), "sub".into(), "ok".into()),
+                ("create".into(), "sub/a.txt".into(), "ok".into()),
+                ("rename".into(), "sub/a.txt".into(), "ok".into()),
+                ("unlink".into(), "missing".into(), "ENOENT".into()),
+                ("setxattr".into(), "b.txt".into(), "ok".into()),
+                ("unlink".into(), "b.txt".into(), "ok".into()),
+            ]
+        );
+        assert_eq!(recs[2]["to"], "b.txt");
+        assert_eq!(recs[1]["mode"], "0640");
+        assert!(recs[0]["time"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(recs[0]["uid"], 0);
+        // Reads are not audited.
+        let _ = f.fs.lookup(&ctx, ROOT_ID, &c("sub")).unwrap();
+        assert_eq!(f.audit().len(), recs.len());
+    }
+
+    #[test]
+    fn device_nodes_cannot_be_created_but_fifos_can() {
+        let f = fixture(false, &[]);
+        let ctx = root();
+        let dev = libc::makedev(1, 3) as u32; // /dev/null's numbers
+        assert_eq!(
+            errno(f.fs.mknod(&ctx, ROOT_ID, &c("null"), libc::S_IFCHR | 0o666, dev, 0)),
+            libc::EPERM
+        );
+        assert_eq!(
+            errno(f.fs.mknod(&ctx, ROOT_ID, &c("blk"), libc::S_IFBLK | 0o666, dev, 0)),
+            libc::EPERM
+        );
+        assert!(!f.share().join("null").exists());
+        f.fs.mknod(&ctx, ROOT_ID, &c("fifo"), libc::S_IFIFO | 0o644, 0, 0)
+            .unwrap();
+        assert!(f.share().join("fifo").exists());
+    }
+
+    #[test]
+    fn special_files_and_symlinks_are_never_opened_on_the_host() {
+        let f = fixture(false, &[]);
+        let ctx = root();
+        // A symlink the guest made, pointing out of the share.
+        std::os::unix::fs::symlink("/etc/passwd", f.share().join("escape")).unwrap();
+        let link = f.fs.lookup(&ctx, ROOT_ID, &c("escape")).unwrap();
+        assert_eq!(link.attr.st_mode & libc::S_IFMT, libc::S_IFLNK);
+        assert!(f
+            .fs
+            .open(&ctx, link.inode, libc::O_RDONLY as u32, 0)
+            .is_err());
+        assert_eq!(f.fs.readlink(&ctx, link.inode).unwrap(), b"/etc/passwd");
+        // O_CREAT on the symlink's name must not create or truncate its target.
+        assert!(f
+            .fs
+            .create(&ctx, ROOT_ID, &c("escape"), create_args(0o644))
+            .is_err());
+        // A device node placed in the share by the host is not opened either.
+        let path = c(f.share().join("hostnull").to_str().unwrap());
+        // SAFETY: mknod with a valid NUL-terminated path; the result is checked.
+        let rc = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+        assert_eq!(rc, 0);
+        let node = f.fs.lookup(&ctx, ROOT_ID, &c("hostnull")).unwrap();
+        assert!(f.fs.open(&ctx, node.inode, libc::O_RDWR as u32, 0).is_err());
+        // `..` at the root stays at the root; names with '/' are refused.
+        let up = f.fs.lookup(&ctx, ROOT_ID, &c("..")).unwrap();
+        let root_attr = f.fs.getattr(&ctx, ROOT_ID, None).unwrap().0;
+        assert_eq!(up.attr.st_ino, root_attr.st_ino);
+        assert_eq!(
+            errno(f.fs.lookup(&ctx, ROOT_ID, &c("../etc"))),
+            libc::EINVAL
+        );
+    }
+
+    #[test]
+    fn ids_are_translated_both_ways_and_forbidden_ids_refused() {
+        let f = fixture(false, &["map:0:1000:1", "forbid-guest:666:1"]);
+        let ctx = root(); // guest root, host uid 1000
+        let (e, _, _, _) =
+            f.fs.create(&ctx, ROOT_ID, &c("mine"), create_args(0o644))
+                .unwrap();
+        let meta = std::fs::metadata(f.share().join("mine")).unwrap();
+        assert_eq!(meta.uid(), 1000, "file is owned by the mapped host uid");
+        assert_eq!(e.attr.st_uid, 0, "the guest sees its own uid");
+        assert_eq!(f.fs.getattr(&ctx, e.inode, None).unwrap().0.st_uid, 0);
+        // chown to a guest uid translates it too.
+        // SAFETY: all-zero is a valid stat64.
+        let mut attr: stat64 = unsafe { std::mem::zeroed() };
+        attr.st_uid = 0;
+        f.fs.setattr(&ctx, e.inode, attr, None, SetattrValid::UID)
+            .unwrap();
+        assert_eq!(
+            std::fs::metadata(f.share().join("mine")).unwrap().uid(),
+            1000
+        );
+        attr.st_uid = 666;
+        assert_eq!(
+            errno(f.fs.setattr(&ctx, e.inode, attr, None, SetattrValid::UID)),
+            libc::EPERM
+        );
+        let mut forbidden = root();
+        forbidden.uid = 666;
+        assert_eq!(
+            errno(f.fs.create(&forbidden, ROOT_ID, &c("nope"), create_args(0o644))),
+            libc::EPERM
+        );
+        // A host file owned by an unmapped uid shows through unchanged.
+        std::fs::write(f.share().join("other"), b"").unwrap();
+        std::os::unix::fs::chown(f.share().join("other"), Some(4242), None).unwrap();
+        assert_eq!(
+            f.fs.lookup(&ctx, ROOT_ID, &c("other")).unwrap().attr.st_uid,
+            4242
+        );
+    }
+
+    #[test]
+    fn escape_bytes_keeps_utf8_and_hex_escapes_the_rest() {
+        assert_eq!(escape_bytes("dir/ü.txt".as_bytes()), "dir/ü.txt");
+        assert_eq!(escape_bytes(b"a\xffb\xc3"), "a\\xffb\\xc3");
+    }
+}

@@ -1,0 +1,28 @@
+//! airlock-fs: parse → configure → run.
+
+use std::process::ExitCode;
+
+use airlock_common::report::{report, EXIT_FAILURE, EXIT_USAGE};
+use airlock_fs::args::Args;
+use airlock_fs::config::Config;
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.print_capabilities {
+        println!("{}", airlock_fs::capabilities());
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::try_from(args) {
+        Ok(c) => c,
+        Err(e) => return report(&e, EXIT_USAGE),
+    };
+    airlock_common::logging::init(&config.log, "airlock-fs", &["airlock_fs", "airlock_common"]);
+    if let Err(e) = airlock_common::signals::install() {
+        return report(&e, EXIT_FAILURE);
+    }
+    match airlock_fs::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e, EXIT_FAILURE),
+    }
+}
