@@ -1,0 +1,75 @@
+//! airlock-proxy: the HTTP/HTTPS forward proxy an Airlock guest reaches at
+//! `http.airlock.internal:3128`.
+//!
+//! - [`noproxy`], [`policy`], [`upstream`], [`headers`], [`target`],
+//!   [`credentials`]: transport-free logic (NO_PROXY matching with curl's
+//!   semantics, allow/deny rules, upstream selection, hop-by-hop headers),
+//!   unit-tested without sockets;
+//! - [`server`]: listeners, connection limit, idle timeout, dispatch;
+//!   [`forward`]: plain-HTTP requests; [`tunnel`]: CONNECT;
+//!   [`connect`]: dialing; [`audit`]: one JSON line per request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_common::audit::{AuditLog, AuditOpenError};
+use airlock_common::report::{EXIT_FAILURE, EXIT_USAGE};
+
+pub mod audit;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod connect;
+pub mod credentials;
+pub mod forward;
+pub mod headers;
+pub mod io;
+pub mod noproxy;
+pub mod policy;
+pub mod response;
+pub mod server;
+pub mod target;
+pub mod tunnel;
+pub mod upstream;
+
+pub use config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Audit(#[from] AuditOpenError),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+}
+
+impl RunError {
+    /// 2 for what the user asked for (an audit log path that cannot be
+    /// opened), 1 for failures while starting or running (port in use).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Audit(_) => EXIT_USAGE,
+            RunError::Runtime(_) | RunError::Server(_) => EXIT_FAILURE,
+        }
+    }
+}
+
+/// Runs the proxy until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<(), RunError> {
+    let audit = config
+        .audit_log
+        .as_deref()
+        .map(AuditLog::open)
+        .transpose()?
+        .map(Arc::new);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("airlock-proxy")
+        .build()
+        .map_err(RunError::Runtime)?;
+    let result = runtime.block_on(server::run(config, audit));
+    // Tasks still running (open tunnels, DNS lookups) are abandoned.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    Ok(result?)
+}

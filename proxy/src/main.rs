@@ -1,0 +1,23 @@
+//! airlock-proxy: arguments → `Config` → `run` → exit status.
+
+use std::process::ExitCode;
+
+use airlock_common::logging;
+use airlock_common::report::{report, EXIT_USAGE};
+use airlock_proxy::{cli, Config};
+
+fn main() -> ExitCode {
+    let args = match cli::parse_from(std::env::args_os()) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    logging::init(&args.log, "airlock-proxy", &["airlock_proxy"]);
+    let config = match Config::try_from(args) {
+        Ok(config) => config,
+        Err(e) => return report(&e, EXIT_USAGE),
+    };
+    match airlock_proxy::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e, e.exit_code()),
+    }
+}

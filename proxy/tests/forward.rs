@@ -1,0 +1,361 @@
+//! Plain-HTTP forwarding through the real binary to a test origin.
+
+mod support;
+
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_is_forwarded_and_hop_by_hop_headers_stay_behind() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&["--ignore-proxy-env"]);
+    let mut client = connect_client(&proxy.addr).await;
+    let req = Request::get(origin.url("/hello?x=1"))
+        .header("host", "wrong.example")
+        .header("connection", "keep-alive, x-hop-secret")
+        .header("x-hop-secret", "must not pass")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("proxy-authorization", "Basic Z3Vlc3Q6Z3Vlc3RwYXNz")
+        .header("te", "trailers")
+        .header("upgrade", "websocket")
+        .header("x-end-to-end", "kept")
+        .body(empty())
+        .unwrap();
+    let reply = send(&mut client, req).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.text(), "hello from origin");
+    assert_eq!(reply.headers["via"], "1.1 airlock-proxy");
+
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.method, "GET");
+    assert_eq!(s.uri, "/hello?x=1", "origin gets origin-form");
+    assert_eq!(s.header("host"), Some(origin.addr.to_string().as_str()));
+    assert_eq!(s.header("via"), Some("1.1 airlock-proxy"));
+    assert_eq!(s.header("x-end-to-end"), Some("kept"));
+    for gone in [
+        "x-hop-secret",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "upgrade",
+    ] {
+        assert_eq!(
+            s.header(gone),
+            None,
+            "{gone} reached the origin:\n{}",
+            s.all_headers_text()
+        );
+    }
+    assert!(
+        !s.all_headers_text().contains("Z3Vlc3Q6"),
+        "guest credentials reached the origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_upload_of_8_mib_arrives_intact() {
+    const LEN: u64 = 8 * 1024 * 1024 + 12345;
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&["--ignore-proxy-env"]);
+    let mut client = connect_client(&proxy.addr).await;
+    let req = Request::post(origin.url("/upload"))
+        .body(PatternBody::new(LEN).boxed())
+        .unwrap();
+    let reply = send(&mut client, req).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.text(),
+        format!("len={LEN} fnv={:016x}", pattern_fnv(LEN))
+    );
+    // The client sent it chunked; the origin must have received it chunked
+    // too (streamed), not re-framed with a Content-Length after buffering.
+    let seen = origin.seen();
+    assert_eq!(seen[0].header("transfer-encoding"), Some("chunked"));
+    assert_eq!(seen[0].header("content-length"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_with_expect_continue_and_content_length() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&["--ignore-proxy-env"]);
+    let body = vec![7u8; 100_000];
+    let mut hasher = Fnv::new();
+    hasher.update(&body);
+    let mut client = connect_client(&proxy.addr).await;
+    let req = Request::post(origin.url("/upload"))
+        .header("content-length", body.len())
+        .header("expect", "100-continue")
+        .body(full(body))
+        .unwrap();
+    let reply = send(&mut client, req).await;
+    assert_eq!(
+        reply.text(),
+        format!("len=100000 fnv={:016x}", hasher.finish())
+    );
+    let seen = origin.seen();
+    assert_eq!(seen[0].header("content-length"), Some("100000"));
+    assert_eq!(seen[0].header("expect"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_download_of_32_mib_arrives_intact() {
+    const LEN: u64 = 32 * 1024 * 1024;
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&["--ignore-proxy-env"]);
+    let reply = proxy_get(&proxy.addr, &origin.url(&format!("/download/{LEN}"))).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body.len() as u64, LEN);
+    let mut h = Fnv::new();
+    h.update(&reply.body);
+    assert_eq!(h.finish(), pattern_fnv(LEN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_serves_two_requests_on_one_connection() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&["--ignore-proxy-env"]);
+    let mut client = connect_client(&proxy.addr).await;
+    let a = send(&mut client, get(&origin.url("/hello"))).await;
+    let b = send(&mut client, get(&origin.url("/download/1000"))).await;
+    let c = send(&mut client, get(&origin.url("/hello"))).await;
+    assert_eq!(
+        (a.status, b.status, c.status),
+        (StatusCode::OK, StatusCode::OK, StatusCode::OK)
+    );
+    assert_eq!(b.body.len(), 1000);
+    assert!(
+        !client.is_closed(),
+        "the proxy closed the client connection"
+    );
+    // All three went over one client connection, and the proxy reused its
+    // origin connection for them.
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter().all(|s| s.connection == seen[0].connection),
+        "{seen:?}"
+    );
+    assert_eq!(
+        origin.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_origin_gives_502_naming_host_port_and_os_error() {
+    let port = free_port();
+    let proxy = Proxy::start(&["--ignore-proxy-env"]);
+    let reply = proxy_get(&proxy.addr, &format!("http://127.0.0.1:{port}/x")).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    let text = reply.text();
+    assert!(
+        text.contains(&format!("cannot connect to 127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert!(text.contains("Connection refused"), "{text}");
+    assert_eq!(reply.headers["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(
+        reply.headers["proxy-status"],
+        "airlock-proxy; error=connection_refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_are_not_proxy_requests_get_400_with_reason() {
+    let proxy = Proxy::start(&["--ignore-proxy-env"]);
+    let mut client = connect_client(&proxy.addr).await;
+    let reply = send(&mut client, get("/just/a/path")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.text().contains("absolute URL"), "{}", reply.text());
+    // The connection is still usable.
+    let reply = send(&mut client, get("https://example.invalid/")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.text().contains("CONNECT"), "{}", reply.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_refuses_with_403_naming_the_rule() {
+    let origin = Origin::start().await;
+    let port = origin.addr.port();
+    let proxy = Proxy::start(&[
+        "--ignore-proxy-env",
+        "--allow",
+        "localhost",
+        "--deny",
+        "127.0.0.0/8",
+        "--allow",
+        "example.invalid",
+    ]);
+    let reply = proxy_get(&proxy.addr, &format!("http://127.0.0.1:{port}/hello")).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert!(
+        reply
+            .text()
+            .starts_with("forbidden by policy: rule 2 (--deny 127.0.0.0/8)\n"),
+        "{}",
+        reply.text()
+    );
+    // Another spelling of the same address is caught too.
+    let reply = proxy_get(&proxy.addr, &format!("http://2130706433:{port}/hello")).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+    // Allowed by rule 1.
+    let reply = proxy_get(&proxy.addr, &format!("http://localhost:{port}/hello")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    // No rule matches, and an --allow is given: default deny.
+    let reply = proxy_get(&proxy.addr, "http://other.invalid/").await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert!(reply.text().contains("default deny"), "{}", reply.text());
+    // CONNECT is subject to the same rules.
+    let (_s, head) = connect_tunnel(&proxy.addr, &format!("127.0.0.1:{port}")).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    // Only the allowed request reached the origin.
+    assert_eq!(origin.seen().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_other_than_get_are_forwarded() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&["--ignore-proxy-env"]);
+    let mut client = connect_client(&proxy.addr).await;
+    for method in [
+        Method::HEAD,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::from_bytes(b"PROPFIND").unwrap(),
+    ] {
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(origin.url("/hello"))
+            .body(empty())
+            .unwrap();
+        let reply = send(&mut client, req).await;
+        assert_eq!(reply.status, StatusCode::OK, "{method}");
+        if method == Method::HEAD {
+            assert!(reply.body.is_empty());
+            assert_eq!(reply.headers["content-length"], "17");
+        }
+    }
+    let methods: Vec<String> = origin.seen().into_iter().map(|s| s.method).collect();
+    assert_eq!(methods, ["HEAD", "DELETE", "OPTIONS", "PROPFIND"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_log_has_one_line_per_request_with_the_right_fields() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let refused = free_port();
+    let proxy = Proxy::start(&[
+        "--ignore-proxy-env",
+        "--audit-log",
+        audit.to_str().unwrap(),
+        "--deny",
+        "blocked.invalid",
+    ]);
+    let mut client = connect_client(&proxy.addr).await;
+    let req = Request::post(origin.url("/upload"))
+        .body(full(vec![1u8; 1000]))
+        .unwrap();
+    let up = send(&mut client, req).await;
+    assert_eq!(up.status, StatusCode::OK);
+    let down = send(&mut client, get(&origin.url("/download/4096"))).await;
+    assert_eq!(down.body.len(), 4096);
+    let denied = proxy_get(&proxy.addr, "http://blocked.invalid/").await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    let failed = proxy_get(&proxy.addr, &format!("http://127.0.0.1:{refused}/")).await;
+    assert_eq!(failed.status, StatusCode::BAD_GATEWAY);
+
+    let lines = eventually(|| {
+        let l = audit_lines(&audit);
+        (l.len() >= 4).then_some(l)
+    })
+    .await;
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    let fields = [
+        "time",
+        "client",
+        "method",
+        "host",
+        "port",
+        "status",
+        "bytes_up",
+        "bytes_down",
+        "upstream",
+        "duration_ms",
+        "policy",
+        "rule",
+        "error",
+    ];
+    for l in &lines {
+        let keys: Vec<&str> = l.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, fields, "{l}");
+        assert!(
+            l["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{l}"
+        );
+        assert!(l["upstream"].is_null());
+        assert!(l["duration_ms"].is_u64());
+    }
+    let (a, b, c, d) = (&lines[0], &lines[1], &lines[2], &lines[3]);
+    assert_eq!(
+        (a["method"].as_str(), a["status"].as_u64()),
+        (Some("POST"), Some(200))
+    );
+    assert_eq!(a["host"], "127.0.0.1");
+    assert_eq!(a["port"], origin.addr.port());
+    assert_eq!(a["bytes_up"], 1000);
+    assert_eq!(a["bytes_down"], up.body.len());
+    assert_eq!(a["policy"], "allow");
+    assert!(a["rule"].is_null() && a["error"].is_null(), "{a}");
+    assert_eq!(
+        (b["method"].as_str(), b["bytes_down"].as_u64()),
+        (Some("GET"), Some(4096))
+    );
+    assert_eq!(
+        (
+            c["status"].as_u64(),
+            c["policy"].as_str(),
+            c["rule"].as_u64()
+        ),
+        (Some(403), Some("deny"), Some(1))
+    );
+    assert_eq!(c["host"], "blocked.invalid");
+    assert_eq!(c["port"], 80);
+    assert_eq!(d["status"], 502);
+    assert!(
+        d["error"].as_str().unwrap().contains("Connection refused"),
+        "{d}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_cut_short_is_recorded_as_incomplete() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let proxy = Proxy::start(&["--ignore-proxy-env", "--audit-log", audit.to_str().unwrap()]);
+    let mut s = tokio::net::TcpStream::connect(&proxy.addr).await.unwrap();
+    let url = origin.url("/download/100000000");
+    s.write_all(format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut some = vec![0u8; 256 * 1024];
+    s.read_exact(&mut some).await.unwrap();
+    drop(s);
+    let lines = eventually(|| {
+        let l = audit_lines(&audit);
+        (!l.is_empty()).then_some(l)
+    })
+    .await;
+    let l = &lines[0];
+    assert_eq!(l["status"], 200);
+    assert_eq!(l["error"], "response body not completely delivered", "{l}");
+    let down = l["bytes_down"].as_u64().unwrap();
+    assert!(down > 0 && down < 100_000_000, "{l}");
+}

@@ -1,0 +1,181 @@
+//! Malformed input, size limits, the connection limit and the idle timeout.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_400_and_the_proxy_keeps_serving() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let proxy = Proxy::start(&["--ignore-proxy-env", "--audit-log", audit.to_str().unwrap()]);
+    for garbage in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET http://x/ HTTP/9.9\r\n\r\n",
+        b"GET http://x/ HTTP/1.1\r\nbad header line\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    ] {
+        let out = raw_exchange(&proxy.addr, garbage).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{garbage:?} → {out:?}");
+        let reply = proxy_get(&proxy.addr, &origin.url("/hello")).await;
+        assert_eq!(reply.status, StatusCode::OK, "after {garbage:?}");
+    }
+    let lines = eventually(|| {
+        let l = audit_lines(&audit);
+        (l.len() >= 8).then_some(l)
+    })
+    .await;
+    let rejected: Vec<_> = lines.iter().filter(|l| l["status"] == 400).collect();
+    assert_eq!(rejected.len(), 4, "{lines:#?}");
+    assert!(rejected.iter().all(|l| l["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("malformed request")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&["--ignore-proxy-env", "--max-header-bytes", "16384"]);
+    let big = "a".repeat(20_000);
+    let out = raw_exchange(
+        &proxy.addr,
+        format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n",
+            origin.url("/hello")
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out:?}");
+    // Headers under the limit pass.
+    let ok = "a".repeat(10_000);
+    let out = raw_exchange(
+        &proxy.addr,
+        format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nX-Big: {ok}\r\nConnection: close\r\n\r\n",
+            origin.url("/hello")
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+    assert_eq!(origin.seen()[0].header("x-big").map(str::len), Some(10_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_get_503() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&["--ignore-proxy-env", "--max-connections", "2"]);
+    let mut first = connect_client(&proxy.addr).await;
+    let mut second = connect_client(&proxy.addr).await;
+    assert_eq!(
+        send(&mut first, get(&origin.url("/hello"))).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&mut second, get(&origin.url("/hello"))).await.status,
+        StatusCode::OK
+    );
+    let out = raw_exchange(
+        &proxy.addr,
+        format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", origin.url("/hello")).as_bytes(),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 503"), "{out:?}");
+    assert!(out.contains("--max-connections 2"), "{out:?}");
+    // A slot frees up when a connection closes.
+    drop(first);
+    let reply = eventually_async_get(&proxy.addr, &origin.url("/hello")).await;
+    assert_eq!(reply, StatusCode::OK);
+    eventually(|| {
+        proxy
+            .stderr()
+            .contains("--max-connections 2 reached")
+            .then_some(())
+    })
+    .await;
+}
+
+/// Retries a GET until it succeeds (slots are released asynchronously).
+async fn eventually_async_get(proxy: &str, url: &str) -> StatusCode {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = raw_exchange(
+            proxy,
+            format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        if out.starts_with("HTTP/1.1 200") {
+            return StatusCode::OK;
+        }
+        assert!(Instant::now() < deadline, "no slot freed: {out}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connection_is_closed() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&["--ignore-proxy-env", "--idle-timeout", "1s"]);
+    let mut s = TcpStream::connect(&proxy.addr).await.unwrap();
+    s.write_all(format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", origin.url("/hello")).as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = [0u8; 17];
+    s.read_exact(&mut body).await.unwrap();
+    let idle_since = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("idle connection closed by the proxy")
+        .unwrap();
+    assert!(rest.is_empty());
+    assert!(
+        idle_since.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        idle_since.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_hit_the_timeout() {
+    let proxy = Proxy::start(&["--ignore-proxy-env", "--idle-timeout", "1s"]);
+    let mut s = TcpStream::connect(&proxy.addr).await.unwrap();
+    let started = Instant::now();
+    // A byte every 400 ms keeps the connection busy but never finishes the
+    // head; the header timeout must still end it.
+    let mut closed = false;
+    for b in b"GET http://x/ HTTP/1.1\r\nHost: x\r\n".iter() {
+        if s.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut probe = [0u8; 64];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(400), s.read(&mut probe)).await
+        {
+            if n == 0 || probe.starts_with(b"HTTP/1.1 408") {
+                closed = true;
+                break;
+            }
+        }
+        if started.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    assert!(closed, "a trickled request head was not cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
