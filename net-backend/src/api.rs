@@ -1,0 +1,890 @@
+//! The control API (`--api-socket PATH`): HTTP/1.1 and JSON on a Unix
+//! socket (mode 0600), for the `airlock` CLI and for tooling written
+//! against gvisor-tap-vsock's forwarder API (podman machine, CRC).
+//!
+//! | request | success | body |
+//! |---|---|---|
+//! | `POST /services/forwarder/expose` `{"local":"127.0.0.1:8080","remote":"192.168.127.2:80","protocol":"tcp"}` | 200 | the published entry |
+//! | `POST /services/forwarder/unexpose` `{"local":"127.0.0.1:8080","protocol":"tcp"}` | 200 | the removed entry |
+//! | `GET /services/forwarder/all` | 200 | `[{"local":…,"remote":…,"protocol":…}]`, sorted by local, then protocol |
+//! | `GET /stats` | 200 | the gateway's counters ([`Snapshot`]) |
+//! | `GET /flows` | 200 | the current guest's flows ([`FlowInfo`]) |
+//! | `GET /leases` | 200 | `[{"mac":"52:54:00:…","ip":…,"hostname":…,"expires_in":SECONDS}]` |
+//!
+//! As in gvisor-tap-vsock, `protocol` is `tcp` (the default when it is
+//! missing, empty or null) or `udp`; `local` may be `:PORT`, meaning every
+//! IPv4 interface (Go's listen semantics); a `remote` without a host
+//! (`:80`) means the guest's address (gvisor-tap-vsock fills in its
+//! caller's address there). Unlike it, unknown request fields are refused
+//! (a misspelt `protocol` must not silently publish TCP), `remote` must be
+//! a guest address in the virtual subnet, and errors are JSON:
+//! `{"error": "cannot bind published port 127.0.0.1:8080/tcp: Address in
+//! use (os error 98)"}` with 400 (bad request), 403 (bind not permitted),
+//! 404 (not published, unknown path), 405 (wrong method, with `Allow`), 409
+//! (already published, address in use), 411/413/431 (framing and size
+//! limits) or 500. Clients of gvisor-tap-vsock only test for 200 and show
+//! the body otherwise, so they keep working.
+//!
+//! Connections are served by one thread each, at most
+//! [`MAX_CONNECTIONS`] at a time (more are answered 503 and closed).
+
+pub mod http;
+
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use airlock_common::listen::{bind_path, ListenError};
+use serde::{Deserialize, Serialize};
+
+use crate::dhcp::LeaseInfo;
+use crate::gateway::stats::Snapshot;
+use crate::gateway::{FlowInfo, GatewayConfig};
+use crate::policy::Proto;
+use crate::publish::{PortSpec, PublishError};
+use crate::shared::Shared;
+use http::{Request, Response};
+
+/// Most connections served at once.
+pub const MAX_CONNECTIONS: usize = 16;
+/// How long a write to a client may block.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the "too many connections" answer may take.
+const BUSY_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause after a failed `accept` (e.g. out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest request path quoted back in a 404.
+const MAX_QUOTED_PATH: usize = 100;
+
+// ---- wire types -------------------------------------------------------------
+
+/// `POST /services/forwarder/expose`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExposeRequest {
+    /// The host address that accepts: `IP:PORT`, `[IPv6]:PORT` or `:PORT`.
+    pub local: String,
+    /// Where in the guest traffic goes: `IP:PORT` or `:PORT` (the guest).
+    pub remote: String,
+    /// `tcp` (default) or `udp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}
+
+/// `POST /services/forwarder/unexpose`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnexposeRequest {
+    pub local: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}
+
+/// One published port as the forwarder API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortEntry {
+    pub local: String,
+    pub remote: String,
+    pub protocol: String,
+}
+
+impl From<PortSpec> for PortEntry {
+    fn from(s: PortSpec) -> PortEntry {
+        PortEntry {
+            local: s.host.to_string(),
+            remote: s.guest.to_string(),
+            protocol: s.proto.to_string(),
+        }
+    }
+}
+
+/// One DHCP lease as `GET /leases` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// `52:54:00:12:34:56`.
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    pub hostname: Option<String>,
+    /// Seconds until the lease expires.
+    pub expires_in: u64,
+}
+
+impl From<&LeaseInfo> for Lease {
+    fn from(l: &LeaseInfo) -> Lease {
+        Lease {
+            mac: l
+                .mac
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+            ip: l.ip,
+            hostname: l.hostname.clone(),
+            expires_in: l.expires_in.as_secs(),
+        }
+    }
+}
+
+// ---- what the API controls ----------------------------------------------------
+
+/// The daemon as the API sees it ([`Shared`]; a fake in tests).
+pub trait Control: Send + Sync + 'static {
+    fn publish(&self, spec: PortSpec) -> Result<(), PublishError>;
+    fn unpublish(&self, host: SocketAddr, proto: Proto) -> Result<PortSpec, PublishError>;
+    fn published(&self) -> Vec<PortSpec>;
+    fn stats(&self) -> Snapshot;
+    fn flows(&self) -> Vec<FlowInfo>;
+    fn leases(&self) -> Vec<LeaseInfo>;
+}
+
+impl Control for Shared {
+    fn publish(&self, spec: PortSpec) -> Result<(), PublishError> {
+        Shared::publish(self, &[spec])
+    }
+    fn unpublish(&self, host: SocketAddr, proto: Proto) -> Result<PortSpec, PublishError> {
+        Shared::unpublish(self, host, proto)
+    }
+    fn published(&self) -> Vec<PortSpec> {
+        Shared::published(self)
+    }
+    fn stats(&self) -> Snapshot {
+        self.stats.snapshot()
+    }
+    fn flows(&self) -> Vec<FlowInfo> {
+        Shared::flows(self)
+    }
+    fn leases(&self) -> Vec<LeaseInfo> {
+        Shared::leases(self)
+    }
+}
+
+/// The virtual subnet, to check where a published port may point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestNet {
+    pub guest_ip: Ipv4Addr,
+    pub network: Ipv4Addr,
+    pub prefix_len: u8,
+    /// The gateway's own addresses (gateway, host and proxy aliases).
+    pub own: Vec<Ipv4Addr>,
+}
+
+impl GuestNet {
+    pub fn new(g: &GatewayConfig) -> GuestNet {
+        let mut own = vec![g.gateway_ip, g.proxy_ip];
+        own.extend(g.host_ip);
+        GuestNet {
+            guest_ip: g.guest_ip,
+            network: Ipv4Addr::from(u32::from(g.gateway_ip) & mask(g.prefix_len)),
+            prefix_len: g.prefix_len,
+            own,
+        }
+    }
+
+    /// Parses `remote`: `IP:PORT`, or `:PORT` for the guest's address.
+    fn remote(&self, remote: &str) -> Result<SocketAddrV4, String> {
+        let bad = || {
+            format!(
+                "invalid remote {remote:?}: expected IP:PORT in the guest subnet, e.g. {}:80",
+                self.guest_ip
+            )
+        };
+        let (host, port) = remote.rsplit_once(':').ok_or_else(bad)?;
+        let port = parse_port(port).ok_or_else(bad)?;
+        let ip = if host.is_empty() {
+            self.guest_ip
+        } else {
+            host.parse::<Ipv4Addr>().map_err(|_| bad())?
+        };
+        let m = mask(self.prefix_len);
+        let inside = u32::from(ip) & m == u32::from(self.network);
+        let host_part = u32::from(ip) & !m;
+        if !inside || host_part == 0 || host_part == !m {
+            return Err(format!(
+                "remote {ip} is not a guest address in {}/{}",
+                self.network, self.prefix_len
+            ));
+        }
+        if self.own.contains(&ip) {
+            return Err(format!(
+                "remote {ip} is one of the gateway's own addresses, not the guest's"
+            ));
+        }
+        Ok(SocketAddrV4::new(ip, port))
+    }
+}
+
+fn mask(prefix_len: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0)
+}
+
+/// A port number 1-65535 (digits only).
+fn parse_port(s: &str) -> Option<u16> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse::<u16>().ok().filter(|p| *p != 0)
+}
+
+/// Parses `local`: `IP:PORT`, `[IPv6]:PORT`, or `:PORT` for every IPv4
+/// interface.
+fn parse_local(local: &str) -> Result<SocketAddr, String> {
+    let bad = || {
+        format!("invalid local {local:?}: expected IP:PORT such as 127.0.0.1:8080, [::1]:8080 or :8080 (every interface)")
+    };
+    if let Some(port) = local.strip_prefix(':') {
+        let port = parse_port(port).ok_or_else(bad)?;
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+    }
+    let addr = local.parse::<SocketAddr>().map_err(|_| bad())?;
+    if addr.port() == 0 {
+        return Err(bad());
+    }
+    Ok(addr)
+}
+
+fn parse_protocol(p: Option<&str>) -> Result<Proto, String> {
+    match p {
+        None | Some("") | Some("tcp") => Ok(Proto::Tcp),
+        Some("udp") => Ok(Proto::Udp),
+        Some(other) => Err(format!("unsupported protocol {other:?}: tcp or udp")),
+    }
+}
+
+/// `err` and its causes, joined with `: `.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn publish_error(e: &PublishError) -> Response {
+    let status = match e {
+        PublishError::Duplicate(_) => 409,
+        PublishError::NotPublished(_) => 404,
+        PublishError::Bind { source, .. } => match source.kind() {
+            io::ErrorKind::AddrInUse => 409,
+            io::ErrorKind::PermissionDenied => 403,
+            io::ErrorKind::AddrNotAvailable => 400,
+            _ => 500,
+        },
+        PublishError::Syntax(_)
+        | PublishError::Range(_)
+        | PublishError::GuestAddress(_)
+        | PublishError::Proto(_) => 400,
+    };
+    Response::error(status, &chain(e))
+}
+
+// ---- routing ---------------------------------------------------------------------
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Endpoint {
+    Expose,
+    Unexpose,
+    All,
+    Stats,
+    Flows,
+    Leases,
+}
+
+/// Path, endpoint, and whether it is read (GET, HEAD) or write (POST).
+const ROUTES: &[(&str, Endpoint, bool)] = &[
+    ("/services/forwarder/expose", Endpoint::Expose, false),
+    ("/services/forwarder/unexpose", Endpoint::Unexpose, false),
+    ("/services/forwarder/all", Endpoint::All, true),
+    ("/stats", Endpoint::Stats, true),
+    ("/flows", Endpoint::Flows, true),
+    ("/leases", Endpoint::Leases, true),
+];
+
+/// The API: requests in, responses out, no sockets.
+pub struct Api<C> {
+    control: Arc<C>,
+    net: GuestNet,
+}
+
+impl<C: Control> Api<C> {
+    pub fn new(control: Arc<C>, net: GuestNet) -> Api<C> {
+        Api { control, net }
+    }
+
+    /// Answers one request.
+    pub fn handle(&self, req: &Request) -> Response {
+        let Some(&(_, endpoint, read)) = ROUTES.iter().find(|r| r.0 == req.path) else {
+            let mut quoted: String = req.path.chars().take(MAX_QUOTED_PATH).collect();
+            if quoted.len() < req.path.len() {
+                quoted.push('…');
+            }
+            return Response::error(404, &format!("no such endpoint: {quoted}"));
+        };
+        let (allowed, allow) = if read {
+            (req.method == "GET" || req.method == "HEAD", "GET, HEAD")
+        } else {
+            (req.method == "POST", "POST")
+        };
+        if !allowed {
+            return Response::error(
+                405,
+                &format!("{} takes {allow}, not {}", req.path, req.method),
+            )
+            .with_header("Allow", allow);
+        }
+        match endpoint {
+            Endpoint::Expose => self.expose(&req.body),
+            Endpoint::Unexpose => self.unexpose(&req.body),
+            Endpoint::All => {
+                let mut all: Vec<PortEntry> = self
+                    .control
+                    .published()
+                    .into_iter()
+                    .map(PortEntry::from)
+                    .collect();
+                // gvisor-tap-vsock's order.
+                all.sort_by(|a, b| (&a.local, &a.protocol).cmp(&(&b.local, &b.protocol)));
+                Response::json(200, &all)
+            }
+            Endpoint::Stats => Response::json(200, &self.control.stats()),
+            Endpoint::Flows => Response::json(200, &self.control.flows()),
+            Endpoint::Leases => {
+                let leases: Vec<Lease> = self.control.leases().iter().map(Lease::from).collect();
+                Response::json(200, &leases)
+            }
+        }
+    }
+
+    fn expose(&self, body: &[u8]) -> Response {
+        let req: ExposeRequest = match parse_body(body) {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+        let spec = (|| {
+            Ok::<_, String>(PortSpec {
+                proto: parse_protocol(req.protocol.as_deref())?,
+                host: parse_local(&req.local)?,
+                guest: self.net.remote(&req.remote)?,
+            })
+        })();
+        let spec = match spec {
+            Ok(s) => s,
+            Err(message) => return Response::error(400, &message),
+        };
+        match self.control.publish(spec) {
+            Ok(()) => Response::json(200, &PortEntry::from(spec)),
+            Err(e) => publish_error(&e),
+        }
+    }
+
+    fn unexpose(&self, body: &[u8]) -> Response {
+        let req: UnexposeRequest = match parse_body(body) {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+        let target = parse_protocol(req.protocol.as_deref())
+            .and_then(|proto| Ok((parse_local(&req.local)?, proto)));
+        let (host, proto) = match target {
+            Ok(t) => t,
+            Err(message) => return Response::error(400, &message),
+        };
+        match self.control.unpublish(host, proto) {
+            Ok(spec) => Response::json(200, &PortEntry::from(spec)),
+            Err(e) => publish_error(&e),
+        }
+    }
+}
+
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body)
+        .map_err(|e| Response::error(400, &format!("invalid request body: {e}")))
+}
+
+// ---- the server --------------------------------------------------------------------
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot open the control API socket {0}")]
+    Bind(PathBuf, #[source] ListenError),
+    #[error("cannot start the control API thread")]
+    Thread(#[source] io::Error),
+}
+
+/// The running API server. Dropping it removes the socket file (a signal
+/// exit removes it through [`airlock_common::signals::at_exit`]).
+#[derive(Debug)]
+pub struct ApiServer {
+    path: PathBuf,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds `path` (mode 0600; a stale socket is replaced, a live one refused)
+/// and serves `api` on it from a thread.
+pub fn start<C: Control>(path: &Path, api: Api<C>) -> Result<ApiServer, ApiError> {
+    let listener = bind_path(path, None).map_err(|e| ApiError::Bind(path.to_owned(), e))?;
+    let server = ApiServer {
+        path: path.to_owned(),
+    };
+    let remove = path.to_owned();
+    airlock_common::signals::at_exit(move || {
+        let _ = std::fs::remove_file(&remove);
+    });
+    let api = Arc::new(api);
+    thread::Builder::new()
+        .name("api".into())
+        .spawn(move || accept_loop(listener, api))
+        .map_err(ApiError::Thread)?;
+    log::info!("control API listening on {}", path.display());
+    Ok(server)
+}
+
+/// Decrements the connection count when a connection thread ends (also
+/// if it panics, or never starts).
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn accept_loop<C: Control>(listener: UnixListener, api: Arc<Api<C>>) {
+    let active = Arc::new(AtomicUsize::new(0));
+    loop {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                airlock_common::ratelimited!(log::Level::Warn, "control API: accept failed: {e}");
+                thread::sleep(ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        // Only this thread adds, so the check cannot race past the limit.
+        if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+            busy(stream);
+            continue;
+        }
+        active.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot(active.clone());
+        let api = api.clone();
+        let spawned = thread::Builder::new()
+            .name("api-conn".into())
+            .spawn(move || {
+                let _slot = slot;
+                serve(stream, &api);
+            });
+        if let Err(e) = spawned {
+            airlock_common::ratelimited!(
+                log::Level::Warn,
+                "control API: cannot start a connection thread: {e}"
+            );
+        }
+    }
+}
+
+/// Answers 503 to a connection over the limit and closes it.
+fn busy(mut stream: UnixStream) {
+    airlock_common::ratelimited!(
+        log::Level::Warn,
+        "control API: more than {MAX_CONNECTIONS} connections; refusing one"
+    );
+    let _ = stream.set_write_timeout(Some(BUSY_WRITE_TIMEOUT));
+    let response = Response::error(
+        503,
+        &format!("too many control API connections (at most {MAX_CONNECTIONS})"),
+    );
+    let _ = stream.write_all(&response.to_bytes(false, false));
+}
+
+fn serve<C: Control>(mut stream: UnixStream, api: &Api<C>) {
+    if let Err(e) = stream.set_write_timeout(Some(WRITE_TIMEOUT)) {
+        log::debug!("control API: cannot set a write timeout: {e}");
+        return;
+    }
+    let result = http::serve_connection(&mut stream, |req| {
+        let response = api.handle(req);
+        log::debug!(
+            "control API: {} {} -> {}",
+            req.method,
+            req.path,
+            response.status
+        );
+        response
+    });
+    if let Err(e) = result {
+        log::debug!("control API: connection ended: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use crate::gateway::stats::Stats;
+    use crate::gateway::tcp::Direction;
+
+    /// A daemon that records publishes and refuses ports in `taken`.
+    #[derive(Default)]
+    struct Fake {
+        ports: Mutex<Vec<PortSpec>>,
+        taken: Vec<SocketAddr>,
+    }
+
+    impl Control for Fake {
+        fn publish(&self, spec: PortSpec) -> Result<(), PublishError> {
+            let mut ports = self.ports.lock().unwrap();
+            if ports
+                .iter()
+                .any(|p| p.host == spec.host && p.proto == spec.proto)
+            {
+                return Err(PublishError::Duplicate(format!(
+                    "{}/{}",
+                    spec.host, spec.proto
+                )));
+            }
+            if self.taken.contains(&spec.host) {
+                return Err(PublishError::Bind {
+                    addr: spec.host,
+                    proto: spec.proto,
+                    source: io::Error::from_raw_os_error(libc::EADDRINUSE),
+                });
+            }
+            ports.push(spec);
+            Ok(())
+        }
+        fn unpublish(&self, host: SocketAddr, proto: Proto) -> Result<PortSpec, PublishError> {
+            let mut ports = self.ports.lock().unwrap();
+            let i = ports
+                .iter()
+                .position(|p| p.host == host && p.proto == proto)
+                .ok_or_else(|| PublishError::NotPublished(format!("{host}/{proto}")))?;
+            Ok(ports.remove(i))
+        }
+        fn published(&self) -> Vec<PortSpec> {
+            self.ports.lock().unwrap().clone()
+        }
+        fn stats(&self) -> Snapshot {
+            let s = Stats::default();
+            s.frame_from_guest(100);
+            s.flow_opened(Proto::Tcp);
+            s.snapshot()
+        }
+        fn flows(&self) -> Vec<FlowInfo> {
+            vec![FlowInfo {
+                proto: Proto::Tcp,
+                direction: Direction::Inbound,
+                guest: "192.168.127.2:80".into(),
+                remote: "192.168.127.1:40000".into(),
+                host_side: "127.0.0.1:51000".into(),
+                bytes_to_host: 5,
+                bytes_to_guest: 7,
+                age_ms: 1500,
+                service: false,
+            }]
+        }
+        fn leases(&self) -> Vec<LeaseInfo> {
+            vec![LeaseInfo {
+                mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+                ip: Ipv4Addr::new(192, 168, 127, 2),
+                hostname: Some("guest".into()),
+                expires_in: Duration::from_millis(3_599_700),
+            }]
+        }
+    }
+
+    fn net() -> GuestNet {
+        GuestNet {
+            guest_ip: Ipv4Addr::new(192, 168, 127, 2),
+            network: Ipv4Addr::new(192, 168, 127, 0),
+            prefix_len: 24,
+            own: vec![
+                Ipv4Addr::new(192, 168, 127, 1),
+                Ipv4Addr::new(192, 168, 127, 253),
+                Ipv4Addr::new(192, 168, 127, 254),
+            ],
+        }
+    }
+
+    fn api() -> Api<Fake> {
+        Api::new(
+            Arc::new(Fake {
+                taken: vec!["127.0.0.1:9999".parse().unwrap()],
+                ..Fake::default()
+            }),
+            net(),
+        )
+    }
+
+    fn call(api: &Api<Fake>, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let r = api.handle(&Request {
+            method: method.into(),
+            path: path.into(),
+            body: body.as_bytes().to_vec(),
+        });
+        let v = serde_json::from_slice(&r.body)
+            .unwrap_or_else(|e| panic!("{method} {path}: body is not JSON ({e}): {r:?}"));
+        (r.status, v)
+    }
+
+    fn error(api: &Api<Fake>, method: &str, path: &str, body: &str) -> (u16, String) {
+        let (status, v) = call(api, method, path, body);
+        assert!(status >= 400, "{method} {path} {body}: {status} {v}");
+        let text = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error text: {v}"));
+        (status, text.to_owned())
+    }
+
+    const EXPOSE: &str = "/services/forwarder/expose";
+    const UNEXPOSE: &str = "/services/forwarder/unexpose";
+    const ALL: &str = "/services/forwarder/all";
+
+    #[test]
+    fn expose_list_unexpose_like_gvproxy() {
+        let api = api();
+        let (s, v) = call(
+            &api,
+            "POST",
+            EXPOSE,
+            r#"{"local":"127.0.0.1:8080","remote":"192.168.127.2:80","protocol":"tcp"}"#,
+        );
+        assert_eq!(s, 200);
+        assert_eq!(
+            v,
+            serde_json::json!({"local":"127.0.0.1:8080","remote":"192.168.127.2:80","protocol":"tcp"})
+        );
+        // Protocol defaults to tcp; `:PORT` is every interface; a remote
+        // without a host is the guest.
+        assert_eq!(
+            call(&api, "POST", EXPOSE, r#"{"local":":8081","remote":":81"}"#).0,
+            200
+        );
+        assert_eq!(
+            call(
+                &api,
+                "POST",
+                EXPOSE,
+                r#"{"local":"[::1]:5353","remote":"192.168.127.2:53","protocol":"udp"}"#
+            )
+            .0,
+            200
+        );
+        assert_eq!(
+            call(
+                &api,
+                "POST",
+                EXPOSE,
+                r#"{"local":"127.0.0.1:8080","remote":"192.168.127.2:80","protocol":""}"#
+            )
+            .0,
+            409,
+            "duplicate"
+        );
+        let (s, all) = call(&api, "GET", ALL, "");
+        assert_eq!(s, 200);
+        assert_eq!(
+            all,
+            serde_json::json!([
+                {"local":"0.0.0.0:8081","remote":"192.168.127.2:81","protocol":"tcp"},
+                {"local":"127.0.0.1:8080","remote":"192.168.127.2:80","protocol":"tcp"},
+                {"local":"[::1]:5353","remote":"192.168.127.2:53","protocol":"udp"},
+            ])
+        );
+        let (s, v) = call(&api, "POST", UNEXPOSE, r#"{"local":":8081"}"#);
+        assert_eq!((s, v["local"].as_str()), (200, Some("0.0.0.0:8081")));
+        // The protocol must match.
+        let (s, e) = error(
+            &api,
+            "POST",
+            UNEXPOSE,
+            r#"{"local":"[::1]:5353","protocol":"tcp"}"#,
+        );
+        assert_eq!((s, e.as_str()), (404, "[::1]:5353/tcp is not published"));
+        assert_eq!(
+            call(
+                &api,
+                "POST",
+                UNEXPOSE,
+                r#"{"local":"[::1]:5353","protocol":"udp"}"#
+            )
+            .0,
+            200
+        );
+        assert_eq!(call(&api, "GET", ALL, "").1.as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn bind_errors_carry_the_chain() {
+        let (s, e) = error(
+            &api(),
+            "POST",
+            EXPOSE,
+            r#"{"local":"127.0.0.1:9999","remote":"192.168.127.2:80"}"#,
+        );
+        assert_eq!(s, 409);
+        assert!(
+            e.starts_with("cannot bind published port 127.0.0.1:9999/tcp: Address already in use"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_expose_requests_are_400_with_a_reason() {
+        let api = api();
+        for (body, needle) in [
+            ("", "invalid request body: EOF"),
+            ("not json", "invalid request body"),
+            ("[]", "invalid request body"),
+            (
+                r#"{"local":8080,"remote":"192.168.127.2:80"}"#,
+                "invalid type",
+            ),
+            (r#"{"remote":"192.168.127.2:80"}"#, "missing field `local`"),
+            (
+                r#"{"local":"127.0.0.1:1","remote":"192.168.127.2:80","protocl":"udp"}"#,
+                "unknown field `protocl`",
+            ),
+            (
+                r#"{"local":"127.0.0.1:1","remote":"192.168.127.2:80","protocol":"sctp"}"#,
+                "unsupported protocol \"sctp\"",
+            ),
+            (
+                r#"{"local":"127.0.0.1:1","remote":"192.168.127.2:80","protocol":"unix"}"#,
+                "unsupported protocol",
+            ),
+            (r#"{"local":"127.0.0.1","remote":":80"}"#, "invalid local"),
+            (r#"{"local":"127.0.0.1:0","remote":":80"}"#, "invalid local"),
+            (
+                r#"{"local":"localhost:80","remote":":80"}"#,
+                "invalid local",
+            ),
+            (r#"{"local":":65536","remote":":80"}"#, "invalid local"),
+            (r#"{"local":":+80","remote":":80"}"#, "invalid local"),
+            (
+                r#"{"local":":8080","remote":"192.168.127.2"}"#,
+                "invalid remote",
+            ),
+            (r#"{"local":":8080","remote":":0"}"#, "invalid remote"),
+            (r#"{"local":":8080","remote":"[::1]:80"}"#, "invalid remote"),
+            (
+                r#"{"local":":8080","remote":"10.0.0.2:80"}"#,
+                "not a guest address",
+            ),
+            (
+                r#"{"local":":8080","remote":"192.168.127.255:80"}"#,
+                "not a guest address",
+            ),
+            (
+                r#"{"local":":8080","remote":"192.168.127.0:80"}"#,
+                "not a guest address",
+            ),
+            (
+                r#"{"local":":8080","remote":"192.168.127.1:80"}"#,
+                "gateway's own",
+            ),
+            (
+                r#"{"local":":8080","remote":"192.168.127.254:80"}"#,
+                "gateway's own",
+            ),
+            ("\u{0}\u{1}", "invalid request body"),
+        ] {
+            let (s, e) = error(&api, "POST", EXPOSE, body);
+            assert_eq!(s, 400, "{body}: {e}");
+            assert!(e.contains(needle), "{body}: {e:?} lacks {needle:?}");
+        }
+        // Invalid UTF-8.
+        let r = api.handle(&Request {
+            method: "POST".into(),
+            path: EXPOSE.into(),
+            body: vec![b'{', 0xff, b'}'],
+        });
+        assert_eq!(r.status, 400);
+        let (s, e) = error(&api, "POST", UNEXPOSE, r#"{"local":":1","remote":":2"}"#);
+        assert_eq!(s, 400);
+        assert!(e.contains("unknown field `remote`"), "{e}");
+        assert!(api.control.published().is_empty());
+    }
+
+    #[test]
+    fn unknown_paths_and_wrong_methods() {
+        let api = api();
+        let (s, e) = error(&api, "GET", "/nope", "");
+        assert_eq!((s, e.as_str()), (404, "no such endpoint: /nope"));
+        let long = format!("/{}", "x".repeat(500));
+        let (_, e) = error(&api, "GET", &long, "");
+        assert!(e.len() < 200 && e.ends_with('…'), "{e}");
+        for (method, path, allow) in [
+            ("GET", EXPOSE, "POST"),
+            ("PUT", UNEXPOSE, "POST"),
+            ("POST", ALL, "GET, HEAD"),
+            ("DELETE", "/stats", "GET, HEAD"),
+        ] {
+            let r = api.handle(&Request {
+                method: method.into(),
+                path: path.into(),
+                body: Vec::new(),
+            });
+            assert_eq!(r.status, 405, "{method} {path}");
+            assert_eq!(r.headers, vec![("Allow", allow.to_owned())]);
+        }
+        assert_eq!(call(&api, "HEAD", "/stats", "").0, 200);
+    }
+
+    #[test]
+    fn stats_flows_and_leases() {
+        let api = api();
+        let (s, stats) = call(&api, "GET", "/stats", "");
+        assert_eq!(s, 200);
+        assert_eq!(stats["guest_to_host"]["bytes"], 100);
+        assert_eq!(stats["flows"]["tcp"]["opened"], 1);
+        assert!(stats["drops"].is_array());
+        let (_, flows) = call(&api, "GET", "/flows", "");
+        assert_eq!(flows[0]["direction"], "inbound");
+        assert_eq!(flows[0]["proto"], "tcp");
+        assert_eq!(flows[0]["bytes_to_guest"], 7);
+        let (_, leases) = call(&api, "GET", "/leases", "");
+        assert_eq!(
+            leases,
+            serde_json::json!([{"mac":"52:54:00:12:34:56","ip":"192.168.127.2","hostname":"guest","expires_in":3599}])
+        );
+    }
+
+    #[test]
+    fn guest_net_from_the_gateway_config() {
+        let c = crate::config::Config::try_from(
+            crate::args::Args::try_parse_ordered_from([
+                "airlock-net",
+                "--dns-upstream",
+                "127.0.0.1",
+                "--subnet",
+                "10.5.0.0/16",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        let n = GuestNet::new(&c.gateway);
+        assert_eq!(n.network, Ipv4Addr::new(10, 5, 0, 0));
+        assert_eq!(n.guest_ip, Ipv4Addr::new(10, 5, 0, 2));
+        assert_eq!(n.remote(":80"), Ok("10.5.0.2:80".parse().unwrap()));
+        assert_eq!(n.remote("10.5.7.9:80"), Ok("10.5.7.9:80".parse().unwrap()));
+        assert!(n.remote("10.5.255.254:80").is_err(), "host alias");
+        assert!(n.remote("10.5.0.1:80").is_err(), "gateway");
+    }
+}

@@ -1,0 +1,232 @@
+//! The airlock-net command line.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use airlock_common::listen::ListenArgs;
+use airlock_common::logging::LogArgs;
+use airlock_common::runner::LifecycleArgs;
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+use crate::policy::Action;
+
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "airlock-net",
+    version,
+    about = "vhost-user-net daemon: the NAT gateway of a QEMU guest",
+    long_about = "airlock-net is the guest's network (`-netdev vhost-user`). The guest's \
+Ethernet ends in this process: it answers ARP, DHCP and DNS itself, and every TCP, UDP \
+and ICMP echo flow the guest opens leaves the host as an ordinary socket of this process \
+(NAT), so the host's firewall and auditing tools see one program.\n\n\
+Guest-visible addresses (defaults, all derived from --subnet): gateway 192.168.127.1 \
+(DHCP, DNS), guest 192.168.127.2, host.airlock.internal 192.168.127.254 (the host's \
+127.0.0.1), http.airlock.internal 192.168.127.253 (--proxy-target).\n\n\
+After QEMU disconnects, all of that guest's flows are closed and airlock-net waits for \
+the next QEMU on the same socket (QEMU's `reconnect=1` reattaches a running guest).",
+    after_help = "Example:\n  airlock-net --socket-path /run/vm1/net.sock\n  \
+qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=1G,share=on \
+-numa node,memdev=mem -chardev socket,id=n0,path=/run/vm1/net.sock,reconnect=1 \
+-netdev vhost-user,id=net0,chardev=n0 -device virtio-net-pci,netdev=net0,host_mtu=65520"
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+
+    /// The virtual subnet the guest lives in.
+    #[arg(long, value_name = "CIDR", default_value = "192.168.127.0/24")]
+    pub subnet: String,
+
+    /// The gateway's address (router, DHCP and DNS server) [default: first
+    /// address of --subnet].
+    #[arg(long, value_name = "IP")]
+    pub gateway: Option<Ipv4Addr>,
+
+    /// The address DHCP gives the guest [default: second address of --subnet].
+    #[arg(long, value_name = "IP")]
+    pub guest_ip: Option<Ipv4Addr>,
+
+    /// The address of host.airlock.internal: connections to it reach the
+    /// host's 127.0.0.1 [default: last usable address of --subnet].
+    #[arg(long, value_name = "IP")]
+    pub host_ip: Option<Ipv4Addr>,
+
+    /// Do not map host.airlock.internal to the host's loopback.
+    #[arg(long)]
+    pub no_host_alias: bool,
+
+    /// The address of http.airlock.internal, the proxy alias
+    /// [default: second-to-last usable address of --subnet].
+    #[arg(long, value_name = "IP")]
+    pub proxy_ip: Option<Ipv4Addr>,
+
+    /// Where connections to http.airlock.internal:--proxy-port go: HOST:PORT
+    /// or unix:PATH (airlock-proxy's --listen). Without it, the alias
+    /// refuses connections.
+    #[arg(long, value_name = "ADDR")]
+    pub proxy_target: Option<String>,
+
+    /// The guest-side port of the proxy alias.
+    #[arg(long, value_name = "PORT", default_value_t = 3128)]
+    pub proxy_port: u16,
+
+    /// The gateway's MAC address.
+    #[arg(long, value_name = "MAC", default_value = "5a:94:ef:e4:0c:dd")]
+    pub gateway_mac: String,
+
+    /// MTU offered to the guest by DHCP (option 26); the guest's
+    /// virtio-net device should match (QEMU: host_mtu=…).
+    #[arg(long, value_name = "BYTES", default_value_t = 65520)]
+    pub mtu: u16,
+
+    /// How long a DHCP lease lasts.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    pub lease_time: u64,
+
+    /// Resolver for names the gateway does not answer itself: IP or IP:PORT,
+    /// repeatable, tried in order [default: the nameservers in
+    /// /etc/resolv.conf].
+    #[arg(long, value_name = "ADDR")]
+    pub dns_upstream: Vec<String>,
+
+    /// Read upstream resolvers from this file instead of /etc/resolv.conf.
+    #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+
+    /// An extra name the gateway's DNS answers: NAME=IP (repeatable).
+    #[arg(long, value_name = "NAME=IP")]
+    pub dns_record: Vec<String>,
+
+    /// The host alias's DNS name.
+    #[arg(long, value_name = "NAME", default_value = "host.airlock.internal")]
+    pub host_name: String,
+
+    /// The gateway's DNS name.
+    #[arg(long, value_name = "NAME", default_value = "gateway.airlock.internal")]
+    pub gateway_name: String,
+
+    /// The proxy alias's DNS name.
+    #[arg(long, value_name = "NAME", default_value = "http.airlock.internal")]
+    pub proxy_name: String,
+
+    /// Most concurrent flows (TCP connections, UDP mappings, pings). Past
+    /// it, new TCP connections get a RST and new UDP/ICMP flows are dropped.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_flows: usize,
+
+    /// Buffer per direction of each TCP flow (e.g. 256K, 1M); it also caps
+    /// the window advertised to the guest. Worst-case memory is
+    /// 2 × this × --max-flows.
+    #[arg(long, value_name = "SIZE", default_value = "256K")]
+    pub tcp_buffer: String,
+
+    /// How long a host connect may take before the guest gets a RST.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub tcp_connect_timeout: u64,
+
+    /// Idle time after which a UDP mapping (or ping) is forgotten.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub udp_timeout: u64,
+
+    /// Publish a port: connections (or datagrams) to the host address are
+    /// carried to the guest. [BIND_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp],
+    /// ranges as 8000-8010:8000-8010, repeatable. BIND_ADDR defaults to
+    /// 127.0.0.1 (this host only — Docker's default is every interface): use
+    /// 0.0.0.0:8080:80 or [::]:8080:80 to accept connections from the network.
+    #[arg(long, short = 'p', value_name = "SPEC")]
+    pub publish: Vec<String>,
+
+    /// Where the guest sees published-port connections come from: the
+    /// gateway's address, or the client's real address (a client on the
+    /// host's loopback then appears as host.airlock.internal).
+    #[arg(long, value_enum, value_name = "FROM", default_value = "gateway")]
+    pub publish_source: crate::gateway::inbound::PublishSource,
+
+    /// Allow flows the guest opens to NET[:PORTS][/PROTO] (e.g.
+    /// 10.0.0.0/8, 1.2.3.4:443/tcp, 0.0.0.0/0:53/udp). Rules (--allow,
+    /// --deny, then --egress-rules) are checked in order; the first match
+    /// decides. They apply to every flow the guest starts except DHCP and
+    /// DNS to the gateway, including the host and proxy aliases.
+    #[arg(long, value_name = "RULE")]
+    pub allow: Vec<String>,
+
+    /// Deny flows to NET[:PORTS][/PROTO]: TCP gets a RST, UDP an ICMP
+    /// "administratively prohibited", ping no reply.
+    #[arg(long, value_name = "RULE")]
+    pub deny: Vec<String>,
+
+    /// What happens to flows no rule matches.
+    #[arg(long, value_name = "allow|deny", default_value = "allow")]
+    pub egress: String,
+
+    /// More rules from FILE, one per line: `allow RULE`, `deny RULE` or
+    /// `default allow|deny` (# comments). Reread on SIGHUP; established
+    /// flows the new rules deny are closed.
+    #[arg(long, value_name = "FILE")]
+    pub egress_rules: Option<PathBuf>,
+
+    /// Append one JSON line per flow opened, closed or denied, and per port
+    /// published or unpublished, to PATH (or stdout with `-`).
+    #[arg(long, value_name = "PATH|-")]
+    pub audit_log: Option<PathBuf>,
+
+    /// Serve the control API on this Unix socket (created mode 0600; a
+    /// stale socket is replaced, a live one is an error; removed on exit):
+    /// HTTP/1.1 + JSON, compatible with gvisor-tap-vsock's forwarder API —
+    /// POST /services/forwarder/expose and /unexpose, GET
+    /// /services/forwarder/all — plus GET /stats, /flows and /leases. The
+    /// `airlock` command-line tool talks to it.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+
+    /// Do not offer checksum offload (VIRTIO_NET_F_CSUM/GUEST_CSUM) to the
+    /// guest; every checksum is then computed and verified in software.
+    #[arg(long)]
+    pub no_checksum_offload: bool,
+
+    #[command(flatten)]
+    pub lifecycle: LifecycleArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// Print the vhost-user capabilities JSON and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+
+    /// `--allow` and `--deny` values in command-line order (filled by
+    /// [`Args::parse_ordered`]; clap keeps each flag's values apart).
+    #[arg(skip)]
+    pub rules: Vec<(Action, String)>,
+}
+
+impl Args {
+    /// Parses the process arguments, keeping --allow/--deny in order.
+    pub fn parse_ordered() -> Args {
+        match Self::try_parse_ordered_from(std::env::args_os()) {
+            Ok(a) => a,
+            Err(e) => e.exit(),
+        }
+    }
+
+    /// As [`Args::parse_ordered`], from `args`.
+    pub fn try_parse_ordered_from<I, T>(args: I) -> Result<Args, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut a = Self::from_arg_matches(&matches)?;
+        let mut rules: Vec<(usize, Action, String)> = Vec::new();
+        for (id, action) in [("allow", Action::Allow), ("deny", Action::Deny)] {
+            if let (Some(idx), Some(vals)) =
+                (matches.indices_of(id), matches.get_many::<String>(id))
+            {
+                rules.extend(idx.zip(vals).map(|(i, v)| (i, action, v.clone())));
+            }
+        }
+        rules.sort_by_key(|r| r.0);
+        a.rules = rules.into_iter().map(|(_, act, v)| (act, v)).collect();
+        Ok(a)
+    }
+}

@@ -1,0 +1,533 @@
+//! From the command line to a checked [`Config`]: addresses derived from the
+//! subnet and validated, names and sizes parsed.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_common::listen::ListenArgs;
+use airlock_common::logging::LogArgs;
+use smoltcp::wire::EthernetAddress;
+
+use crate::args::Args;
+use crate::dhcp::DhcpConfig;
+use crate::dns::{self, LocalRecords};
+use crate::gateway::host::Target;
+use crate::gateway::tcp::TcpLimits;
+use crate::gateway::GatewayConfig;
+use crate::policy::{Action, PolicyError, Rule};
+use crate::publish::{self, PortSpec, PublishError};
+use crate::shared::PolicySource;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid --subnet {0:?}: expected an IPv4 CIDR such as 192.168.127.0/24 with a prefix of at most /29")]
+    Subnet(String),
+    #[error("--{0} {1} is not a usable address in subnet {2}")]
+    OutsideSubnet(&'static str, Ipv4Addr, String),
+    #[error("--{0} and --{1} are both {2}: each address must be distinct")]
+    Duplicate(&'static str, &'static str, Ipv4Addr),
+    #[error("invalid --gateway-mac {0:?}: expected a unicast address like 5a:94:ef:e4:0c:dd")]
+    Mac(String),
+    #[error("--mtu {0} is out of range (1280..=65520)")]
+    Mtu(u16),
+    #[error("invalid --dns-upstream {0:?}: expected IP or IP:PORT ([IPv6]:PORT)")]
+    Upstream(String),
+    #[error("invalid --dns-record {0:?}: expected NAME=IPv4")]
+    Record(String),
+    #[error("invalid DNS name {0:?}")]
+    Name(String, #[source] dns::DnsError),
+    #[error("invalid --tcp-buffer {0:?}: expected a size such as 256K or 1M, between 16K and 64M")]
+    Size(String),
+    #[error("invalid --proxy-target {0:?}: expected HOST:PORT or unix:PATH")]
+    ProxyTarget(String),
+    #[error("--max-flows must be at least 1")]
+    MaxFlows,
+    #[error("--{0} must be at least 1 second")]
+    Timeout(&'static str),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("invalid --{0} {1:?}")]
+    Rule(&'static str, String, #[source] PolicyError),
+    #[error("invalid --egress {0:?}: allow or deny")]
+    Egress(String),
+    #[error("{0}")]
+    RulesFile(#[source] PolicyError),
+}
+
+/// Everything airlock-net needs to run.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: ListenArgs,
+    pub gateway: GatewayConfig,
+    pub offer_csum: bool,
+    pub exit_on_disconnect: bool,
+    pub log: LogArgs,
+    /// Where the upstream resolvers came from (for the startup log line).
+    pub upstream_source: String,
+    pub publish: Vec<PortSpec>,
+    pub policy: PolicySource,
+    pub audit_log: Option<std::path::PathBuf>,
+    /// `--api-socket`: where the control API listens.
+    pub api_socket: Option<PathBuf>,
+}
+
+fn parse_subnet(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, prefix) = s.split_once('/')?;
+    let addr: Ipv4Addr = addr.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok()?;
+    if prefix > 29 {
+        return None;
+    }
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    Some((Ipv4Addr::from(u32::from(addr) & mask), prefix))
+}
+
+fn parse_mac(s: &str) -> Option<EthernetAddress> {
+    let bytes: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2))
+        .collect::<Option<_>>()?;
+    let arr: [u8; 6] = bytes.try_into().ok()?;
+    let mac = EthernetAddress(arr);
+    mac.is_unicast().then_some(mac)
+}
+
+/// Parses `256K`, `1M`, `65536` (binary units).
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()? {
+        'k' | 'K' => (&s[..s.len() - 1], 1024),
+        'm' | 'M' => (&s[..s.len() - 1], 1024 * 1024),
+        _ => (s, 1),
+    };
+    num.parse::<usize>().ok()?.checked_mul(mult)
+}
+
+fn parse_upstream(s: &str) -> Option<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53))
+}
+
+fn parse_proxy_target(s: &str) -> Option<Target> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        return (!path.is_empty()).then(|| Target::Unix(PathBuf::from(path)));
+    }
+    s.parse::<SocketAddr>().ok().map(Target::Tcp)
+}
+
+impl TryFrom<Args> for Config {
+    type Error = ConfigError;
+
+    fn try_from(a: Args) -> Result<Self, Self::Error> {
+        let (network, prefix) =
+            parse_subnet(&a.subnet).ok_or_else(|| ConfigError::Subnet(a.subnet.clone()))?;
+        let net = u32::from(network);
+        let size = 1u32 << (32 - u32::from(prefix));
+        let broadcast = net + size - 1;
+        let usable = |ip: Ipv4Addr| {
+            let v = u32::from(ip);
+            v > net && v < broadcast
+        };
+        let gateway_ip = a.gateway.unwrap_or(Ipv4Addr::from(net + 1));
+        let guest_ip = a.guest_ip.unwrap_or(Ipv4Addr::from(net + 2));
+        let host_ip = a.host_ip.unwrap_or(Ipv4Addr::from(broadcast - 1));
+        let proxy_ip = a.proxy_ip.unwrap_or(Ipv4Addr::from(broadcast - 2));
+        let named = [
+            ("gateway", gateway_ip),
+            ("guest-ip", guest_ip),
+            ("host-ip", host_ip),
+            ("proxy-ip", proxy_ip),
+        ];
+        for (name, ip) in named {
+            if !usable(ip) {
+                return Err(ConfigError::OutsideSubnet(name, ip, a.subnet.clone()));
+            }
+        }
+        for (i, (n1, ip1)) in named.iter().enumerate() {
+            for (n2, ip2) in &named[i + 1..] {
+                if ip1 == ip2 {
+                    return Err(ConfigError::Duplicate(n1, n2, *ip1));
+                }
+            }
+        }
+        let gateway_mac =
+            parse_mac(&a.gateway_mac).ok_or_else(|| ConfigError::Mac(a.gateway_mac.clone()))?;
+        if !(1280..=65520).contains(&a.mtu) {
+            return Err(ConfigError::Mtu(a.mtu));
+        }
+        let buffer = parse_size(&a.tcp_buffer)
+            .filter(|b| (16 * 1024..=64 * 1024 * 1024).contains(b))
+            .ok_or_else(|| ConfigError::Size(a.tcp_buffer.clone()))?;
+        if a.max_flows == 0 {
+            return Err(ConfigError::MaxFlows);
+        }
+        if a.tcp_connect_timeout == 0 {
+            return Err(ConfigError::Timeout("tcp-connect-timeout"));
+        }
+        if a.udp_timeout == 0 {
+            return Err(ConfigError::Timeout("udp-timeout"));
+        }
+
+        let mut records = LocalRecords::new();
+        let mut add = |name: &str, ip: Ipv4Addr| {
+            records
+                .insert(name, ip)
+                .map_err(|e| ConfigError::Name(name.to_owned(), e))
+        };
+        add(&a.gateway_name, gateway_ip)?;
+        if !a.no_host_alias {
+            add(&a.host_name, host_ip)?;
+        }
+        add(&a.proxy_name, proxy_ip)?;
+        for r in &a.dns_record {
+            let (name, ip) = r
+                .split_once('=')
+                .and_then(|(n, ip)| Some((n, ip.parse::<Ipv4Addr>().ok()?)))
+                .ok_or_else(|| ConfigError::Record(r.clone()))?;
+            add(name, ip)?;
+        }
+
+        let (dns_upstreams, upstream_source) = if a.dns_upstream.is_empty() {
+            match std::fs::read_to_string(&a.resolv_conf) {
+                Ok(text) => (
+                    dns::parse_resolv_conf(&text),
+                    a.resolv_conf.display().to_string(),
+                ),
+                Err(e) => {
+                    log::warn!(
+                        "cannot read {}: {e}; names other than the gateway's own will fail",
+                        a.resolv_conf.display()
+                    );
+                    (Vec::new(), a.resolv_conf.display().to_string())
+                }
+            }
+        } else {
+            let ups = a
+                .dns_upstream
+                .iter()
+                .map(|s| parse_upstream(s).ok_or_else(|| ConfigError::Upstream(s.clone())))
+                .collect::<Result<Vec<_>, _>>()?;
+            (ups, "--dns-upstream".to_owned())
+        };
+
+        let proxy = match &a.proxy_target {
+            Some(t) => Some((
+                a.proxy_port,
+                parse_proxy_target(t).ok_or_else(|| ConfigError::ProxyTarget(t.clone()))?,
+            )),
+            None => None,
+        };
+
+        // Zones we own: the parent domains of our names, when they are under
+        // `.internal` (reserved for private use); never a public domain.
+        let mut local_zones: Vec<String> = [&a.gateway_name, &a.host_name, &a.proxy_name]
+            .iter()
+            .filter_map(|n| {
+                n.trim_end_matches('.')
+                    .split_once('.')
+                    .map(|(_, z)| z.to_ascii_lowercase())
+            })
+            .filter(|z| z == "internal" || z.ends_with(".internal"))
+            .collect();
+        local_zones.sort();
+        local_zones.dedup();
+
+        let mut publish_specs = Vec::new();
+        for p in &a.publish {
+            publish_specs.extend(publish::parse_publish(p, guest_ip)?);
+        }
+        let mut cli_rules = Vec::new();
+        for (action, r) in &a.rules {
+            let flag = if *action == Action::Allow {
+                "allow"
+            } else {
+                "deny"
+            };
+            cli_rules
+                .push(Rule::parse(*action, r).map_err(|e| ConfigError::Rule(flag, r.clone(), e))?);
+        }
+        let default = a
+            .egress
+            .parse::<Action>()
+            .map_err(|_| ConfigError::Egress(a.egress.clone()))?;
+        let policy = PolicySource {
+            cli_rules,
+            default: Some(default),
+            file: a.egress_rules.clone(),
+        };
+        policy.load().map_err(ConfigError::RulesFile)?;
+
+        let dhcp = DhcpConfig {
+            server_ip: gateway_ip,
+            guest_ip,
+            prefix_len: prefix,
+            router: gateway_ip,
+            dns_servers: vec![gateway_ip],
+            mtu: a.mtu,
+            lease_time: Duration::from_secs(a.lease_time.max(60)),
+            domain_name: None,
+            search_domains: Vec::new(),
+        };
+        Ok(Config {
+            listen: a.listen,
+            gateway: GatewayConfig {
+                gateway_mac,
+                gateway_ip,
+                prefix_len: prefix,
+                guest_ip,
+                host_ip: (!a.no_host_alias).then_some(host_ip),
+                proxy_ip,
+                proxy,
+                mtu: usize::from(a.mtu),
+                dns_upstreams,
+                records: Arc::new(records),
+                local_zones,
+                dhcp,
+                publish_source: a.publish_source,
+                max_flows: a.max_flows,
+                tcp: TcpLimits {
+                    buffer,
+                    connect_timeout: Duration::from_secs(a.tcp_connect_timeout),
+                },
+                udp_timeout: Duration::from_secs(a.udp_timeout),
+            },
+            offer_csum: !a.no_checksum_offload,
+            exit_on_disconnect: a.lifecycle.exit_on_disconnect,
+            log: a.log,
+            upstream_source,
+            publish: publish_specs,
+            policy,
+            audit_log: a.audit_log,
+            api_socket: a.api_socket,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut full = vec!["airlock-net", "--dns-upstream", "127.0.0.1"];
+        full.extend_from_slice(args);
+        Config::try_from(Args::try_parse_ordered_from(full).unwrap())
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = parse(&[]).unwrap();
+        let g = &c.gateway;
+        assert_eq!(g.gateway_ip, Ipv4Addr::new(192, 168, 127, 1));
+        assert_eq!(g.guest_ip, Ipv4Addr::new(192, 168, 127, 2));
+        assert_eq!(g.host_ip, Some(Ipv4Addr::new(192, 168, 127, 254)));
+        assert_eq!(g.proxy_ip, Ipv4Addr::new(192, 168, 127, 253));
+        assert_eq!(g.prefix_len, 24);
+        assert_eq!(g.mtu, 65520);
+        assert_eq!(g.max_flows, 4096);
+        assert_eq!(g.tcp.buffer, 256 * 1024);
+        assert_eq!(
+            g.dns_upstreams,
+            vec!["127.0.0.1:53".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            g.records.lookup("host.airlock.internal"),
+            Some(Ipv4Addr::new(192, 168, 127, 254))
+        );
+        assert_eq!(
+            g.records.lookup("HTTP.airlock.internal."),
+            Some(Ipv4Addr::new(192, 168, 127, 253))
+        );
+        assert!(c.offer_csum);
+        assert_eq!(g.local_zones, vec!["airlock.internal".to_owned()]);
+    }
+
+    #[test]
+    fn other_subnet_derives_addresses() {
+        let c = parse(&["--subnet", "10.9.0.77/16", "--no-host-alias"]).unwrap();
+        assert_eq!(c.gateway.gateway_ip, Ipv4Addr::new(10, 9, 0, 1));
+        assert_eq!(c.gateway.guest_ip, Ipv4Addr::new(10, 9, 0, 2));
+        assert_eq!(c.gateway.proxy_ip, Ipv4Addr::new(10, 9, 255, 253));
+        assert_eq!(c.gateway.host_ip, None);
+        assert_eq!(c.gateway.records.lookup("host.airlock.internal"), None);
+    }
+
+    #[test]
+    fn records_upstreams_sizes_targets() {
+        let c = parse(&[
+            "--dns-record",
+            "db.example.test=10.1.2.3",
+            "--dns-upstream",
+            "[::1]:5353",
+            "--tcp-buffer",
+            "1M",
+            "--proxy-target",
+            "unix:/run/proxy.sock",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.gateway.records.lookup("db.example.test"),
+            Some(Ipv4Addr::new(10, 1, 2, 3))
+        );
+        assert_eq!(c.gateway.dns_upstreams.len(), 2);
+        assert_eq!(
+            c.gateway.dns_upstreams[1],
+            "[::1]:5353".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(c.gateway.tcp.buffer, 1 << 20);
+        assert_eq!(
+            c.gateway.proxy,
+            Some((3128, Target::Unix("/run/proxy.sock".into())))
+        );
+        assert_eq!(parse_size("64k"), Some(65536));
+        assert_eq!(parse_size("x"), None);
+    }
+
+    #[test]
+    fn bad_values_are_refused_clearly() {
+        assert!(matches!(
+            parse(&["--subnet", "192.168.127.0/30"]),
+            Err(ConfigError::Subnet(_))
+        ));
+        assert!(matches!(
+            parse(&["--subnet", "nonsense"]),
+            Err(ConfigError::Subnet(_))
+        ));
+        assert!(matches!(
+            parse(&["--guest-ip", "10.0.0.2"]),
+            Err(ConfigError::OutsideSubnet("guest-ip", ..))
+        ));
+        assert!(matches!(
+            parse(&["--guest-ip", "192.168.127.255"]),
+            Err(ConfigError::OutsideSubnet(..))
+        ));
+        assert!(matches!(
+            parse(&["--host-ip", "192.168.127.1"]),
+            Err(ConfigError::Duplicate("gateway", "host-ip", _))
+        ));
+        assert!(matches!(
+            parse(&["--gateway-mac", "ff:ff:ff:ff:ff:ff"]),
+            Err(ConfigError::Mac(_))
+        ));
+        assert!(matches!(
+            parse(&["--gateway-mac", "5a:94:ef"]),
+            Err(ConfigError::Mac(_))
+        ));
+        assert!(matches!(
+            parse(&["--mtu", "100"]),
+            Err(ConfigError::Mtu(100))
+        ));
+        assert!(matches!(
+            parse(&["--dns-upstream", "dns.google"]),
+            Err(ConfigError::Upstream(_))
+        ));
+        assert!(matches!(
+            parse(&["--dns-record", "x"]),
+            Err(ConfigError::Record(_))
+        ));
+        assert!(matches!(
+            parse(&["--dns-record", "a..b=1.2.3.4"]),
+            Err(ConfigError::Name(..))
+        ));
+        assert!(matches!(
+            parse(&["--tcp-buffer", "1K"]),
+            Err(ConfigError::Size(_))
+        ));
+        assert!(matches!(
+            parse(&["--proxy-target", "nowhere"]),
+            Err(ConfigError::ProxyTarget(_))
+        ));
+        assert!(matches!(
+            parse(&["--max-flows", "0"]),
+            Err(ConfigError::MaxFlows)
+        ));
+    }
+
+    #[test]
+    fn resolv_conf_is_the_default_upstream_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        std::fs::write(&path, "# test\nnameserver 10.0.0.53\nnameserver ::1\n").unwrap();
+        let c = Config::try_from(
+            Args::try_parse_ordered_from(["airlock-net", "--resolv-conf", path.to_str().unwrap()])
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c.gateway.dns_upstreams.len(), 2);
+        assert_eq!(
+            c.gateway.dns_upstreams[0],
+            "10.0.0.53:53".parse::<SocketAddr>().unwrap()
+        );
+    }
+}
+
+#[cfg(test)]
+mod control_tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut full = vec!["airlock-net", "--dns-upstream", "127.0.0.1"];
+        full.extend_from_slice(args);
+        Config::try_from(Args::try_parse_ordered_from(full).unwrap())
+    }
+
+    #[test]
+    fn allow_and_deny_keep_their_order() {
+        let c = parse(&[
+            "--deny",
+            "10.0.0.0/8",
+            "--allow",
+            "10.1.0.0/16",
+            "--deny",
+            "0.0.0.0/0:25/tcp",
+            "--egress",
+            "deny",
+        ])
+        .unwrap();
+        let p = c.policy.load().unwrap();
+        let texts: Vec<String> = p.rules.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            texts,
+            vec![
+                "deny 10.0.0.0/8",
+                "allow 10.1.0.0/16",
+                "deny 0.0.0.0/0:25/tcp"
+            ]
+        );
+        assert_eq!(p.default, Action::Deny);
+        // First match wins: 10.1.2.3 is denied by the earlier /8.
+        assert!(!p
+            .decide(
+                crate::policy::Proto::Tcp,
+                Ipv4Addr::new(10, 1, 2, 3),
+                Some(80)
+            )
+            .allowed());
+    }
+
+    #[test]
+    fn publish_and_rule_errors() {
+        let c = parse(&["-p", "8080:80", "--publish", "0.0.0.0:5353:53/udp"]).unwrap();
+        assert_eq!(c.publish.len(), 2);
+        assert!(matches!(
+            parse(&["-p", "nope"]),
+            Err(ConfigError::Publish(_))
+        ));
+        assert!(matches!(
+            parse(&["--deny", "10.0.0.0/40"]),
+            Err(ConfigError::Rule("deny", ..))
+        ));
+        assert!(matches!(
+            parse(&["--egress", "maybe"]),
+            Err(ConfigError::Egress(_))
+        ));
+        assert!(matches!(
+            parse(&["--egress-rules", "/no/such/airlock-rules"]),
+            Err(ConfigError::RulesFile(_))
+        ));
+    }
+}

@@ -1,0 +1,449 @@
+//! The vhost-user-net device: queue 0 receives (frames to the guest),
+//! queue 1 transmits (frames from the guest). One vring worker thread runs
+//! everything — the virtqueues, the host sockets (one nested epoll fd) and
+//! the flow timers (one timerfd) — so the data path takes no contended
+//! locks and an idle daemon sleeps in epoll.
+
+use std::io;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use airlock_common::ratelimited;
+use airlock_common::runner::{GuestMemory, Session, Vring, Worker};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringT};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
+};
+use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
+use virtio_queue::{QueueOwnedT, QueueT};
+use vm_memory::GuestAddressSpace;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
+
+use crate::dhcp::LeaseInfo;
+use crate::gateway::stats::DropReason;
+use crate::gateway::{FlowInfo, Gateway, GatewayConfig, GuestTx};
+use crate::shared::Shared;
+use crate::virtio_net::{self, Backlog, Placed};
+
+/// The guest posted receive buffers.
+pub const RX_QUEUE_EVENT: u16 = 0;
+/// The guest queued frames to send.
+pub const TX_QUEUE_EVENT: u16 = 1;
+// Event id 2 (= number of queues) is the worker's exit event.
+/// One or more host sockets are ready.
+pub const HOST_SOCKETS_EVENT: u16 = 3;
+/// A flow deadline passed.
+pub const TIMER_EVENT: u16 = 4;
+/// Published ports or the egress policy changed.
+pub const CONTROL_EVENT: u16 = 5;
+
+const NUM_QUEUES: usize = 2;
+const MAX_QUEUE_SIZE: usize = 1024;
+/// Bytes of frames held for the guest when it posts no receive buffers.
+const BACKLOG_BYTES: usize = 1 << 20;
+
+struct Inner {
+    gateway: Gateway,
+    backlog: Backlog,
+    frame: Vec<u8>,
+}
+
+/// One frontend connection's virtio-net device and its gateway.
+pub struct NetSession {
+    inner: Mutex<Inner>,
+    shared: Arc<Shared>,
+    mem: RwLock<Option<GuestMemory>>,
+    acked: AtomicU64,
+    event_idx: AtomicBool,
+    offer_csum: bool,
+}
+
+impl NetSession {
+    pub fn new(cfg: GatewayConfig, shared: Arc<Shared>, offer_csum: bool) -> io::Result<Self> {
+        Ok(NetSession {
+            inner: Mutex::new(Inner {
+                gateway: Gateway::new(cfg, shared.clone())?,
+                backlog: Backlog::new(BACKLOG_BYTES),
+                frame: Vec::with_capacity(virtio_net::MAX_FRAME),
+            }),
+            shared,
+            mem: RwLock::new(None),
+            acked: AtomicU64::new(0),
+            event_idx: AtomicBool::new(false),
+            offer_csum,
+        })
+    }
+
+    /// The guest's current flows (for the control API).
+    pub fn flows(&self) -> Vec<FlowInfo> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .gateway
+            .flows()
+    }
+
+    /// The guest's DHCP leases (for the control API).
+    pub fn leases(&self) -> Vec<LeaseInfo> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .gateway
+            .leases()
+    }
+
+    fn acked(&self, bit: u32) -> bool {
+        self.acked.load(Ordering::Relaxed) & (1 << bit) != 0
+    }
+
+    fn memory(&self) -> Option<GuestMemory> {
+        self.mem.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Moves backlog frames into the guest's receive buffers; returns
+    /// whether any were delivered.
+    fn flush(&self, inner: &mut Inner, rx: &Vring) -> io::Result<bool> {
+        let Some(mem) = self.memory() else {
+            return Ok(false);
+        };
+        let mergeable = self.acked(VIRTIO_NET_F_MRG_RXBUF);
+        let flags = if inner.backlog.csum_offload() {
+            virtio_net::F_DATA_VALID
+        } else {
+            0
+        };
+        let shared = self.shared.clone();
+        let stats = &shared.stats;
+        let mut delivered = false;
+        let mut state = rx.get_mut();
+        loop {
+            while let Some(frame) = inner.backlog.front() {
+                let guard = mem.memory();
+                let queue = state.get_queue_mut();
+                if !queue.ready() {
+                    return Ok(delivered);
+                }
+                let placed = virtio_net::place_frame(
+                    queue,
+                    mem.memory(),
+                    frame,
+                    mergeable,
+                    flags,
+                    |q, head, len| {
+                        if let Err(e) = q.add_used(guard.deref(), head, len) {
+                            ratelimited!(
+                                log::Level::Warn,
+                                "cannot return rx buffer {head} to the guest: {e}"
+                            );
+                        }
+                    },
+                );
+                match placed {
+                    Ok(Placed::Done { .. }) => {
+                        stats.frame_to_guest(frame.len());
+                        inner.backlog.pop();
+                        delivered = true;
+                    }
+                    Ok(Placed::NoRoom) => break,
+                    Ok(Placed::TooBig) => {
+                        stats.dropped(DropReason::Oversize);
+                        inner.backlog.pop();
+                    }
+                    Err(e) => {
+                        ratelimited!(log::Level::Warn, "guest receive queue: {e}");
+                        stats.dropped(DropReason::Malformed);
+                        inner.backlog.pop();
+                    }
+                }
+            }
+            if inner.backlog.is_empty() {
+                break;
+            }
+            // Out of buffers: ask the guest to kick us when it posts more
+            // (and retry if it already did in the meantime).
+            match state.enable_notification() {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    ratelimited!(log::Level::Warn, "guest receive queue: {e}");
+                    break;
+                }
+            }
+        }
+        if delivered {
+            match state.needs_notification() {
+                Ok(true) => state.signal_used_queue()?,
+                Ok(false) => {}
+                Err(e) => ratelimited!(log::Level::Warn, "guest receive queue: {e}"),
+            }
+        }
+        Ok(delivered)
+    }
+
+    /// Reads every frame the guest queued and hands it to the gateway.
+    fn process_tx(&self, inner: &mut Inner, vrings: &[Vring]) -> io::Result<()> {
+        let (Some(rx), Some(tx)) = (vrings.first(), vrings.get(1)) else {
+            return Ok(());
+        };
+        let Some(mem) = self.memory() else {
+            return Ok(());
+        };
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let shared = self.shared.clone();
+        let stats = &shared.stats;
+        loop {
+            if event_idx {
+                tx.disable_notification().map_err(io::Error::other)?;
+            }
+            let chains: Vec<virtio_net::Chain> = {
+                let mut state = tx.get_mut();
+                match state.get_queue_mut().iter(mem.memory()) {
+                    Ok(iter) => iter.collect(),
+                    Err(e) => {
+                        ratelimited!(log::Level::Warn, "guest transmit queue: {e}");
+                        Vec::new()
+                    }
+                }
+            };
+            let mut heads = Vec::with_capacity(chains.len());
+            for chain in chains {
+                heads.push(chain.head_index());
+                match virtio_net::read_frame(chain, &mut inner.frame) {
+                    Ok(flags) => {
+                        let partial = flags & virtio_net::F_NEEDS_CSUM != 0;
+                        let Inner {
+                            gateway,
+                            backlog,
+                            frame,
+                        } = &mut *inner;
+                        gateway.guest_frame(frame, partial, backlog);
+                    }
+                    Err(e) => {
+                        ratelimited!(log::Level::Warn, "bad frame from the guest: {e}");
+                        stats.dropped(DropReason::Malformed);
+                    }
+                }
+            }
+            if !heads.is_empty() {
+                for head in heads {
+                    if let Err(e) = tx.add_used(head, 0) {
+                        ratelimited!(log::Level::Warn, "cannot return tx buffer {head}: {e}");
+                    }
+                }
+                if tx.needs_notification().map_err(io::Error::other)? {
+                    tx.signal_used_queue()?;
+                }
+            }
+            self.flush(inner, rx)?;
+            if !event_idx || !tx.enable_notification().map_err(io::Error::other)? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl VhostUserBackend for NetSession {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_NET_F_MRG_RXBUF)
+            | (1 << VIRTIO_NET_F_MTU)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if self.offer_csum {
+            f |= (1 << VIRTIO_NET_F_CSUM) | (1 << VIRTIO_NET_F_GUEST_CSUM);
+        }
+        f
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.acked.store(features, Ordering::Relaxed);
+        let offload = features & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0;
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .backlog
+            .set_offload(offload);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
+        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        airlock_common::runner::exit_event()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Vring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        // An error here ends the vring worker (vhost-user-backend stops its
+        // loop without a word), and with it the guest's network: say so.
+        let res = self.dispatch(device_event, vrings);
+        if let Err(e) = &res {
+            log::error!("network device stopped on event {device_event}: {e}");
+        }
+        res
+    }
+}
+
+impl NetSession {
+    fn dispatch(&self, device_event: u16, vrings: &[Vring]) -> io::Result<()> {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = &mut *guard;
+        let Some(rx) = vrings.first() else {
+            return Ok(());
+        };
+        match device_event {
+            RX_QUEUE_EVENT => {
+                self.flush(inner, rx)?;
+                let Inner {
+                    gateway, backlog, ..
+                } = &mut *inner;
+                gateway.guest_room(backlog);
+            }
+            TX_QUEUE_EVENT => return self.process_tx(inner, vrings),
+            HOST_SOCKETS_EVENT => {
+                let Inner {
+                    gateway, backlog, ..
+                } = &mut *inner;
+                gateway.host_events(backlog)?;
+            }
+            TIMER_EVENT => {
+                let Inner {
+                    gateway, backlog, ..
+                } = &mut *inner;
+                gateway.timers(backlog);
+            }
+            CONTROL_EVENT => {
+                let Inner {
+                    gateway, backlog, ..
+                } = &mut *inner;
+                gateway.control(backlog);
+            }
+            other => return Err(io::Error::other(format!("unknown device event {other}"))),
+        }
+        self.flush(inner, rx)?;
+        Ok(())
+    }
+}
+
+impl Session for NetSession {
+    fn attach(self: &Arc<Self>, workers: &[Arc<Worker<Self>>]) -> io::Result<()> {
+        let worker = workers
+            .first()
+            .ok_or_else(|| io::Error::other("no vring worker"))?;
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        worker.register_listener(
+            inner.gateway.host_fd(),
+            EventSet::IN,
+            u64::from(HOST_SOCKETS_EVENT),
+        )?;
+        worker.register_listener(
+            inner.gateway.timer_fd(),
+            EventSet::IN,
+            u64::from(TIMER_EVENT),
+        )?;
+        worker.register_listener(
+            self.shared.control_fd(),
+            EventSet::IN,
+            u64::from(CONTROL_EVENT),
+        )?;
+        self.shared.set_session(Arc::downgrade(self));
+        Ok(())
+    }
+
+    fn detach(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let snap = inner.gateway.stats().snapshot();
+        let drops: Vec<String> = snap
+            .drops
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(why, n)| format!("{why} {n}"))
+            .collect();
+        log::info!(
+            "guest gone: {} frames from it, {} to it; tcp flows {} opened, {} refused; drops: {}",
+            snap.guest_to_host.frames,
+            snap.host_to_guest.frames,
+            snap.flows.tcp.opened,
+            snap.flows.tcp.refused,
+            if drops.is_empty() {
+                "none".to_owned()
+            } else {
+                drops.join(", ")
+            }
+        );
+        inner.gateway.shutdown();
+        inner.backlog.clear();
+        self.mem.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::tests::config;
+    use crate::shared::PolicySource;
+    use vhost_user_backend::VringT;
+    use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+
+    #[test]
+    fn every_named_event_is_handled_without_stopping_the_worker() {
+        let shared = Shared::new(config().guest_ip, PolicySource::default(), None).unwrap();
+        let session = NetSession::new(config(), shared.clone(), true).unwrap();
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
+        );
+        session.update_memory(mem.clone()).unwrap();
+        let vrings = [
+            Vring::new(mem.clone(), 256).unwrap(),
+            Vring::new(mem, 256).unwrap(),
+        ];
+        shared.notify();
+        for ev in [
+            RX_QUEUE_EVENT,
+            TX_QUEUE_EVENT,
+            HOST_SOCKETS_EVENT,
+            TIMER_EVENT,
+            CONTROL_EVENT,
+        ] {
+            session
+                .handle_event(ev, EventSet::IN, &vrings, 0)
+                .unwrap_or_else(|e| panic!("event {ev}: {e}"));
+        }
+        assert!(session.handle_event(99, EventSet::IN, &vrings, 0).is_err());
+    }
+}

@@ -1,0 +1,760 @@
+//! Tests for the DNS module: parsing, local answers, error replies, the TCP
+//! framer and session, and a no-panic property test.
+
+use super::wire::{be16, be32, read_name};
+use super::*;
+use std::sync::Arc;
+
+const HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 127, 254);
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 127, 1);
+
+/// `dig example.com` (BIND 9.18): RD+AD, EDNS UDP 1232 with a client cookie.
+const DIG_A: &[u8] = b"\x8a\x2f\x01\x20\x00\x01\x00\x00\x00\x00\x00\x01\
+\x07example\x03com\x00\x00\x01\x00\x01\
+\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x0c\x00\x0a\x00\x08\x5b\x1c\x3e\x91\xa7\x02\xcd\x44";
+
+/// glibc getaddrinfo: A then AAAA, RD only, no EDNS.
+const GLIBC_A: &[u8] = b"\x4d\x21\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\
+\x04host\x07airlock\x08internal\x00\x00\x01\x00\x01";
+const GLIBC_AAAA: &[u8] = b"\x4d\x22\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\
+\x04host\x07airlock\x08internal\x00\x00\x1c\x00\x01";
+
+/// busybox nslookup reverse lookup of 192.168.127.254.
+const BUSYBOX_PTR: &[u8] = b"\x00\x07\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\
+\x03254\x03127\x03168\x03192\x07in-addr\x04arpa\x00\x00\x0c\x00\x01";
+
+/// Unbound-style 0x20 randomised case, EDNS 1232 with DO set.
+const MIXED_CASE_DO: &[u8] = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x01\
+\x04hOsT\x07AiRlOcK\x08InTeRnAl\x00\x00\x01\x00\x01\
+\x00\x00\x29\x04\xd0\x00\x00\x80\x00\x00\x00";
+
+fn records() -> LocalRecords {
+    let mut r = LocalRecords::new();
+    r.insert("host.airlock.internal", HOST).unwrap();
+    r.insert("gateway.airlock.internal", GATEWAY).unwrap();
+    r.insert("host.docker.internal.", HOST).unwrap();
+    r
+}
+
+/// Builds a query: RD set, optional EDNS (udp size, version, DO).
+fn query(id: u16, name: &str, qtype: u16, edns: Option<(u16, u8, bool)>) -> Vec<u8> {
+    let mut m = Vec::new();
+    let ar = u16::from(edns.is_some());
+    for v in [id, 0x0100, 1, 0, 0, ar] {
+        m.extend_from_slice(&v.to_be_bytes());
+    }
+    for label in name.split('.').filter(|l| !l.is_empty()) {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.push(0);
+    m.extend_from_slice(&qtype.to_be_bytes());
+    m.extend_from_slice(&1u16.to_be_bytes());
+    if let Some((size, version, dnssec_ok)) = edns {
+        m.extend_from_slice(&[0, 0, 41]);
+        m.extend_from_slice(&size.to_be_bytes());
+        m.extend_from_slice(&[0, version, if dnssec_ok { 0x80 } else { 0 }, 0, 0, 0]);
+    }
+    m
+}
+
+/// A decoded reply (test-only decoder).
+#[derive(Debug)]
+struct Reply {
+    id: u16,
+    flags: u16,
+    question: Option<(String, u16, u16)>,
+    answers: Vec<(String, u16, u32, Vec<u8>)>,
+    opt: Option<(u16, u32)>,
+}
+
+impl Reply {
+    fn rcode(&self) -> u16 {
+        self.flags & 0xf
+    }
+    fn has(&self, bit: u16) -> bool {
+        self.flags & bit != 0
+    }
+}
+
+fn raw_name(labels: &[&[u8]]) -> String {
+    labels
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn decode(m: &[u8]) -> Reply {
+    let h = Header::parse(m).unwrap();
+    assert!(h.flags & flag::QR != 0, "not a response");
+    assert_eq!(h.nscount, 0);
+    let mut pos = HEADER_LEN;
+    let mut question = None;
+    assert!(h.qdcount <= 1);
+    if h.qdcount == 1 {
+        let (labels, at) = read_name(m, pos).unwrap();
+        question = Some((
+            raw_name(&labels),
+            be16(m, at).unwrap(),
+            be16(m, at + 2).unwrap(),
+        ));
+        pos = at + 4;
+    }
+    let mut answers = Vec::new();
+    for _ in 0..h.ancount {
+        let (labels, at) = read_name(m, pos).unwrap();
+        let rtype = be16(m, at).unwrap();
+        assert_eq!(be16(m, at + 2), Some(1), "class IN");
+        let ttl = be32(m, at + 4).unwrap();
+        let len = be16(m, at + 8).unwrap() as usize;
+        let rdata = m[at + 10..at + 10 + len].to_vec();
+        answers.push((raw_name(&labels), rtype, ttl, rdata));
+        pos = at + 10 + len;
+    }
+    let mut opt = None;
+    for _ in 0..h.arcount {
+        assert_eq!(m[pos], 0, "OPT owner is root");
+        assert_eq!(be16(m, pos + 1), Some(41));
+        assert_eq!(be16(m, pos + 9), Some(0), "no OPT options");
+        opt = Some((be16(m, pos + 3).unwrap(), be32(m, pos + 5).unwrap()));
+        pos += 11;
+    }
+    assert_eq!(pos, m.len(), "trailing bytes in reply");
+    Reply {
+        id: h.id,
+        flags: h.flags,
+        question,
+        answers,
+        opt,
+    }
+}
+
+fn answer(msg: &[u8], r: &LocalRecords) -> Reply {
+    match answer_local(msg, r).unwrap() {
+        LocalOutcome::Answer(reply) => decode(&reply),
+        LocalOutcome::Forward => panic!("forwarded"),
+    }
+}
+
+// ---- parse_query -------------------------------------------------------
+
+#[test]
+fn parses_real_queries() {
+    let q = parse_query(DIG_A).unwrap();
+    assert_eq!(
+        q,
+        Query {
+            id: 0x8a2f,
+            name: "example.com".into(),
+            qtype: 1,
+            qclass: 1,
+            recursion_desired: true
+        }
+    );
+    let q = parse_query(GLIBC_AAAA).unwrap();
+    assert_eq!(
+        (q.id, q.name.as_str(), q.qtype),
+        (0x4d22, "host.airlock.internal", 28)
+    );
+    let q = parse_query(BUSYBOX_PTR).unwrap();
+    assert_eq!(
+        (q.name.as_str(), q.qtype),
+        ("254.127.168.192.in-addr.arpa", 12)
+    );
+    let q = parse_query(MIXED_CASE_DO).unwrap();
+    assert_eq!(q.name, "host.airlock.internal");
+    // The root (dig . NS) and a no-RD query.
+    let mut root = query(1, "", 2, None);
+    root[2] = 0;
+    let q = parse_query(&root).unwrap();
+    assert_eq!((q.name.as_str(), q.recursion_desired), ("", false));
+}
+
+#[test]
+fn odd_label_bytes_are_escaped() {
+    // One label "host.airlock" must not turn into two labels.
+    let mut m = query(1, "x", 1, None);
+    m.truncate(HEADER_LEN);
+    m.extend_from_slice(b"\x0chost.airlock\x08internal\x00\x00\x01\x00\x01");
+    assert_eq!(parse_query(&m).unwrap().name, "host\\.airlock.internal");
+    assert_eq!(answer_local(&m, &records()), Ok(LocalOutcome::Forward));
+    let mut m = query(1, "x", 1, None);
+    m.truncate(HEADER_LEN);
+    m.extend_from_slice(b"\x04a b\xff\x02\\Z\x00\x00\x01\x00\x01");
+    assert_eq!(parse_query(&m).unwrap().name, "a\\032b\\255.\\\\z");
+}
+
+#[test]
+fn rejects_non_queries() {
+    let mut m = GLIBC_A.to_vec();
+    m[2] |= 0x80;
+    assert_eq!(parse_query(&m), Err(DnsError::NotAQuery));
+    let mut m = GLIBC_A.to_vec();
+    m[2] = 0x28; // opcode 5, UPDATE
+    assert_eq!(parse_query(&m), Err(DnsError::UnsupportedOpcode(5)));
+    for qd in [0u16, 2] {
+        let mut m = GLIBC_A.to_vec();
+        m[4..6].copy_from_slice(&qd.to_be_bytes());
+        assert_eq!(parse_query(&m), Err(DnsError::QuestionCount(qd)));
+    }
+}
+
+#[test]
+fn truncated_messages_are_rejected() {
+    for msg in [DIG_A, GLIBC_A, BUSYBOX_PTR] {
+        let question_end = HEADER_LEN + read_name(msg, HEADER_LEN).unwrap().1 - HEADER_LEN + 4;
+        for len in 0..question_end {
+            assert_eq!(
+                parse_query(&msg[..len]),
+                Err(DnsError::Truncated),
+                "len {len}"
+            );
+        }
+    }
+    // dig's query cut inside the OPT: the question parses, the message not.
+    assert!(parse_query(&DIG_A[..DIG_A.len() - 3]).is_ok());
+    assert_eq!(
+        answer_local(&DIG_A[..DIG_A.len() - 3], &records()),
+        Err(DnsError::Truncated)
+    );
+}
+
+#[test]
+fn compression_pointers() {
+    let base = || {
+        let mut m = GLIBC_A[..HEADER_LEN].to_vec();
+        m[11] = 1; // one additional record
+        m.extend_from_slice(b"\x04host\x07airlock\x08internal\x00\x00\x01\x00\x01");
+        m
+    };
+    // A pointer to itself, forward, and into the header.
+    for (ptr, target) in [(b"\xc0\x0c", 12), (b"\xc0\x20", 32), (b"\xc0\x02", 2)] {
+        let mut m = GLIBC_A[..HEADER_LEN].to_vec();
+        m.extend_from_slice(ptr);
+        m.extend_from_slice(&[0; 40]);
+        assert_eq!(parse_query(&m), Err(DnsError::BadPointer(target)));
+    }
+    // A two-pointer loop: 12 → "a" + ptr 16, 16 → ptr 12 (forward first).
+    let mut m = GLIBC_A[..HEADER_LEN].to_vec();
+    m.extend_from_slice(b"\x01a\xc0\x10\xc0\x0c\x00\x01\x00\x01");
+    assert_eq!(parse_query(&m), Err(DnsError::BadPointer(16)));
+
+    // Valid backward pointers in the additional section: an A record owned
+    // by the question name, then an owner "x" + pointer to the question.
+    let mut m = base();
+    m[11] = 2;
+    m.extend_from_slice(b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x01\x02\x03\x04");
+    let second = m.len();
+    m.extend_from_slice(b"\x01x\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x01\x02\x03\x04");
+    assert!(matches!(
+        answer_local(&m, &records()),
+        Ok(LocalOutcome::Answer(_))
+    ));
+    // ... and a loop among additional owners: second owner points to itself.
+    let mut looped = m.clone();
+    looped[second + 3] = second as u8;
+    assert_eq!(
+        answer_local(&looped, &records()),
+        Err(DnsError::BadPointer(second))
+    );
+    // ... or to a later pointer that points back.
+    let mut chain = base();
+    let at = chain.len();
+    chain.extend_from_slice(&[0xc0, (at + 2) as u8, 0xc0, at as u8]);
+    chain.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        answer_local(&chain, &records()),
+        Err(DnsError::BadPointer(at + 2))
+    );
+}
+
+#[test]
+fn label_and_name_limits() {
+    let l63 = "a".repeat(63);
+    let l61 = "b".repeat(61);
+    // Exactly 255 bytes in wire form: accepted.
+    let name = format!("{l63}.{l63}.{l63}.{l61}");
+    assert_eq!(parse_query(&query(1, &name, 1, None)).unwrap().name, name);
+    // 257 bytes: rejected.
+    let name = format!("{l63}.{l63}.{l63}.{l61}xx");
+    assert_eq!(
+        parse_query(&query(1, &name, 1, None)),
+        Err(DnsError::NameTooLong)
+    );
+    // A 64-byte "label" has type bits 01: extended label, rejected.
+    let long = "c".repeat(64);
+    let m = query(1, &format!("{long}.com"), 1, None);
+    assert_eq!(parse_query(&m), Err(DnsError::BadLabelType(0x40)));
+    let mut m = query(1, "x.com", 1, None);
+    m[HEADER_LEN] = 0x80;
+    assert_eq!(parse_query(&m), Err(DnsError::BadLabelType(0x80)));
+}
+
+// ---- answer_local ------------------------------------------------------
+
+#[test]
+fn local_a_answer() {
+    let r = answer(GLIBC_A, &records());
+    assert_eq!(r.id, 0x4d21);
+    assert!(r.has(flag::AA) && r.has(flag::RD) && r.has(flag::RA));
+    assert!(!r.has(flag::TC));
+    assert_eq!(r.rcode(), 0);
+    assert_eq!(r.question, Some(("host.airlock.internal".into(), 1, 1)));
+    assert_eq!(
+        r.answers,
+        vec![(
+            "host.airlock.internal".into(),
+            1,
+            60,
+            vec![192, 168, 127, 254]
+        )]
+    );
+    assert_eq!(r.opt, None, "no OPT without one in the query");
+}
+
+#[test]
+fn nodata_for_other_types_of_local_names() {
+    for qtype in [28u16, 15, 16, 33, 65] {
+        let mut m = GLIBC_AAAA.to_vec();
+        let end = m.len();
+        m[end - 4..end - 2].copy_from_slice(&qtype.to_be_bytes());
+        let r = answer(&m, &records());
+        assert_eq!(r.rcode(), 0, "NOERROR");
+        assert!(r.has(flag::AA));
+        assert!(r.answers.is_empty(), "NODATA for type {qtype}");
+        assert_eq!(r.question, Some(("host.airlock.internal".into(), qtype, 1)));
+    }
+}
+
+#[test]
+fn ptr_for_local_address() {
+    let r = answer(BUSYBOX_PTR, &records());
+    assert_eq!(
+        r.question,
+        Some(("254.127.168.192.in-addr.arpa".into(), 12, 1))
+    );
+    let names: Vec<_> = r.answers.iter().map(|a| a.3.clone()).collect();
+    assert_eq!(
+        names,
+        vec![
+            b"\x04host\x07airlock\x08internal\x00".to_vec(),
+            b"\x04host\x06docker\x08internal\x00".to_vec()
+        ],
+        "every name, insertion order"
+    );
+    assert!(r.answers.iter().all(|a| a.1 == 12 && a.2 == 60));
+    let q = query(9, "1.127.168.192.IN-ADDR.ARPA.", 12, None);
+    assert_eq!(answer(&q, &records()).answers.len(), 1);
+    // Not local, not canonical, not PTR, or not a full address: forwarded.
+    for (name, qtype) in [
+        ("2.127.168.192.in-addr.arpa", 12),
+        ("254.127.168.0192.in-addr.arpa", 12),
+        ("01.127.168.192.in-addr.arpa", 12),
+        ("254.127.168.192.in-addr.arpa", 1),
+        ("127.168.192.in-addr.arpa", 12),
+        ("1.254.127.168.192.in-addr.arpa", 12),
+        ("254.127.168.192.1.in-addr.arpa", 12),
+        ("host.airlock.internal.in-addr.arpa", 12),
+    ] {
+        let q = query(9, name, qtype, None);
+        assert_eq!(
+            answer_local(&q, &records()),
+            Ok(LocalOutcome::Forward),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn case_insensitive_and_0x20_echo() {
+    let r = answer(MIXED_CASE_DO, &records());
+    // The question is echoed byte for byte: 0x20 resolvers check the case.
+    assert_eq!(r.question, Some(("hOsT.AiRlOcK.InTeRnAl".into(), 1, 1)));
+    assert_eq!(r.answers[0].3, vec![192, 168, 127, 254]);
+    let mut recs = LocalRecords::new();
+    recs.insert("MiXeD.Example.", GATEWAY).unwrap();
+    assert_eq!(recs.lookup("mixed.example"), Some(GATEWAY));
+    assert_eq!(recs.lookup("MIXED.EXAMPLE."), Some(GATEWAY));
+    assert_eq!(
+        recs.iter().collect::<Vec<_>>(),
+        vec![("mixed.example", GATEWAY)]
+    );
+    let q = query(3, "MIXED.example", 1, None);
+    assert_eq!(answer(&q, &recs).answers.len(), 1);
+}
+
+#[test]
+fn other_names_and_classes_are_forwarded() {
+    let r = records();
+    assert_eq!(answer_local(DIG_A, &r), Ok(LocalOutcome::Forward));
+    for name in [
+        "airlock.internal",
+        "x.host.airlock.internal",
+        "host.airlock.internal.evil",
+    ] {
+        assert_eq!(
+            answer_local(&query(1, name, 1, None), &r),
+            Ok(LocalOutcome::Forward)
+        );
+    }
+    let mut chaos = GLIBC_A.to_vec();
+    let end = chaos.len();
+    chaos[end - 1] = 3; // class CH
+    assert_eq!(answer_local(&chaos, &r), Ok(LocalOutcome::Forward));
+    let mut any = GLIBC_A.to_vec();
+    any[end - 1] = 255; // class ANY
+    assert_eq!(answer(&any, &r).answers.len(), 1);
+}
+
+#[test]
+fn edns_is_answered_with_our_own_opt() {
+    // dig: cookie option in the query, not echoed; payload 1232; no DO.
+    let mut dig = DIG_A.to_vec();
+    dig[HEADER_LEN..HEADER_LEN + 12].copy_from_slice(b"\x07gateway\x03xyz");
+    let mut r = records();
+    r.insert("gateway.xyz", GATEWAY).unwrap();
+    let reply = answer(&dig, &r);
+    assert_eq!(reply.opt, Some((1232, 0)));
+    assert!(!reply.has(0x0020), "AD is never set");
+    assert_eq!(reply.answers.len(), 1);
+    // DO copied.
+    assert_eq!(
+        answer(MIXED_CASE_DO, &records()).opt,
+        Some((1232, 0x0000_8000))
+    );
+    // EDNS version 1: BADVERS (extended rcode 16 = upper bits 1).
+    let q = query(5, "host.airlock.internal", 1, Some((4096, 1, false)));
+    let reply = answer(&q, &records());
+    assert_eq!(reply.rcode(), 0);
+    assert_eq!(reply.opt, Some((1232, 0x0100_0000)));
+    assert!(reply.answers.is_empty());
+}
+
+#[test]
+fn bad_opt_records() {
+    let mut two = query(5, "host.airlock.internal", 1, Some((1232, 0, false)));
+    two[11] = 2;
+    two.extend_from_slice(&[0, 0, 41, 4, 208, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(answer_local(&two, &records()), Err(DnsError::DuplicateOpt));
+    assert_eq!(DnsError::DuplicateOpt.reply_rcode(), Some(Rcode::FormErr));
+    let mut named = query(5, "host.airlock.internal", 1, None);
+    named[11] = 1;
+    named.extend_from_slice(&[1, b'x', 0, 0, 41, 4, 208, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(answer_local(&named, &records()), Err(DnsError::BadOpt));
+}
+
+#[test]
+fn oversize_udp_answer_sets_tc() {
+    let mut r = LocalRecords::new();
+    for i in 0..12 {
+        r.insert(&format!("{}{i}.example.internal", "n".repeat(40)), HOST)
+            .unwrap();
+    }
+    let q = query(7, "254.127.168.192.in-addr.arpa", 12, None);
+    let LocalOutcome::Answer(udp) = answer_local(&q, &r).unwrap() else {
+        panic!()
+    };
+    assert!(udp.len() <= 512);
+    let reply = decode(&udp);
+    assert!(reply.has(flag::TC));
+    assert!(reply.answers.is_empty());
+    // A larger EDNS buffer fits them all; so does TCP.
+    let q = query(
+        7,
+        "254.127.168.192.in-addr.arpa",
+        12,
+        Some((4096, 0, false)),
+    );
+    assert_eq!(answer(&q, &r).answers.len(), 12);
+    let q = query(7, "254.127.168.192.in-addr.arpa", 12, None);
+    let LocalOutcome::Answer(tcp) = answer_local_within(&q, &r, Some(TCP_LIMIT)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(decode(&tcp).answers.len(), 12);
+}
+
+// ---- error_reply -------------------------------------------------------
+
+#[test]
+fn error_replies() {
+    let servfail = decode(&error_reply(DIG_A, Rcode::ServFail).unwrap());
+    assert_eq!(servfail.id, 0x8a2f);
+    assert_eq!(servfail.rcode(), 2);
+    assert!(servfail.has(flag::RD) && servfail.has(flag::RA) && !servfail.has(flag::AA));
+    assert_eq!(servfail.question, Some(("example.com".into(), 1, 1)));
+    assert!(servfail.answers.is_empty());
+    assert_eq!(servfail.opt, Some((1232, 0)));
+
+    let nx = decode(&error_reply(GLIBC_A, Rcode::NxDomain).unwrap());
+    assert_eq!((nx.rcode(), nx.opt), (3, None));
+
+    // Unparsable question: header-only FORMERR.
+    let mut bad = GLIBC_A[..HEADER_LEN + 3].to_vec();
+    bad[HEADER_LEN] = 0xc0;
+    let err = parse_query(&bad).unwrap_err();
+    let rcode = err.reply_rcode().unwrap();
+    let formerr = decode(&error_reply(&bad, rcode).unwrap());
+    assert_eq!(
+        (formerr.id, formerr.rcode(), formerr.question),
+        (0x4d21, 1, None)
+    );
+
+    // NOTIMP keeps the opcode.
+    let mut notify = GLIBC_A.to_vec();
+    notify[2] = 0x20; // opcode 4
+    let rcode = parse_query(&notify).unwrap_err().reply_rcode().unwrap();
+    assert_eq!(rcode, Rcode::NotImp);
+    let reply = error_reply(&notify, rcode).unwrap();
+    assert_eq!(reply[2] & 0x78, 0x20);
+    assert_eq!(decode(&reply).rcode(), 4);
+
+    // Never answer short junk or responses.
+    assert_eq!(error_reply(&GLIBC_A[..11], Rcode::FormErr), None);
+    let mut response = GLIBC_A.to_vec();
+    response[2] |= 0x80;
+    assert_eq!(error_reply(&response, Rcode::ServFail), None);
+    assert_eq!(DnsError::NotAQuery.reply_rcode(), None);
+}
+
+// ---- LocalRecords ------------------------------------------------------
+
+#[test]
+fn local_records_validation() {
+    let mut r = LocalRecords::new();
+    for bad in [
+        "",
+        ".",
+        "a..b",
+        "bad name.x",
+        "ünicode.x",
+        "a/b",
+        &"l".repeat(64),
+    ] {
+        assert!(
+            matches!(r.insert(bad, HOST), Err(DnsError::InvalidName { .. })),
+            "{bad:?}"
+        );
+    }
+    let long = [
+        "x".repeat(63),
+        "x".repeat(63),
+        "x".repeat(63),
+        "x".repeat(62),
+    ]
+    .join(".");
+    assert_eq!(long.len(), 254);
+    assert!(r.insert(&long, HOST).is_err());
+    assert!(r.insert(&long[2..], HOST).is_ok());
+    assert!(!r.is_empty() && r.len() == 1);
+    r.insert("_srv-name.Example", GATEWAY).unwrap();
+    r.insert("_SRV-NAME.example.", HOST).unwrap();
+    assert_eq!(r.len(), 2, "replaced, not added");
+    assert_eq!(r.lookup("_srv-name.example"), Some(HOST));
+    assert_eq!(r.names_for(HOST).count(), 2);
+    assert_eq!(r.remove("_Srv-Name.EXAMPLE."), Some(HOST));
+    assert_eq!(r.lookup("_srv-name.example"), None);
+    assert_eq!(r.remove("nothing"), None);
+}
+
+// ---- TCP framing -------------------------------------------------------
+
+#[test]
+fn framer_whole_split_and_merged() {
+    let a = tcp_frame(GLIBC_A).unwrap();
+    let b = tcp_frame(DIG_A).unwrap();
+    assert_eq!(&a[..2], &(GLIBC_A.len() as u16).to_be_bytes());
+    let mut both = a.clone();
+    both.extend_from_slice(&b);
+
+    let mut f = TcpFramer::new();
+    assert_eq!(
+        f.push(&both).unwrap(),
+        vec![GLIBC_A.to_vec(), DIG_A.to_vec()]
+    );
+    assert!(!f.has_partial());
+
+    // Byte by byte.
+    let mut got = Vec::new();
+    for byte in &both {
+        got.extend(f.push(std::slice::from_ref(byte)).unwrap());
+    }
+    assert_eq!(got, vec![GLIBC_A.to_vec(), DIG_A.to_vec()]);
+
+    // Every split point of two merged messages.
+    for cut in 0..=both.len() {
+        let mut f = TcpFramer::new();
+        let mut got = f.push(&both[..cut]).unwrap();
+        assert_eq!(
+            f.has_partial(),
+            cut != 0 && cut != a.len() && cut != both.len()
+        );
+        got.extend(f.push(&both[cut..]).unwrap());
+        assert_eq!(got.len(), 2, "cut {cut}");
+    }
+    assert!(f.push(&[]).unwrap().is_empty());
+}
+
+#[test]
+fn framer_limits_and_errors() {
+    let big = vec![0x5a; 65535];
+    let framed = tcp_frame(&big).unwrap();
+    let mut f = TcpFramer::new();
+    assert!(f.push(&framed[..40000]).unwrap().is_empty());
+    assert_eq!(f.push(&framed[40000..]).unwrap(), vec![big.clone()]);
+    assert_eq!(
+        tcp_frame(&vec![0; 65536]),
+        Err(DnsError::MessageTooLong(65536))
+    );
+    assert_eq!(tcp_frame(&[]), Err(DnsError::ZeroLengthMessage));
+
+    // A zero length poisons the stream, even mid-chunk.
+    let mut stream = tcp_frame(GLIBC_A).unwrap();
+    stream.extend_from_slice(&[0, 0]);
+    stream.extend_from_slice(&tcp_frame(GLIBC_A).unwrap());
+    let mut f = TcpFramer::new();
+    assert_eq!(f.push(&stream), Err(DnsError::ZeroLengthMessage));
+    assert_eq!(
+        f.push(&tcp_frame(GLIBC_A).unwrap()),
+        Err(DnsError::ZeroLengthMessage)
+    );
+    let mut f = TcpFramer::new();
+    assert!(f.push(&[0]).unwrap().is_empty());
+    assert_eq!(f.push(&[0]), Err(DnsError::ZeroLengthMessage));
+}
+
+// ---- DnsTcpSession -----------------------------------------------------
+
+#[test]
+fn session_local_and_forwarded_in_one_chunk() {
+    let mut s = DnsTcpSession::new(Arc::new(records()));
+    assert!(!s.needs_upstream());
+    let mut chunk = tcp_frame(DIG_A).unwrap(); // forwarded
+    chunk.extend_from_slice(&tcp_frame(GLIBC_A).unwrap()); // local
+    chunk.extend_from_slice(&tcp_frame(GLIBC_AAAA).unwrap()); // local NODATA
+    let remote2 = query(0x7777, "www.example.org", 28, None);
+    chunk.extend_from_slice(&tcp_frame(&remote2).unwrap()); // forwarded
+    let act = s.from_guest(&chunk).unwrap();
+    assert!(s.needs_upstream());
+    assert_eq!(s.outstanding(), 2);
+
+    let mut up = tcp_frame(DIG_A).unwrap();
+    up.extend_from_slice(&tcp_frame(&remote2).unwrap());
+    assert_eq!(act.to_upstream, up, "relayed unchanged, ids untouched");
+    let replies = TcpFramer::new().push(&act.to_guest).unwrap();
+    assert_eq!(replies.len(), 2);
+    let (a, aaaa) = (decode(&replies[0]), decode(&replies[1]));
+    assert_eq!((a.id, a.answers.len()), (0x4d21, 1));
+    assert_eq!((aaaa.id, aaaa.answers.len()), (0x4d22, 0));
+}
+
+#[test]
+fn session_upstream_replies_split_and_reordered() {
+    let mut s = DnsTcpSession::new(Arc::new(records()));
+    let q1 = query(0x0101, "one.example", 1, None);
+    let q2 = query(0x0202, "two.example", 1, None);
+    let mut chunk = tcp_frame(&q1).unwrap();
+    chunk.extend_from_slice(&tcp_frame(&q2).unwrap());
+    s.from_guest(&chunk).unwrap();
+    // Upstream answers q2 first, split over three reads.
+    let mut r2 = q2.clone();
+    r2[2] |= 0x80;
+    r2.extend_from_slice(b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x01\x2c\x00\x04\x5d\xb8\xd8\x22");
+    r2[7] = 1;
+    let mut r1 = q1.clone();
+    r1[2] |= 0x80;
+    r1[3] = 0x83; // NXDOMAIN
+    let mut stream = tcp_frame(&r2).unwrap();
+    stream.extend_from_slice(&tcp_frame(&r1).unwrap());
+    assert!(s.from_upstream(&stream[..1]).unwrap().is_empty());
+    assert!(s.from_upstream(&stream[1..20]).unwrap().is_empty());
+    let first = s.from_upstream(&stream[20..r2.len() + 3]).unwrap();
+    assert_eq!(first, tcp_frame(&r2).unwrap());
+    assert_eq!(s.outstanding(), 1);
+    let rest = s.from_upstream(&stream[r2.len() + 3..]).unwrap();
+    assert_eq!(rest, tcp_frame(&r1).unwrap());
+    assert_eq!(s.outstanding(), 0);
+}
+
+#[test]
+fn session_bad_queries() {
+    let mut s = DnsTcpSession::new(Arc::new(records()));
+    let mut bad = GLIBC_A.to_vec();
+    bad[5] = 2; // two questions
+    let mut chunk = tcp_frame(&bad).unwrap();
+    chunk.extend_from_slice(&tcp_frame(&[1, 2, 3]).unwrap()); // too short: dropped
+    let mut response = GLIBC_A.to_vec();
+    response[2] |= 0x80;
+    chunk.extend_from_slice(&tcp_frame(&response).unwrap()); // a response: dropped
+    let act = s.from_guest(&chunk).unwrap();
+    assert!(act.to_upstream.is_empty());
+    assert!(!s.needs_upstream());
+    let replies = TcpFramer::new().push(&act.to_guest).unwrap();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(decode(&replies[0]).rcode(), 1, "FORMERR");
+    assert_eq!(s.from_guest(&[0, 0]), Err(DnsError::ZeroLengthMessage));
+    assert_eq!(s.from_upstream(&[0, 0]), Err(DnsError::ZeroLengthMessage));
+}
+
+// ---- property test -----------------------------------------------------
+
+/// Deterministic xorshift64.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+#[test]
+fn random_input_never_panics() {
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    let recs = records();
+    let seeds: [&[u8]; 4] = [DIG_A, GLIBC_A, BUSYBOX_PTR, MIXED_CASE_DO];
+    let mut framer = TcpFramer::new();
+    let mut session = DnsTcpSession::new(Arc::new(recs.clone()));
+    let mut answered = 0;
+    for i in 0..50_000usize {
+        let msg: Vec<u8> = if i % 2 == 0 {
+            let len = (rng.next() % 300) as usize;
+            (0..len).map(|_| rng.next() as u8).collect()
+        } else {
+            let mut m = seeds[i % seeds.len()].to_vec();
+            for _ in 0..(rng.next() % 3) {
+                let at = (rng.next() as usize) % m.len();
+                m[at] = rng.next() as u8;
+            }
+            if rng.next() & 3 == 0 {
+                m.truncate((rng.next() as usize) % (m.len() + 1));
+            }
+            m
+        };
+        let _ = parse_query(&msg);
+        if let Ok(LocalOutcome::Answer(reply)) = answer_local(&msg, &recs) {
+            answered += 1;
+            assert!(reply.len() <= 4096);
+            Header::parse(&reply).unwrap();
+        }
+        for rcode in [Rcode::FormErr, Rcode::ServFail] {
+            if let Some(reply) = error_reply(&msg, rcode) {
+                assert!(reply.len() <= msg.len() + 11);
+            }
+        }
+        if framer.push(&msg).is_err() {
+            framer = TcpFramer::new();
+        }
+        if session.from_guest(&msg).is_err() || session.from_upstream(&msg).is_err() {
+            session = DnsTcpSession::new(Arc::new(recs.clone()));
+        }
+    }
+    assert!(
+        answered > 2_000,
+        "mutations kept too few queries valid: {answered}"
+    );
+}
