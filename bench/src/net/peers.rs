@@ -1,0 +1,156 @@
+//! The network peers: airlock-net (vhost-user), passt (socket mode,
+//! `-netdev stream`) and QEMU's slirp (`-netdev user`), each its own NIC of
+//! the same guest, told apart by MAC address. Each NIC's subnet differs, so
+//! the guest reaches each peer's host alias through that NIC alone.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::Command;
+
+use airlock_e2e::net_device_args;
+
+use crate::machine::{binary_version, debian_version, PeerInfo};
+use crate::vm::sibling_binary;
+
+/// What serves a NIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// airlock-net over vhost-user.
+    AirlockNet,
+    /// passt in socket mode.
+    Passt,
+    /// QEMU's built-in libslirp.
+    Slirp,
+}
+
+/// One network peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Id (log names, `--peer`).
+    pub id: &'static str,
+    /// Name in the tables.
+    pub label: &'static str,
+    /// What it is.
+    pub kind: Kind,
+    /// The guest NIC's MAC.
+    pub mac: &'static str,
+    /// The address at which the guest reaches the host's 127.0.0.1.
+    pub host_alias: &'static str,
+}
+
+/// airlock-net.
+pub const AIRLOCK_NET: Peer = Peer {
+    id: "airlock-net",
+    label: "airlock-net",
+    kind: Kind::AirlockNet,
+    mac: "52:54:00:00:00:01",
+    host_alias: "192.168.127.254",
+};
+/// passt, with an explicit subnet so it does not copy the host's.
+pub const PASST: Peer = Peer {
+    id: "passt",
+    label: "passt",
+    kind: Kind::Passt,
+    mac: "52:54:00:00:00:02",
+    host_alias: "10.88.0.1",
+};
+/// QEMU's slirp.
+pub const SLIRP: Peer = Peer {
+    id: "slirp",
+    label: "slirp (QEMU -netdev user)",
+    kind: Kind::Slirp,
+    mac: "52:54:00:00:00:03",
+    host_alias: "10.0.2.2",
+};
+
+/// Every peer, in table order.
+pub const ALL: [Peer; 3] = [AIRLOCK_NET, PASST, SLIRP];
+
+impl Peer {
+    /// Whether a separate daemon serves it.
+    pub fn has_daemon(&self) -> bool {
+        !matches!(self.kind, Kind::Slirp)
+    }
+
+    /// Why it cannot run here, if it cannot.
+    pub fn unavailable(&self) -> Option<String> {
+        let binary = match self.kind {
+            Kind::AirlockNet => sibling_binary("airlock-net"),
+            Kind::Passt => Path::new("/usr/bin/passt").to_path_buf(),
+            Kind::Slirp => return None,
+        };
+        (!binary.is_file()).then(|| format!("{} is not installed", binary.display()))
+    }
+
+    /// Name and version.
+    pub fn info(&self) -> PeerInfo {
+        let version = match self.kind {
+            Kind::AirlockNet => {
+                binary_version(&sibling_binary("airlock-net")) + " (this workspace, release build)"
+            }
+            Kind::Passt => format!("Debian passt {}", debian_version("passt")),
+            Kind::Slirp => format!(
+                "QEMU {} with libslirp {}",
+                debian_version("qemu-system-x86"),
+                debian_version("libslirp0")
+            ),
+        };
+        PeerInfo {
+            name: self.label.to_string(),
+            version,
+        }
+    }
+
+    /// The daemon's command line: serving `socket`, publishing host port
+    /// `published` (127.0.0.1) to the guest's port 80.
+    pub fn command(&self, socket: &Path, published: u16) -> Option<Command> {
+        match self.kind {
+            Kind::AirlockNet => {
+                let mut cmd = Command::new(sibling_binary("airlock-net"));
+                cmd.arg("--socket-path")
+                    .arg(socket)
+                    .args(["--log-level", "warn"])
+                    // HOOK(published ports): airlock-net's --publish is being
+                    // implemented; the connections/s row measures it as soon
+                    // as it forwards (until then the row records the failure).
+                    .args(["--publish", &format!("127.0.0.1:{published}:80/tcp")]);
+                Some(cmd)
+            }
+            Kind::Passt => {
+                let mut cmd = Command::new("/usr/bin/passt");
+                cmd.args(["-f", "-e", "-q", "-4"])
+                    .arg("-s")
+                    .arg(socket)
+                    .args(["-a", "10.88.0.2", "-n", "24", "-g", self.host_alias])
+                    .args(["-t", &format!("127.0.0.1/{published}:80")]);
+                Some(cmd)
+            }
+            Kind::Slirp => None,
+        }
+    }
+
+    /// QEMU arguments attaching the NIC.
+    pub fn qemu_args(&self, socket: &Path, published: u16) -> Vec<OsString> {
+        let netdev = format!("net-{}", self.id);
+        match self.kind {
+            Kind::AirlockNet => net_device_args(socket, self.mac, false),
+            Kind::Passt => vec![
+                "-netdev".into(),
+                format!(
+                    "stream,id={netdev},server=off,addr.type=unix,addr.path={}",
+                    socket.display()
+                )
+                .into(),
+                "-device".into(),
+                format!("virtio-net-pci,netdev={netdev},mac={},romfile=", self.mac).into(),
+            ],
+            Kind::Slirp => vec![
+                "-netdev".into(),
+                format!("user,id={netdev},net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:{published}-:80")
+                    .into(),
+                "-device".into(),
+                format!("virtio-net-pci,netdev={netdev},mac={},romfile=", self.mac).into(),
+            ],
+        }
+    }
+}
