@@ -140,8 +140,12 @@ fn build_layout() -> Result<BuildLayout, String> {
         .parent()
         .ok_or_else(|| format!("{} has no parent", bin_dir.display()))?;
     // `--target <triple>` builds put a triple directory between the target
-    // directory (which has CACHEDIR.TAG) and the profile.
-    let target_dir = if parent.join("CACHEDIR.TAG").exists() {
+    // directory and the profile. Cargo keeps `.rustc_info.json` in the
+    // target directory itself (CACHEDIR.TAG only when cargo created the
+    // directory, which it did not if scripts/build-guest got there first).
+    let is_target_dir =
+        |d: &Path| d.join(".rustc_info.json").exists() || d.join("CACHEDIR.TAG").exists();
+    let target_dir = if is_target_dir(parent) {
         parent.to_path_buf()
     } else {
         let triple = parent.file_name().unwrap_or_default();
