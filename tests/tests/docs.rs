@@ -7,14 +7,31 @@ use std::process::Command;
 
 use airlock_e2e::{workspace_root, Rig};
 
+/// `bin --help`, then `bin <sub> --help` for each subcommand.
+fn help(bin: &str, subcommands: &[&str]) -> String {
+    let mut text = String::new();
+    for sub in std::iter::once(None).chain(subcommands.iter().map(Some)) {
+        let out = Command::new(Rig::bin(bin))
+            .args(sub)
+            .arg("--help")
+            .env("COLUMNS", "100")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{bin} {sub:?} --help failed");
+        if let Some(sub) = sub {
+            text.push_str(&format!("\n\n$ {bin} {sub} --help\n\n"));
+        }
+        text.push_str(&String::from_utf8(out.stdout).unwrap());
+    }
+    text
+}
+
 fn check(bin: &str) {
-    let out = Command::new(Rig::bin(bin))
-        .arg("--help")
-        .env("COLUMNS", "100")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{bin} --help failed");
-    let help = String::from_utf8(out.stdout).unwrap();
+    check_with(bin, &[]);
+}
+
+fn check_with(bin: &str, subcommands: &[&str]) {
+    let help = help(bin, subcommands);
     let path: PathBuf = workspace_root().join("docs/cli").join(format!("{bin}.txt"));
     if std::env::var_os("AIRLOCK_UPDATE_DOCS").is_some() {
         std::fs::write(&path, &help).unwrap();
@@ -42,4 +59,12 @@ fn airlock_net_help_is_documented() {
 #[test]
 fn airlock_proxy_help_is_documented() {
     check("airlock-proxy");
+}
+
+#[test]
+fn airlock_cli_help_is_documented() {
+    check_with(
+        "airlock",
+        &["publish", "unpublish", "ports", "stats", "flows", "leases"],
+    );
 }
