@@ -6,9 +6,11 @@
 //! - [`logging`]: stderr/syslog logger with `--log-level` and rate limiting for
 //!   guest-triggerable paths;
 //! - [`audit`]: the JSON-lines audit log writer every daemon uses;
-//! - [`report`]: printing an error chain and mapping it to an exit code.
+//! - [`report`]: printing an error chain and mapping it to an exit code;
+//! - [`config_file`]: `--config FILE`, options from a TOML file.
 
 pub mod audit;
+pub mod config_file;
 pub mod listen;
 pub mod logging;
 pub mod notify;

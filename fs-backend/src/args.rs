@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use airlock_common::config_file::ConfigArgs;
 use airlock_common::listen::ListenArgs;
 use airlock_common::logging::LogArgs;
 use airlock_common::runner::LifecycleArgs;
@@ -58,6 +59,9 @@ qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=1G,share=on \
 -device vhost-user-fs-pci,chardev=fs0,tag=share"
 )]
 pub struct Args {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+
     #[command(flatten)]
     pub listen: ListenArgs,
 

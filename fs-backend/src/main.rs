@@ -2,13 +2,17 @@
 
 use std::process::ExitCode;
 
+use airlock_common::config_file;
 use airlock_common::report::{report, EXIT_FAILURE, EXIT_USAGE};
 use airlock_fs::args::Args;
 use airlock_fs::config::Config;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match config_file::parse_args(Args::command(), Args::try_parse_from) {
+        Ok(a) => a,
+        Err(e) => return report(&e, EXIT_USAGE),
+    };
     if args.print_capabilities {
         println!("{}", airlock_fs::capabilities());
         return ExitCode::SUCCESS;

@@ -3,6 +3,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use airlock_common::config_file::ConfigArgs;
 use airlock_common::listen::ListenArgs;
 use airlock_common::logging::LogArgs;
 use airlock_common::runner::LifecycleArgs;
@@ -30,6 +31,9 @@ qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=1G,share=on \
 -netdev vhost-user,id=net0,chardev=n0 -device virtio-net-pci,netdev=net0,host_mtu=65520"
 )]
 pub struct Args {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+
     #[command(flatten)]
     pub listen: ListenArgs,
 

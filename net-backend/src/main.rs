@@ -2,12 +2,17 @@
 
 use std::process::ExitCode;
 
+use airlock_common::config_file;
 use airlock_common::report::{report, EXIT_FAILURE, EXIT_USAGE};
 use airlock_net::args::Args;
 use airlock_net::config::Config;
+use clap::CommandFactory;
 
 fn main() -> ExitCode {
-    let args = Args::parse_ordered();
+    let args = match config_file::parse_args(Args::command(), Args::try_parse_ordered_from) {
+        Ok(a) => a,
+        Err(e) => return report(&e, EXIT_USAGE),
+    };
     if args.print_capabilities {
         println!("{}", airlock_net::capabilities());
         return ExitCode::SUCCESS;

@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use airlock_common::config_file::ConfigArgs;
 use airlock_common::logging::LogArgs;
 use clap::{CommandFactory, FromArgMatches, Parser};
 
@@ -46,6 +47,9 @@ Proxy auto-config (PAC) files are not supported.";
 #[derive(Parser)]
 #[command(name = "airlock-proxy", version, after_long_help = AFTER_HELP)]
 pub struct Args {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+
     /// Where to listen: IP:PORT (e.g. 127.0.0.1:3128, [::1]:3128; port 0
     /// picks a free port, logged at startup) or unix:PATH (a Unix socket
     /// created with mode 0600; a stale socket is replaced, one in use is an

@@ -2,14 +2,16 @@
 
 use std::process::ExitCode;
 
+use airlock_common::config_file;
 use airlock_common::logging;
 use airlock_common::report::{report, EXIT_USAGE};
 use airlock_proxy::{cli, Config};
+use clap::CommandFactory;
 
 fn main() -> ExitCode {
-    let args = match cli::parse_from(std::env::args_os()) {
+    let args = match config_file::parse_args(cli::Args::command(), cli::parse_from) {
         Ok(args) => args,
-        Err(e) => e.exit(),
+        Err(e) => return report(&e, EXIT_USAGE),
     };
     logging::init(&args.log, "airlock-proxy", &["airlock_proxy"]);
     let config = match Config::try_from(args) {
