@@ -165,9 +165,13 @@ impl NetSession {
             if inner.backlog.is_empty() {
                 break;
             }
-            // Out of buffers: ask the guest to kick us when it posts more
-            // (and retry if it already did in the meantime).
-            match state.enable_notification() {
+            // Out of buffers, or the guest posted some but not enough for
+            // this frame: ask for a kick when it posts more than it has now
+            // and retry only if it already did. (Plain enable_notification
+            // would report the too-small buffers as "available" and spin
+            // until the guest caught up — and under EVENT_IDX ask for a kick
+            // at an index the guest has already passed.)
+            match wait_for_more_buffers(state.get_queue_mut(), mem.memory().deref()) {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
@@ -246,6 +250,22 @@ impl NetSession {
             }
         }
     }
+}
+
+/// Enables the guest's notification for buffers beyond those available
+/// now (not beyond those consumed); returns whether more arrived already.
+fn wait_for_more_buffers<Q: QueueT, M: vm_memory::GuestMemory>(
+    queue: &mut Q,
+    mem: &M,
+) -> Result<bool, virtio_queue::Error> {
+    let seen = queue.avail_idx(mem, Ordering::Acquire)?;
+    let consumed = queue.next_avail();
+    // With EVENT_IDX, enable_notification publishes next_avail as the
+    // index to kick at and then compares avail_idx with it.
+    queue.set_next_avail(seen.0);
+    let more = queue.enable_notification(mem);
+    queue.set_next_avail(consumed);
+    more
 }
 
 impl VhostUserBackend for NetSession {
@@ -419,6 +439,36 @@ mod tests {
     use crate::shared::PolicySource;
     use vhost_user_backend::VringT;
     use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+
+    /// Two buffers posted, too small for the frame at hand: the guest must
+    /// be asked to kick at the third (not at the first, which it passed
+    /// already), and no retry is due until it posts one.
+    #[test]
+    fn waiting_for_buffers_asks_for_a_kick_beyond_those_posted() {
+        use virtio_queue::mock::MockSplitQueue;
+        use virtio_queue::Queue;
+        use vm_memory::Bytes;
+
+        let mem: GuestMemoryMmap<()> =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut vq = MockSplitQueue::new(&mem, 16);
+        let mut q: Queue = vq.create_queue().unwrap();
+        q.set_event_idx(true);
+        vq.add_chain(1).unwrap();
+        vq.add_chain(1).unwrap();
+        // avail_event sits after the used ring's 16 elements.
+        let avail_event = GuestAddress(vq.used_addr().0 + 4 + 8 * 16);
+
+        assert!(!wait_for_more_buffers(&mut q, &mem).unwrap());
+        assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 2);
+        assert_eq!(q.next_avail(), 0, "nothing was consumed");
+        // (The driver kicks when it moves avail idx past avail_event: its
+        // next buffer, 2 -> 3, does.) Plain enable_notification would ask
+        // for a kick at 0, already passed, and call the two small buffers
+        // "more": a retry loop that spins until the guest catches up.
+        assert!(q.enable_notification(&mem).unwrap());
+        assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 0);
+    }
 
     #[test]
     fn every_named_event_is_handled_without_stopping_the_worker() {
