@@ -110,10 +110,12 @@ impl Peer {
                 cmd.arg("--socket-path")
                     .arg(socket)
                     .args(["--log-level", "warn"])
-                    // HOOK(published ports): airlock-net's --publish is being
-                    // implemented; the connections/s row measures it as soon
-                    // as it forwards (until then the row records the failure).
                     .args(["--publish", &format!("127.0.0.1:{published}:80/tcp")]);
+                // Experiments with airlock-net's options (e.g. --tcp-buffer)
+                // without editing the bench: whitespace-separated arguments.
+                if let Ok(extra) = std::env::var("AIRLOCK_BENCH_NET_ARGS") {
+                    cmd.args(extra.split_whitespace());
+                }
                 Some(cmd)
             }
             Kind::Passt => {
