@@ -312,3 +312,219 @@ fn daemons_started_from_their_examples_send_ready() {
         assert!(status.success(), "{daemon} exited with {status} on SIGTERM");
     }
 }
+
+/// The systemd units shipped in `dist/systemd`.
+const UNITS: [&str; 5] = [
+    "airlock-fs@.service",
+    "airlock-fs@.socket",
+    "airlock-net@.service",
+    "airlock-net@.socket",
+    "airlock-proxy@.service",
+];
+/// Programs and man pages `scripts/install` puts in place.
+const PROGRAMS: [&str; 4] = ["airlock-fs", "airlock-net", "airlock-proxy", "airlock"];
+
+/// Runs `scripts/install --no-build` with the test's binaries into
+/// `destdir` with `prefix`.
+fn install(destdir: &Path, prefix: &str) {
+    let bin_dir = Rig::bin("airlock-man").parent().unwrap().to_path_buf();
+    for program in PROGRAMS {
+        Rig::bin(program);
+    }
+    run_ok(
+        Command::new(workspace_root().join("scripts/install"))
+            .arg("--no-build")
+            .arg("--bin-dir")
+            .arg(&bin_dir)
+            .arg("--prefix")
+            .arg(prefix)
+            .env("DESTDIR", destdir),
+    );
+}
+
+#[test]
+fn install_lays_out_a_tree_whose_units_verify() {
+    let help = run_ok(Command::new(workspace_root().join("scripts/install")).arg("--help"));
+    assert!(
+        help.contains("--no-build") && help.contains("DESTDIR"),
+        "{help}"
+    );
+    let bad = run(Command::new(workspace_root().join("scripts/install")).arg("--bogus"));
+    assert_eq!(bad.status.code(), Some(2));
+
+    let dest = tempfile::tempdir().unwrap();
+    let root = dest.path();
+    install(root, "/usr/local");
+    let under = |p: &str| root.join(p.trim_start_matches('/'));
+    for program in PROGRAMS {
+        let bin = under(&format!("/usr/local/bin/{program}"));
+        let mode = fs::metadata(&bin).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755, "{}", bin.display());
+        let page = read(&under(&format!("/usr/local/share/man/man1/{program}.1")));
+        assert!(
+            page.starts_with(".ie") || page.contains(&format!(".TH {program}")),
+            "{page}"
+        );
+        if program != "airlock" {
+            assert!(page.contains("config"), "{program}.1 lacks --config");
+        }
+    }
+    // The CLI's subcommands get pages too.
+    assert!(under("/usr/local/share/man/man1/airlock-publish.1").is_file());
+    for unit in UNITS {
+        let text = read(&under(&format!("/usr/local/lib/systemd/system/{unit}")));
+        assert_eq!(text, read(&dist(&format!("systemd/{unit}"))), "{unit}");
+    }
+    for daemon in ["airlock-fs", "airlock-net"] {
+        let installed = under(&format!("/etc/qemu/vhost-user/50-{daemon}.json"));
+        let json: serde_json::Value = serde_json::from_str(&read(&installed)).unwrap();
+        assert_eq!(json["binary"], format!("/usr/local/bin/{daemon}"));
+    }
+    for daemon in DAEMONS {
+        assert!(under(&format!(
+            "/usr/local/share/doc/airlock/examples/{daemon}.toml"
+        ))
+        .is_file());
+    }
+    // Nothing outside PREFIX but the QEMU descriptors.
+    let top: BTreeSet<String> = fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(top, BTreeSet::from(["etc".to_owned(), "usr".to_owned()]));
+
+    verify_units(root, "/usr/local");
+
+    // Another prefix is written into units, descriptors and examples.
+    let dest = tempfile::tempdir().unwrap();
+    install(dest.path(), "/usr");
+    let root = dest.path();
+    let unit = read(&root.join("usr/lib/systemd/system/airlock-fs@.service"));
+    assert!(unit.contains("ExecStart=/usr/bin/airlock-fs --config /etc/airlock/%i/airlock-fs.toml"));
+    assert!(!unit.contains("/usr/local"), "{unit}");
+    let json = read(&root.join("usr/share/qemu/vhost-user/50-airlock-net.json"));
+    assert!(json.contains("\"/usr/bin/airlock-net\""), "{json}");
+}
+
+/// `systemd-analyze verify` on an instance of every installed unit. It
+/// checks that ExecStart= binaries exist and Documentation= man pages
+/// resolve, so the units are copied with PREFIX pointing into the DESTDIR
+/// tree and `man` is told where the installed pages are. Any output at all
+/// (unknown directives, bad values, missing units) fails.
+fn verify_units(destdir: &Path, prefix: &str) {
+    let units = tempfile::tempdir().unwrap();
+    let staged = format!("{}{prefix}/", destdir.display());
+    for unit in UNITS {
+        let installed = destdir.join(format!(
+            "{}/lib/systemd/system/{unit}",
+            prefix.trim_start_matches('/')
+        ));
+        let text = read(&installed).replace(&format!("{prefix}/"), &staged);
+        fs::write(units.path().join(unit), text).unwrap();
+    }
+    for unit in UNITS {
+        let instance = unit.replace("@.", "@vm1.");
+        let out = run(Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(units.path().join(&instance))
+            .env("MANPATH", format!("{staged}share/man"))
+            .env("SYSTEMD_LOG_COLOR", "0"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.trim().is_empty(),
+            "systemd-analyze verify {instance} ({}):\n{stderr}",
+            out.status
+        );
+    }
+}
+
+#[test]
+fn qemu_descriptors_match_print_capabilities() {
+    for daemon in ["airlock-fs", "airlock-net"] {
+        let path = dist(&format!("qemu/50-{daemon}.json"));
+        let text = read(&path);
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+        let object = json.as_object().expect("a descriptor is a JSON object");
+        // QEMU's docs/interop/vhost-user.json, struct VhostUserBackend.
+        for key in object.keys() {
+            assert!(
+                ["description", "type", "binary", "tags"].contains(&key.as_str()),
+                "{}: {key} is not a VhostUserBackend member",
+                path.display()
+            );
+        }
+        assert!(object["description"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()));
+        assert_eq!(object["binary"], format!("/usr/local/bin/{daemon}"));
+        let caps: serde_json::Value = serde_json::from_str(&run_ok(
+            Command::new(Rig::bin(daemon)).arg("--print-capabilities"),
+        ))
+        .unwrap();
+        assert_eq!(object["type"], caps["type"], "{}", path.display());
+    }
+}
+
+#[test]
+fn socket_activated_daemons_serve_a_guest() {
+    let mut rig = Rig::new("ops_socket_activation");
+    let share = rig.dir().join("share");
+    fs::create_dir(&share).unwrap();
+    fs::write(share.join("from-host.txt"), "put there by the host\n").unwrap();
+    let mut sockets = Vec::new();
+    let mut notifies = Vec::new();
+    for daemon in ["airlock-net", "airlock-fs"] {
+        let socket = rig.dir().join(format!("{daemon}.sock"));
+        let notify = NotifySocket::new(rig.dir(), daemon);
+        // What the .socket + .service pair runs: the socket is systemd's,
+        // the daemon starts on the first connection with LISTEN_FDS=1 and
+        // the shipped example configuration.
+        let mut cmd = Command::new("systemd-socket-activate");
+        cmd.arg("-l")
+            .arg(&socket)
+            .arg("-E")
+            .arg(format!("NOTIFY_SOCKET={}", notify.path.display()))
+            .arg(Rig::bin(daemon))
+            .arg("--config")
+            .arg(example(daemon));
+        if daemon == "airlock-fs" {
+            cmd.arg("--shared-dir").arg(&share);
+        }
+        let handle = rig.spawn_daemon(daemon, cmd);
+        rig.wait_for_socket(&socket, Duration::from_secs(10));
+        sockets.push(socket);
+        notifies.push((notify, handle));
+    }
+    let mut qemu_args = airlock_e2e::net_device_args(&sockets[0], "52:54:00:12:34:56", false);
+    qemu_args.extend(airlock_e2e::fs_device_args(&sockets[1], "share", 1024));
+    let vm = rig.boot(airlock_e2e::VmConfig {
+        script: "\
+udhcpc -i eth0 -q -n -t 5 -O mtu >/tmp/udhcpc.log 2>&1 || { cat /tmp/udhcpc.log; echo 'udhcpc failed'; exit 1; }
+echo \"addr $(ip -4 -o addr show dev eth0 | awk '{print $4}')\"
+mount -t virtiofs share /mnt || exit 1
+cat /mnt/from-host.txt
+echo 'written by the guest' > /mnt/from-guest.txt && sync
+"
+        .into(),
+        qemu_args,
+        ..airlock_e2e::VmConfig::default()
+    });
+    let out = vm.wait();
+    out.assert_success()
+        .assert_contains("addr 192.168.127.2/24")
+        .assert_contains("put there by the host");
+    assert_eq!(
+        fs::read_to_string(share.join("from-guest.txt")).unwrap(),
+        "written by the guest\n"
+    );
+    for (notify, handle) in &notifies {
+        notify.wait_ready(handle);
+        let log = handle.log();
+        assert!(
+            log.contains("on systemd socket fd 3"),
+            "{} did not serve the activated socket:\n{log}",
+            handle.name()
+        );
+    }
+}
