@@ -93,6 +93,30 @@ fn domain_example_is_valid_libvirt_xml() {
     validate(&workspace_root().join(DOMAIN_XML));
 }
 
+/// The README's "Using it with libvirt" excerpt is taken from the example:
+/// every line of its XML block appears in the example file.
+#[test]
+fn readme_excerpt_matches_the_example() {
+    let readme = fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let example = fs::read_to_string(workspace_root().join(DOMAIN_XML)).unwrap();
+    let section = readme
+        .split("## Using it with libvirt")
+        .nth(1)
+        .expect("README.md has no \"Using it with libvirt\" section");
+    let block = section
+        .split("```xml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the libvirt section has no ```xml block");
+    let example_lines: Vec<&str> = example.lines().map(str::trim).collect();
+    for line in block.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        assert!(
+            example_lines.contains(&line),
+            "README.md's libvirt excerpt has {line:?}, which {DOMAIN_XML} does not"
+        );
+    }
+}
+
 /// `template` with `placeholder` replaced by `value`; panics if the
 /// example no longer has the placeholder (the test must follow it).
 fn substitute(template: &str, placeholder: &str, value: &Path) -> String {
