@@ -122,6 +122,7 @@ impl NetSession {
         let stats = &shared.stats;
         let mut delivered = false;
         let mut state = rx.get_mut();
+        let used_before = state.get_queue_mut().next_used();
         loop {
             while let Some(frame) = inner.backlog.front() {
                 let guard = mem.memory();
@@ -129,21 +130,7 @@ impl NetSession {
                 if !queue.ready() {
                     return Ok(delivered);
                 }
-                let placed = virtio_net::place_frame(
-                    queue,
-                    mem.memory(),
-                    frame,
-                    mergeable,
-                    flags,
-                    |q, head, len| {
-                        if let Err(e) = q.add_used(guard.deref(), head, len) {
-                            ratelimited!(
-                                log::Level::Warn,
-                                "cannot return rx buffer {head} to the guest: {e}"
-                            );
-                        }
-                    },
-                );
+                let placed = virtio_net::place_frame(queue, guard, frame, mergeable, flags);
                 match placed {
                     Ok(Placed::Done { .. }) => {
                         stats.frame_to_guest(frame.len());
@@ -180,12 +167,11 @@ impl NetSession {
                 }
             }
         }
-        if delivered {
-            match state.needs_notification() {
-                Ok(true) => state.signal_used_queue()?,
-                Ok(false) => {}
-                Err(e) => ratelimited!(log::Level::Warn, "guest receive queue: {e}"),
-            }
+        let queue = state.get_queue_mut();
+        match virtio_net::guest_wants_interrupt(queue, mem.memory().deref(), used_before) {
+            Ok(true) => state.signal_used_queue()?,
+            Ok(false) => {}
+            Err(e) => ratelimited!(log::Level::Warn, "guest receive queue: {e}"),
         }
         Ok(delivered)
     }

@@ -160,16 +160,126 @@ fn writable_len(chain: &Chain) -> usize {
         .fold(0usize, |acc, d| acc.saturating_add(d.len() as usize))
 }
 
-/// Writes `frame` (with a virtio-net header) into the guest's RX queue.
-/// `add_used(head, len)` records each used buffer.
+/// Writes `frame` (with a virtio-net header) into the guest's RX queue and
+/// publishes the buffers it used with [`publish_used`]: all of a frame's
+/// buffers at once.
 pub fn place_frame<Q: QueueT + QueueOwnedT>(
     queue: &mut Q,
     mem: GuestMemoryLoadGuard<GuestMemoryMmap<()>>,
     frame: &[u8],
     mergeable: bool,
     flags: u8,
-    mut add_used: impl FnMut(&mut Q, u16, u32),
 ) -> Result<Placed, virtio_queue::Error> {
+    let guard = mem.clone();
+    let mut used: Vec<(u16, u32)> = Vec::new();
+    let placed = fill_buffers(queue, mem, frame, mergeable, flags, &mut used);
+    let published = publish_used(queue, &*guard, &used);
+    let placed = placed?;
+    published?;
+    Ok(placed)
+}
+
+/// Puts `used` (head, length) in the used ring and only then moves the used
+/// index past all of them, in one store. The guest may be reading the ring
+/// at the same time: with `VIRTIO_NET_F_MRG_RXBUF` it takes a frame's first
+/// buffer, reads `num_buffers` from its header and expects the other
+/// buffers to be there already — publishing them one by one (what
+/// `add_used` does) made it drop the frame as "missing buffers"
+/// (`rx_length_errors`), and TCP to the guest stalled on retransmissions.
+pub fn publish_used<Q: QueueT, M: vm_memory::GuestMemory>(
+    queue: &mut Q,
+    mem: &M,
+    used: &[(u16, u32)],
+) -> Result<(), virtio_queue::Error> {
+    use std::num::Wrapping;
+    use std::sync::atomic::Ordering;
+    use vm_memory::{Address, Bytes, GuestAddress};
+
+    if used.is_empty() {
+        return Ok(());
+    }
+    let size = queue.size();
+    let ring = GuestAddress(queue.used_ring());
+    let next = Wrapping(queue.next_used());
+    for (i, &(head, len)) in used.iter().enumerate() {
+        if head >= size {
+            return Err(virtio_queue::Error::InvalidDescriptorIndex);
+        }
+        let slot = (next + Wrapping(i as u16)).0 % size;
+        // flags, idx, then 8-byte elements.
+        let addr = ring
+            .checked_add(4 + u64::from(slot) * 8)
+            .ok_or(virtio_queue::Error::AddressOverflow)?;
+        // struct virtq_used_elem { le32 id; le32 len; }
+        let mut elem = [0u8; 8];
+        elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        mem.write_slice(&elem, addr)
+            .map_err(virtio_queue::Error::GuestMemory)?;
+    }
+    let new = next + Wrapping(used.len() as u16);
+    let idx = ring
+        .checked_add(2)
+        .ok_or(virtio_queue::Error::AddressOverflow)?;
+    mem.store(u16::to_le(new.0), idx, Ordering::Release)
+        .map_err(virtio_queue::Error::GuestMemory)?;
+    queue.set_next_used(new.0);
+    Ok(())
+}
+
+/// Whether the guest wants an interrupt for the used entries from `old` to
+/// the queue's `next_used` (the split ring's rule: `used_event` with
+/// EVENT_IDX, else the avail ring's NO_INTERRUPT flag). Used instead of
+/// the queue's own `needs_notification`, which only counts entries added
+/// through `add_used`.
+pub fn guest_wants_interrupt<Q: QueueT, M: vm_memory::GuestMemory>(
+    queue: &Q,
+    mem: &M,
+    old: u16,
+) -> Result<bool, virtio_queue::Error> {
+    use std::num::Wrapping;
+    use std::sync::atomic::{fence, Ordering};
+    use vm_memory::{Address, Bytes, GuestAddress};
+
+    let new = Wrapping(queue.next_used());
+    let old = Wrapping(old);
+    if new == old {
+        return Ok(false);
+    }
+    // The used index stores must be visible before the guest's request is
+    // read (the driver does the mirror image).
+    fence(Ordering::SeqCst);
+    let avail = GuestAddress(queue.avail_ring());
+    if queue.event_idx_enabled() {
+        // used_event sits after the avail ring's flags, idx and entries.
+        let addr = avail
+            .checked_add(4 + 2 * u64::from(queue.size()))
+            .ok_or(virtio_queue::Error::AddressOverflow)?;
+        let used_event = Wrapping(u16::from_le(
+            mem.load(addr, Ordering::Acquire)
+                .map_err(virtio_queue::Error::GuestMemory)?,
+        ));
+        Ok(new - used_event - Wrapping(1) < new - old)
+    } else {
+        let flags = u16::from_le(
+            mem.load(avail, Ordering::Acquire)
+                .map_err(virtio_queue::Error::GuestMemory)?,
+        );
+        Ok(flags & 1 == 0) // VRING_AVAIL_F_NO_INTERRUPT
+    }
+}
+
+/// [`place_frame`]'s work before publication; `used` gets every buffer
+/// taken, whatever the outcome.
+fn fill_buffers<Q: QueueT + QueueOwnedT>(
+    queue: &mut Q,
+    mem: GuestMemoryLoadGuard<GuestMemoryMmap<()>>,
+    frame: &[u8],
+    mergeable: bool,
+    flags: u8,
+    used: &mut Vec<(u16, u32)>,
+) -> Result<Placed, virtio_queue::Error> {
+    let mut add_used = |_: &mut Q, head: u16, len: u32| used.push((head, len));
     let need = HDR_LEN + frame.len();
     let mut chains: Vec<(Chain, usize)> = Vec::new();
     let mut room = 0usize;
@@ -242,4 +352,73 @@ pub fn place_frame<Q: QueueT + QueueOwnedT>(
         return Err(e);
     }
     Ok(Placed::Done { buffers: count })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const SIZE: u16 = 16;
+
+    fn setup(mem: &GuestMemoryMmap<()>) -> (MockSplitQueue<'_, GuestMemoryMmap<()>>, Queue) {
+        let vq = MockSplitQueue::new(mem, SIZE);
+        let q: Queue = vq.create_queue().unwrap();
+        (vq, q)
+    }
+
+    #[test]
+    fn a_frames_buffers_are_published_with_one_index_store() {
+        let mem: GuestMemoryMmap<()> =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let (vq, mut q) = setup(&mem);
+        q.set_next_used(SIZE - 1); // wraps inside the frame
+        publish_used(&mut q, &mem, &[(3, 100), (7, 4096), (9, 12)]).unwrap();
+        let used = vq.used_addr().0;
+        let idx: u16 = mem.read_obj(GuestAddress(used + 2)).unwrap();
+        assert_eq!(idx, SIZE + 2);
+        assert_eq!(q.next_used(), SIZE + 2);
+        let elem = |slot: u64| -> (u32, u32) {
+            let a = used + 4 + slot * 8;
+            (
+                mem.read_obj(GuestAddress(a)).unwrap(),
+                mem.read_obj(GuestAddress(a + 4)).unwrap(),
+            )
+        };
+        assert_eq!(elem(u64::from(SIZE) - 1), (3, 100));
+        assert_eq!(elem(0), (7, 4096));
+        assert_eq!(elem(1), (9, 12));
+        assert!(matches!(
+            publish_used(&mut q, &mem, &[(SIZE, 1)]),
+            Err(virtio_queue::Error::InvalidDescriptorIndex)
+        ));
+        assert_eq!(q.next_used(), SIZE + 2, "a bad head publishes nothing");
+    }
+
+    #[test]
+    fn interrupts_follow_used_event_or_the_no_interrupt_flag() {
+        let mem: GuestMemoryMmap<()> =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let (vq, mut q) = setup(&mem);
+        let avail = vq.avail_addr().0;
+        let used_event = GuestAddress(avail + 4 + 2 * u64::from(SIZE));
+        publish_used(&mut q, &mem, &[(0, 1), (1, 1), (2, 1)]).unwrap();
+        assert!(!guest_wants_interrupt(&q, &mem, 3).unwrap(), "nothing new");
+
+        q.set_event_idx(true);
+        // The guest asks to hear once entry 1 is used: 0..3 crosses it.
+        mem.write_obj(1u16, used_event).unwrap();
+        assert!(guest_wants_interrupt(&q, &mem, 0).unwrap());
+        // It has seen up to 5 already (after our 3): no interrupt.
+        mem.write_obj(5u16, used_event).unwrap();
+        assert!(!guest_wants_interrupt(&q, &mem, 0).unwrap());
+
+        q.set_event_idx(false);
+        mem.write_obj(0u16, GuestAddress(avail)).unwrap();
+        assert!(guest_wants_interrupt(&q, &mem, 0).unwrap());
+        mem.write_obj(1u16, GuestAddress(avail)).unwrap(); // NO_INTERRUPT
+        assert!(!guest_wants_interrupt(&q, &mem, 0).unwrap());
+    }
 }
