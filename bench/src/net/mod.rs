@@ -21,7 +21,7 @@ use crate::procfs;
 use crate::results::{Cost, Failure, GroupRun, Resource, Row, Sample};
 use crate::stats::Summary;
 use crate::vm::{self, Guest};
-use peers::Peer;
+use peers::{Peer, Published};
 
 /// Errors of a network run as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -83,9 +83,11 @@ enum Test {
     UdpDown,
     RoundTrip,
     Connections,
+    PublishedDown,
+    PublishedUp,
 }
 
-const TESTS: [Test; 8] = [
+const TESTS: [Test; 10] = [
     Test::TcpUp1,
     Test::TcpUp4,
     Test::TcpDown1,
@@ -94,6 +96,8 @@ const TESTS: [Test; 8] = [
     Test::UdpDown,
     Test::RoundTrip,
     Test::Connections,
+    Test::PublishedDown,
+    Test::PublishedUp,
 ];
 
 impl Test {
@@ -106,7 +110,8 @@ impl Test {
             Test::UdpUp => "udpup",
             Test::UdpDown => "udpdown",
             Test::RoundTrip => "rr",
-            Test::Connections => "wait",
+            // The host drives these; the guest waits for `done`.
+            Test::Connections | Test::PublishedDown | Test::PublishedUp => "wait",
         }
     }
 
@@ -120,6 +125,8 @@ impl Test {
             Test::UdpDown => "iperf3 UDP host→guest, 1400 B, received",
             Test::RoundTrip => "HTTP round trip on a kept-alive connection",
             Test::Connections => "connections/s host→guest through a published port",
+            Test::PublishedDown => "iperf3 TCP host→guest through a published port",
+            Test::PublishedUp => "iperf3 TCP guest→host through a published port",
         }
     }
 
@@ -141,7 +148,7 @@ struct Running {
     peer: Peer,
     daemon: Option<DaemonHandle>,
     iperf_port: u16,
-    published: u16,
+    published: Published,
 }
 
 /// Whether something listens on TCP 127.0.0.1:`port` (`/proc/net/tcp`).
@@ -196,7 +203,10 @@ fn setup_notes(options: &Options) -> Vec<String> {
             "Published port: {CONNECTION_CONCURRENCY} host threads open connections to 127.0.0.1:PORT for {} s \
              (connect, `GET / HTTP/1.0`, read to EOF) forwarded to busybox httpd on the guest's port 80 \
              (it forks per connection): airlock-net `--publish 127.0.0.1:PORT:80`, passt `-t 127.0.0.1/PORT:80`, \
-             slirp `hostfwd=tcp:127.0.0.1:PORT-:80`.",
+             slirp `hostfwd=tcp:127.0.0.1:PORT-:80`. Throughput through a published port: `iperf3 -c \
+             127.0.0.1 -p PORT2 -t {}` on the host (`-R` for guest→host) to `iperf3 -s` in the guest, \
+             published the same way to the guest's port 5201; receiver-side throughput.",
+            options.duration.as_secs(),
             options.duration.as_secs()
         ),
         "Cost: CPU time of airlock-net and passt from /proc/PID/stat; slirp runs inside QEMU, so its cost \
@@ -237,7 +247,10 @@ pub fn run(options: &Options, out: &mut GroupRun) -> Result<(), Error> {
             .spawn_daemon(&format!("iperf3-{}", peer.id), iperf, None)
             .map_err(Error::Vm)?;
         wait_tcp_listening("iperf3 -s", iperf_port)?;
-        let published = servers::free_port()?;
+        let published = Published {
+            http: servers::free_port()?,
+            iperf: servers::free_port()?,
+        };
         // passt drops to nobody before binding its socket: give it a
         // directory it may write to (the rig's own is root's, mode 0700).
         let sock_dir = dir.join(format!("sock-{}", peer.id));
@@ -399,6 +412,22 @@ fn iperf_received(json: &str) -> Result<(f64, u64), String> {
     Ok((bps, bytes))
 }
 
+/// `iperf3 -c 127.0.0.1 -p PORT` on the host, through a published port to
+/// the guest's `iperf3 -s`; `reverse`: the guest sends. Receiver-side
+/// bits/s and bytes.
+fn host_iperf_client(port: u16, duration: Duration, reverse: bool) -> Result<(f64, u64), String> {
+    let mut cmd = Command::new("iperf3");
+    cmd.args(["-c", "127.0.0.1", "-p", &port.to_string(), "-J"])
+        .args(["-t", &duration.as_secs().max(1).to_string()]);
+    if reverse {
+        cmd.arg("-R");
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    iperf_received(&String::from_utf8_lossy(&out.stdout))
+}
+
 /// The median of curl's per-request times, in ms.
 fn round_trip_ms(text: &str) -> Result<f64, String> {
     let times: Vec<f64> = text
@@ -421,7 +450,9 @@ fn step(
 ) -> Result<Result<Sample, String>, Error> {
     let (port, arg) = match test {
         Test::RoundTrip => (rr.port, options.round_trips.to_string()),
-        Test::Connections => (r.published, "-".to_string()),
+        Test::Connections | Test::PublishedDown | Test::PublishedUp => {
+            (r.published.http, "-".to_string())
+        }
         _ => (r.iperf_port, options.duration.as_secs().max(1).to_string()),
     };
     guest
@@ -444,12 +475,20 @@ fn step(
     let (d0, q0) = (daemon_cpu(), qemu_cpu());
     guest.send("go").map_err(Error::Vm)?;
     let mut connections = None;
+    let mut host_iperf = None;
     if test == Test::Connections {
-        let addr = SocketAddr::from(([127, 0, 0, 1], r.published));
+        let addr = SocketAddr::from(([127, 0, 0, 1], r.published.http));
         connections = Some(servers::connection_rate(
             addr,
             CONNECTION_CONCURRENCY,
             options.duration,
+        ));
+        guest.send("done").map_err(Error::Vm)?;
+    } else if matches!(test, Test::PublishedDown | Test::PublishedUp) {
+        host_iperf = Some(host_iperf_client(
+            r.published.iperf,
+            options.duration,
+            test == Test::PublishedUp,
         ));
         guest.send("done").map_err(Error::Vm)?;
     }
@@ -493,10 +532,16 @@ fn step(
             if c.ok == 0 {
                 return Ok(Err(format!(
                     "no connection through 127.0.0.1:{} reached the guest's httpd ({} failed)",
-                    r.published, c.failed
+                    r.published.http, c.failed
                 )));
             }
             (c.ok as f64 / c.elapsed.as_secs_f64(), None)
+        }
+        Test::PublishedDown | Test::PublishedUp => {
+            match host_iperf.unwrap_or_else(|| Err("no host iperf3 run".into())) {
+                Ok((bps, bytes)) => (bps / 1e6, Some(bytes)),
+                Err(e) => return Ok(Err(e)),
+            }
         }
         _ => match iperf_received(output) {
             Ok((bps, bytes)) => (bps / 1e6, Some(bytes)),

@@ -38,6 +38,18 @@ pub struct Peer {
     pub host_alias: &'static str,
 }
 
+/// The guest's `iperf3 -s` for the published-port throughput rows.
+pub const GUEST_IPERF_PORT: u16 = 5201;
+
+/// Host ports (127.0.0.1) a peer publishes into the guest.
+#[derive(Debug, Clone, Copy)]
+pub struct Published {
+    /// To the guest's httpd (port 80).
+    pub http: u16,
+    /// To the guest's iperf3 server ([`GUEST_IPERF_PORT`]).
+    pub iperf: u16,
+}
+
 /// airlock-net.
 pub const AIRLOCK_NET: Peer = Peer {
     id: "airlock-net",
@@ -101,16 +113,21 @@ impl Peer {
         }
     }
 
-    /// The daemon's command line: serving `socket`, publishing host port
-    /// `published` (127.0.0.1) to the guest's port 80.
-    pub fn command(&self, socket: &Path, published: u16) -> Option<Command> {
+    /// The daemon's command line: serving `socket`, publishing host ports
+    /// on 127.0.0.1 to the guest's httpd and iperf3 server.
+    pub fn command(&self, socket: &Path, published: Published) -> Option<Command> {
+        let Published { http, iperf } = published;
         match self.kind {
             Kind::AirlockNet => {
                 let mut cmd = Command::new(sibling_binary("airlock-net"));
                 cmd.arg("--socket-path")
                     .arg(socket)
                     .args(["--log-level", "warn"])
-                    .args(["--publish", &format!("127.0.0.1:{published}:80/tcp")]);
+                    .args(["--publish", &format!("127.0.0.1:{http}:80/tcp")])
+                    .args([
+                        "--publish",
+                        &format!("127.0.0.1:{iperf}:{GUEST_IPERF_PORT}/tcp"),
+                    ]);
                 // Experiments with airlock-net's options (e.g. --tcp-buffer)
                 // without editing the bench: whitespace-separated arguments.
                 if let Ok(extra) = std::env::var("AIRLOCK_BENCH_NET_ARGS") {
@@ -124,7 +141,8 @@ impl Peer {
                     .arg("-s")
                     .arg(socket)
                     .args(["-a", "10.88.0.2", "-n", "24", "-g", self.host_alias])
-                    .args(["-t", &format!("127.0.0.1/{published}:80")]);
+                    .args(["-t", &format!("127.0.0.1/{http}:80")])
+                    .args(["-t", &format!("127.0.0.1/{iperf}:{GUEST_IPERF_PORT}")]);
                 Some(cmd)
             }
             Kind::Slirp => None,
@@ -132,7 +150,8 @@ impl Peer {
     }
 
     /// QEMU arguments attaching the NIC.
-    pub fn qemu_args(&self, socket: &Path, published: u16) -> Vec<OsString> {
+    pub fn qemu_args(&self, socket: &Path, published: Published) -> Vec<OsString> {
+        let Published { http, iperf } = published;
         let netdev = format!("net-{}", self.id);
         match self.kind {
             Kind::AirlockNet => net_device_args(socket, self.mac, false),
@@ -148,8 +167,11 @@ impl Peer {
             ],
             Kind::Slirp => vec![
                 "-netdev".into(),
-                format!("user,id={netdev},net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:{published}-:80")
-                    .into(),
+                format!(
+                    "user,id={netdev},net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:{http}-:80,\
+                     hostfwd=tcp:127.0.0.1:{iperf}-:{GUEST_IPERF_PORT}"
+                )
+                .into(),
                 "-device".into(),
                 format!("virtio-net-pci,netdev={netdev},mac={},romfile=", self.mac).into(),
             ],

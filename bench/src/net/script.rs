@@ -1,11 +1,11 @@
 //! The guest side of a network run: every NIC configured by DHCP (busybox
-//! udhcpc applying the offered MTU), busybox httpd on port 80 for the
-//! published-port test, then the same run/go/RESULT conversation as the
+//! udhcpc applying the offered MTU), busybox httpd on port 80 and an
+//! `iperf3 -s` for the published-port tests, then the same run/go/RESULT conversation as the
 //! file-system guest (see [`crate::fs::script`]).
 
 use std::fmt::Write as _;
 
-use super::peers::Peer;
+use super::peers::{Peer, GUEST_IPERF_PORT};
 
 /// Printed once every NIC is configured.
 pub const READY: &str = "BENCH-READY";
@@ -66,6 +66,7 @@ iface_of() {
     let _ = write!(
         s,
         r#"mkdir -p /www && echo ok > /www/index.html && httpd -p 80 -h /www
+iperf3 -s -D -p {GUEST_IPERF_PORT}
 echo {READY}
 while read -r cmd test peer alias port arg; do
     case "$cmd" in
