@@ -362,6 +362,15 @@ impl NetSession {
             other => return Err(io::Error::other(format!("unknown device event {other}"))),
         }
         self.flush(inner, rx)?;
+        // The flush may have made room without the guest kicking (it only
+        // kicks when it was out of buffers): let what was held back go.
+        let Inner {
+            gateway, backlog, ..
+        } = &mut *inner;
+        if gateway.starved() && backlog.has_room() {
+            gateway.guest_room(backlog);
+            self.flush(inner, rx)?;
+        }
         Ok(())
     }
 }

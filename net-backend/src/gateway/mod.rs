@@ -154,6 +154,9 @@ pub struct Gateway {
     epoch: Instant,
     /// Set when a frame could not be queued for lack of guest buffers.
     starved: bool,
+    /// UDP flows not read until the guest has room again (see
+    /// [`Gateway::guest_room`]).
+    paused_udp: Vec<FlowId>,
     scratch: Vec<u8>,
     events: Vec<(FlowId, Source, EventSet)>,
     due: Vec<FlowId>,
@@ -206,6 +209,7 @@ impl Gateway {
             guest_mac: EthernetAddress::BROADCAST,
             epoch,
             starved: false,
+            paused_udp: Vec::new(),
             scratch: vec![0u8; MAX_DATAGRAM],
             events: Vec::new(),
             due: Vec::new(),
@@ -267,6 +271,18 @@ impl Gateway {
     /// Returns a slot that was allocated but not filled.
     fn release(&mut self, id: FlowId) {
         self.free.push(id.slot);
+    }
+
+    /// The live UDP flow `id`, borrowed apart from the poller.
+    fn udp_and_poller(&mut self, id: FlowId) -> Option<(&UdpFlow, &Poller)> {
+        let s = self.slots.get(id.slot as usize)?;
+        if s.generation != id.generation {
+            return None;
+        }
+        match s.flow.as_ref()? {
+            Flow::Udp(flow) => Some((flow, &self.poller)),
+            _ => None,
+        }
     }
 
     fn get(&mut self, id: FlowId) -> Option<&mut Flow> {
@@ -552,7 +568,15 @@ impl Gateway {
         });
     }
 
-    /// The guest posted receive buffers: let flows that were held back send.
+    /// Whether something was held back for lack of guest buffers: the
+    /// device calls [`Gateway::guest_room`] once it has room again.
+    pub fn starved(&self) -> bool {
+        self.starved
+    }
+
+    /// The guest has room again: let flows that were held back send, and
+    /// watch paused UDP sockets again (their pending datagrams wake the
+    /// next round).
     pub fn guest_room(&mut self, tx: &mut dyn GuestTx) {
         if !std::mem::take(&mut self.starved) {
             return;
@@ -564,6 +588,16 @@ impl Gateway {
                 break;
             }
             self.with_tcp(id, tx, |flow, id, env| flow.guest_room(id, env));
+        }
+        for id in std::mem::take(&mut self.paused_udp) {
+            if let Some((flow, poller)) = self.udp_and_poller(id) {
+                if let Err(e) = flow.resume(id, poller) {
+                    airlock_common::ratelimited!(
+                        log::Level::Warn,
+                        "cannot watch a UDP socket again: {e}"
+                    );
+                }
+            }
         }
     }
 

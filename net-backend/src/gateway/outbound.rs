@@ -566,6 +566,16 @@ impl Gateway {
         let mut buf = std::mem::take(&mut self.scratch);
         // Bounded work per event: the rest stays readable for the next round.
         for _ in 0..64 {
+            if !tx.has_room() {
+                // Reading now would only drop: leave the datagrams with the
+                // kernel until the guest has room (Gateway::guest_room).
+                if let Some((flow, poller)) = self.udp_and_poller(id) {
+                    flow.pause(poller);
+                    self.paused_udp.push(id);
+                }
+                self.starved = true;
+                break;
+            }
             let Some(Flow::Udp(flow)) = self.get(id) else {
                 break;
             };

@@ -434,6 +434,52 @@ fn udp_to_host_alias_round_trips_and_counts() {
     assert_eq!(shared.stats.snapshot().flows.udp.opened, 1);
 }
 
+/// With no room in the guest's receive queue, a UDP flow's datagrams stay
+/// in the kernel (not read and dropped), and flow once there is room.
+#[test]
+fn udp_waits_in_the_kernel_while_the_guest_has_no_room() {
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let (mut gw, shared) = gateway();
+    let mut tx = Recorder {
+        room: Some(0),
+        ..Recorder::default()
+    };
+    gw.guest_frame(&udp_frame(5001, HOST, port, b"hi"), false, &mut tx);
+    let mut buf = [0u8; 16];
+    server
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let (_, from) = server.recv_from(&mut buf).unwrap();
+    for i in 0..3u8 {
+        server.send_to(&[b'a' + i], from).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    for _ in 0..3 {
+        gw.host_events(&mut tx).unwrap();
+    }
+    assert!(tx.frames.is_empty());
+    assert!(gw.starved());
+    assert_eq!(shared.stats.drop_count(DropReason::GuestRxFull), 0);
+
+    tx.room = None;
+    gw.guest_room(&mut tx);
+    pump(&mut gw, &mut tx, |t| t.frames.len() == 3);
+    let payloads: Vec<Vec<u8>> = tx
+        .frames
+        .iter()
+        .map(|f| {
+            let eth = EthernetFrame::new_checked(&f[..]).unwrap();
+            let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+            UdpPacket::new_checked(ip.payload())
+                .unwrap()
+                .payload()
+                .to_vec()
+        })
+        .collect();
+    assert_eq!(payloads, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+}
+
 #[test]
 fn garbage_frames_are_dropped_and_counted() {
     let (mut gw, shared) = gateway();

@@ -121,4 +121,17 @@ impl UdpFlow {
     pub fn close(&self, poller: &Poller) {
         poller.remove(self.sock.as_raw_fd());
     }
+
+    /// Stops watching the socket: what the guest has no room for stays in
+    /// (and overflows) the kernel's queue instead of being read and dropped
+    /// here. Removed rather than muted, since a pending error would still
+    /// wake a muted socket.
+    pub fn pause(&self, poller: &Poller) {
+        poller.remove(self.sock.as_raw_fd());
+    }
+
+    /// Watches the socket again after [`UdpFlow::pause`].
+    pub fn resume(&self, id: FlowId, poller: &Poller) -> io::Result<()> {
+        poller.add(self.sock.as_raw_fd(), EventSet::IN, id, Source::Host)
+    }
 }
