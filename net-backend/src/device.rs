@@ -106,11 +106,10 @@ impl NetSession {
         self.mem.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Moves backlog frames into the guest's receive buffers; returns
-    /// whether any were delivered.
-    fn flush(&self, inner: &mut Inner, rx: &Vring) -> io::Result<bool> {
+    /// Moves backlog frames into the guest's receive buffers.
+    fn flush(&self, inner: &mut Inner, rx: &Vring) -> io::Result<()> {
         let Some(mem) = self.memory() else {
-            return Ok(false);
+            return Ok(());
         };
         let mergeable = self.acked(VIRTIO_NET_F_MRG_RXBUF);
         let flags = if inner.backlog.csum_offload() {
@@ -120,7 +119,6 @@ impl NetSession {
         };
         let shared = self.shared.clone();
         let stats = &shared.stats;
-        let mut delivered = false;
         let mut state = rx.get_mut();
         let used_before = state.get_queue_mut().next_used();
         loop {
@@ -128,14 +126,13 @@ impl NetSession {
                 let guard = mem.memory();
                 let queue = state.get_queue_mut();
                 if !queue.ready() {
-                    return Ok(delivered);
+                    return Ok(());
                 }
                 let placed = virtio_net::place_frame(queue, guard, frame, mergeable, flags);
                 match placed {
                     Ok(Placed::Done { .. }) => {
                         stats.frame_to_guest(frame.len());
                         inner.backlog.pop();
-                        delivered = true;
                     }
                     Ok(Placed::NoRoom) => break,
                     Ok(Placed::TooBig) => {
@@ -173,7 +170,7 @@ impl NetSession {
             Ok(false) => {}
             Err(e) => ratelimited!(log::Level::Warn, "guest receive queue: {e}"),
         }
-        Ok(delivered)
+        Ok(())
     }
 
     /// Reads every frame the guest queued and hands it to the gateway.

@@ -279,7 +279,6 @@ fn fill_buffers<Q: QueueT + QueueOwnedT>(
     flags: u8,
     used: &mut Vec<(u16, u32)>,
 ) -> Result<Placed, virtio_queue::Error> {
-    let mut add_used = |_: &mut Q, head: u16, len: u32| used.push((head, len));
     let need = HDR_LEN + frame.len();
     let mut chains: Vec<(Chain, usize)> = Vec::new();
     let mut room = 0usize;
@@ -300,7 +299,7 @@ fn fill_buffers<Q: QueueT + QueueOwnedT>(
             // One buffer per frame and this one is too small: hand it back
             // empty rather than stall the queue forever.
             let (chain, _) = chains.remove(0);
-            add_used(queue, chain.head_index(), 0);
+            used.push((chain.head_index(), 0));
             return Ok(Placed::TooBig);
         }
         for _ in 0..chains.len() {
@@ -319,7 +318,7 @@ fn fill_buffers<Q: QueueT + QueueOwnedT>(
         let head = chain.head_index();
         if failed.is_some() {
             // A bad buffer earlier in this frame: return the rest unused.
-            add_used(queue, head, 0);
+            used.push((head, 0));
             continue;
         }
         let mem = chain.memory();
@@ -340,10 +339,10 @@ fn fill_buffers<Q: QueueT + QueueOwnedT>(
         match res {
             Ok((written, n)) => {
                 rest = &rest[n..];
-                add_used(queue, head, written as u32);
+                used.push((head, written as u32));
             }
             Err(e) => {
-                add_used(queue, head, 0);
+                used.push((head, 0));
                 failed = Some(e);
             }
         }
