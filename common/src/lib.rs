@@ -7,7 +7,9 @@
 //!   guest-triggerable paths;
 //! - [`audit`]: the JSON-lines audit log writer every daemon uses;
 //! - [`report`]: printing an error chain and mapping it to an exit code;
-//! - [`config_file`]: `--config FILE`, options from a TOML file.
+//! - [`config_file`]: `--config FILE`, options from a TOML file;
+//! - [`sandbox`] / [`seccomp`]: confinement (mount namespace, read-only
+//!   mounts, `--user`) and the `--seccomp` allow-list filter.
 
 pub mod audit;
 pub mod config_file;
@@ -16,6 +18,8 @@ pub mod logging;
 pub mod notify;
 pub mod report;
 pub mod runner;
+pub mod sandbox;
+pub mod seccomp;
 pub mod signals;
 pub mod sys;
 pub mod time;

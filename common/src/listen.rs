@@ -104,7 +104,7 @@ impl BoundListener {
 impl Drop for BoundListener {
     fn drop(&mut self) {
         if let Some(p) = &self.created {
-            let _ = std::fs::remove_file(p);
+            let _ = crate::sandbox::remove_socket(p);
         }
     }
 }

@@ -3,18 +3,46 @@
 use std::io;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::Mutex;
+
+/// The socket [`connect_early`] opened, for daemons that leave the host's
+/// file system and network namespace before they are ready.
+static EARLY: Mutex<Option<UnixDatagram>> = Mutex::new(None);
+
+fn notify_addr() -> io::Result<Option<SocketAddr>> {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(None);
+    };
+    let path = path.to_string_lossy().into_owned();
+    Ok(Some(if let Some(name) = path.strip_prefix('@') {
+        SocketAddr::from_abstract_name(name.as_bytes())?
+    } else {
+        SocketAddr::from_pathname(&path)?
+    }))
+}
+
+/// Connects to `$NOTIFY_SOCKET` now, so a later [`notify`] still reaches it
+/// from inside a sandbox (after pivot_root, or in a new network namespace
+/// where an abstract socket name means something else).
+pub fn connect_early() -> io::Result<()> {
+    let Some(addr) = notify_addr()? else {
+        return Ok(());
+    };
+    let sock = UnixDatagram::unbound()?;
+    sock.connect_addr(&addr)?;
+    *EARLY.lock().unwrap_or_else(|e| e.into_inner()) = Some(sock);
+    Ok(())
+}
 
 /// Sends `state` (e.g. `"READY=1"`) to `$NOTIFY_SOCKET` if it is set.
 /// Returns whether a notification was sent.
 pub fn notify(state: &str) -> io::Result<bool> {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+    if let Some(sock) = EARLY.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        sock.send(state.as_bytes())?;
+        return Ok(true);
+    }
+    let Some(addr) = notify_addr()? else {
         return Ok(false);
-    };
-    let path = path.to_string_lossy().into_owned();
-    let addr = if let Some(name) = path.strip_prefix('@') {
-        SocketAddr::from_abstract_name(name.as_bytes())?
-    } else {
-        SocketAddr::from_pathname(&path)?
     };
     let sock = UnixDatagram::unbound()?;
     sock.send_to_addr(state.as_bytes(), &addr)?;

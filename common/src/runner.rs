@@ -96,7 +96,7 @@ where
 {
     if let Some(path) = listener.created_path().map(|p| p.to_owned()) {
         crate::signals::at_exit(move || {
-            let _ = std::fs::remove_file(&path);
+            let _ = crate::sandbox::remove_socket(&path);
         });
     }
     let mut vu_listener =

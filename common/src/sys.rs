@@ -92,6 +92,45 @@ pub fn set_nofile_limit(limit: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets `RLIMIT_NOFILE` (soft and hard) to `want`, so a guest that makes
+/// the daemon open descriptors meets this limit, not the host's. Without
+/// the privilege to move the hard limit, the soft limit goes as close to
+/// `want` as the hard limit allows. Returns the soft limit now in force.
+pub fn limit_nofile(want: u64) -> io::Result<u64> {
+    match set_nofile_limit(want) {
+        Ok(()) => return Ok(want),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+        Err(e) => return Err(e),
+    }
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `rl` is valid for writes for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    rl.rlim_cur = want.min(rl.rlim_max);
+    // SAFETY: `rl` is a valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rl.rlim_cur)
+}
+
+/// [`limit_nofile`] for a daemon's default: what it could not do is
+/// logged, not fatal (a service manager may forbid setrlimit and set
+/// `LimitNOFILE=` itself).
+pub fn apply_nofile_limit(want: u64) {
+    match limit_nofile(want) {
+        Ok(n) if n < want => {
+            log::warn!("RLIMIT_NOFILE is {n} (the hard limit), below the {want} wanted")
+        }
+        Ok(n) => log::debug!("RLIMIT_NOFILE set to {n}"),
+        Err(e) => log::warn!("cannot set RLIMIT_NOFILE to {want}: {e}"),
+    }
+}
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (as virtiofsd does by
 /// default): a file server holds one fd per inode the guest knows.
 pub fn raise_nofile_to_hard() -> io::Result<u64> {

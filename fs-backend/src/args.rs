@@ -7,6 +7,7 @@ use airlock_common::config_file::ConfigArgs;
 use airlock_common::listen::ListenArgs;
 use airlock_common::logging::LogArgs;
 use airlock_common::runner::LifecycleArgs;
+use airlock_common::seccomp::SeccompArgs;
 use clap::{Parser, ValueEnum};
 
 use crate::idmap::Rule;
@@ -25,6 +26,21 @@ pub enum Cache {
     /// Data and metadata cached and kept across opens. Only safe when the
     /// guest is the sole writer of the share.
     Always,
+}
+
+/// `--sandbox`: how airlock-fs confines itself (virtiofsd's modes).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Sandbox {
+    /// New mount, network, IPC and UTS namespaces; the root becomes an empty
+    /// read-only tmpfs holding only /proc and the share (at /share), so
+    /// nothing else of the host's file system exists for the daemon. Needs
+    /// CAP_SYS_ADMIN (start as root).
+    Namespace,
+    /// chroot(2) into the shared directory. Needs CAP_SYS_CHROOT; for hosts
+    /// where namespaces are not available (some containers).
+    Chroot,
+    /// No confinement beyond the per-request path discipline.
+    None,
 }
 
 /// `--inode-file-handles`: how inodes are referenced on the host.
@@ -126,6 +142,15 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub rlimit_nofile: Option<u64>,
 
+    /// Confinement [default: namespace when started as root, none
+    /// otherwise]. Whatever the mode, the daemon drops supplementary groups
+    /// when root (CVE-2022-0358).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub sandbox: Option<Sandbox>,
+
+    #[command(flatten)]
+    pub seccomp: SeccompArgs,
+
     /// Append one JSON line per modifying operation (create, open for
     /// writing, unlink, rename, setattr, mkdir, rmdir, symlink, link, mknod,
     /// setxattr, removexattr) to PATH, or to stdout with `-`: time, op, path
@@ -146,7 +171,8 @@ pub struct Args {
     /// Legacy virtiofsd options, comma-separated (`,,` is a literal comma):
     /// source=DIR, cache=none|never|metadata|auto|always, xattr, no_xattr,
     /// writeback, no_writeback, announce_submounts, allow_direct_io, readonly,
-    /// flock, no_flock, posix_lock, no_posix_lock, sandbox=none,
+    /// flock, no_flock, posix_lock, no_posix_lock,
+    /// sandbox=namespace|chroot|none, seccomp=kill|log|none,
     /// log_level=err|warn|info|debug, debug. Repeatable.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use airlock_common::listen::ListenArgs;
 use airlock_common::logging::{LogArgs, LogLevel};
 
-use crate::args::{Args, Cache, InodeFileHandles};
+use airlock_common::seccomp::SeccompMode;
+use clap::ValueEnum;
+
+use crate::args::{Args, Cache, InodeFileHandles, Sandbox};
 use crate::idmap::{IdMap, IdMapError, Rule};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +31,6 @@ pub enum ConfigError {
     Conflict(String, &'static str),
     #[error("-o {0}: remote {1} locks are not supported; locks stay local to the guest (drop the option, or use <lock posix='off' flock='off'/> in libvirt)")]
     Locks(String, &'static str),
-    #[error("-o sandbox={0}: only sandbox=none is available in this build")]
-    Sandbox(String),
     #[error("invalid --translate-{0} rules")]
     IdMap(&'static str, #[source] IdMapError),
 }
@@ -53,6 +54,8 @@ pub struct Config {
     pub thread_pool_size: usize,
     pub rlimit_nofile: Option<u64>,
     pub audit_log: Option<PathBuf>,
+    pub sandbox: Sandbox,
+    pub seccomp: SeccompMode,
     pub exit_on_disconnect: bool,
     pub log: LogArgs,
 }
@@ -68,6 +71,8 @@ struct Legacy {
     allow_direct_io: Option<bool>,
     readonly: Option<bool>,
     log_level: Option<LogLevel>,
+    sandbox: Option<Sandbox>,
+    seccomp: Option<SeccompMode>,
 }
 
 /// Splits a `-o` value on commas; `,,` stands for a literal comma (how
@@ -132,9 +137,11 @@ fn parse_legacy(options: &[String]) -> Result<Legacy, ConfigError> {
             "posix_lock" => return Err(ConfigError::Locks(key, "POSIX")),
             "sandbox" => {
                 let v = need(value)?;
-                if v != "none" {
-                    return Err(ConfigError::Sandbox(v));
-                }
+                l.sandbox = Some(Sandbox::from_str(&v, false).map_err(|_| bad(&v))?);
+            }
+            "seccomp" => {
+                let v = need(value)?;
+                l.seccomp = Some(SeccompMode::from_str(&v, false).map_err(|_| bad(&v))?);
             }
             "log_level" => {
                 let v = need(value)?;
@@ -166,6 +173,20 @@ fn merge_flag(flag: bool, legacy: Option<bool>, name: &'static str) -> Result<bo
     }
 }
 
+/// Combines a `--name VALUE` with its `-o name=VALUE` spelling: both may be
+/// given only if they agree.
+fn pick<T: PartialEq>(
+    flag: Option<T>,
+    legacy: Option<T>,
+    name: &'static str,
+) -> Result<Option<T>, ConfigError> {
+    match (flag, legacy) {
+        (Some(f), Some(l)) if f != l => Err(ConfigError::Conflict(name.into(), name)),
+        (Some(v), _) | (None, Some(v)) => Ok(Some(v)),
+        (None, None) => Ok(None),
+    }
+}
+
 impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
@@ -181,13 +202,7 @@ impl TryFrom<Args> for Config {
         if !shared_dir.is_dir() {
             return Err(ConfigError::NotADirectory(shared_dir));
         }
-        let cache = match (a.cache, legacy.cache) {
-            (Some(c), Some(l)) if c != l => {
-                return Err(ConfigError::Conflict("cache".into(), "cache"))
-            }
-            (Some(c), _) | (None, Some(c)) => c,
-            (None, None) => Cache::Auto,
-        };
+        let cache = pick(a.cache, legacy.cache, "cache")?.unwrap_or(Cache::Auto);
         let uid_map = IdMap::new(&a.translate_uid).map_err(|e| ConfigError::IdMap("uid", e))?;
         let gid_map = IdMap::new(&a.translate_gid).map_err(|e| ConfigError::IdMap("gid", e))?;
         let mut log = a.log;
@@ -222,6 +237,14 @@ impl TryFrom<Args> for Config {
             thread_pool_size: a.thread_pool_size.unwrap_or(0),
             rlimit_nofile: a.rlimit_nofile,
             audit_log: a.audit_log,
+            sandbox: pick(a.sandbox, legacy.sandbox, "sandbox")?.unwrap_or(
+                if airlock_common::sandbox::is_root() {
+                    Sandbox::Namespace
+                } else {
+                    Sandbox::None
+                },
+            ),
+            seccomp: pick(a.seccomp.seccomp, legacy.seccomp, "seccomp")?.unwrap_or_default(),
             exit_on_disconnect: a.lifecycle.exit_on_disconnect,
             log,
         })
@@ -282,9 +305,12 @@ mod tests {
             Err(ConfigError::Locks(..))
         ));
         assert!(matches!(
-            parse_legacy(&["sandbox=namespace".into()]),
-            Err(ConfigError::Sandbox(_))
+            parse_legacy(&["sandbox=jail".into()]),
+            Err(ConfigError::LegacyBadValue { .. })
         ));
+        let l = parse_legacy(&["sandbox=chroot,seccomp=log".into()]).unwrap();
+        assert_eq!(l.sandbox, Some(Sandbox::Chroot));
+        assert_eq!(l.seccomp, Some(SeccompMode::Log));
     }
 
     #[test]

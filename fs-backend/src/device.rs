@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 
 use airlock_common::ratelimited;
 use airlock_common::runner::{GuestMemory, Session, Vring};
+use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -98,20 +99,30 @@ impl Pool {
 /// One frontend connection's virtio-fs device.
 pub struct FsSession {
     server: Arc<FuseServer>,
+    fs: Arc<AirlockFs>,
+    /// Forget the guest's inodes and handles when it leaves (one file
+    /// system instance serving frontend after frontend, `--sandbox chroot`).
+    reset_on_detach: bool,
     mem: RwLock<Option<GuestMemory>>,
     event_idx: AtomicBool,
     pool: Option<Pool>,
 }
 
 impl FsSession {
-    pub fn new(fs: AirlockFs, thread_pool_size: usize) -> io::Result<Self> {
+    pub fn new(
+        fs: Arc<AirlockFs>,
+        thread_pool_size: usize,
+        reset_on_detach: bool,
+    ) -> io::Result<Self> {
         let pool = if thread_pool_size > 0 {
             Some(Pool::new(thread_pool_size)?)
         } else {
             None
         };
         Ok(FsSession {
-            server: Arc::new(Server::new(Arc::new(fs))),
+            server: Arc::new(Server::new(fs.clone())),
+            fs,
+            reset_on_detach,
             mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
             pool,
@@ -271,5 +282,8 @@ impl Session for FsSession {
             pool.shutdown();
         }
         self.mem.write().unwrap_or_else(|e| e.into_inner()).take();
+        if self.reset_on_detach {
+            self.fs.destroy();
+        }
     }
 }

@@ -1121,6 +1121,10 @@ mod tests {
     #[test]
     fn ids_are_translated_both_ways_and_forbidden_ids_refused() {
         let f = fixture(false, &["map:0:1000:1", "forbid-guest:666:1"]);
+        // Host uid 1000 creates in the share: it must be writable to it,
+        // whatever the umask the share was made with.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(f.share(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let ctx = root(); // guest root, host uid 1000
         let (e, _, _, _) =
             f.fs.create(&ctx, ROOT_ID, &c("mine"), create_args(0o644))

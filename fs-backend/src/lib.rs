@@ -5,7 +5,8 @@
 //! - [`filesystem`]: `AirlockFs`, the policy layer over `PassthroughFs`
 //!   (read-only, id translation, audit log, device-node refusal);
 //! - [`device`]: the virtqueues and the FUSE server;
-//! - [`idmap`]: `--translate-uid/--translate-gid` rules.
+//! - [`idmap`]: `--translate-uid/--translate-gid` rules;
+//! - [`sandbox`]: `--sandbox namespace|chroot|none`.
 
 pub mod args;
 pub mod config;
@@ -13,8 +14,10 @@ pub mod device;
 pub mod filesystem;
 pub mod handles;
 pub mod idmap;
+pub mod sandbox;
 
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +26,9 @@ use airlock_common::listen::ListenError;
 use airlock_common::runner::{self, RunError};
 use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig, PassthroughFs};
 
-use crate::args::{Cache, InodeFileHandles};
+use airlock_common::seccomp::SeccompError;
+
+use crate::args::{Cache, InodeFileHandles, Sandbox};
 use crate::config::Config;
 use crate::device::FsSession;
 use crate::filesystem::{AirlockFs, Policy};
@@ -47,14 +52,26 @@ pub enum FsError {
     #[error(transparent)]
     Listen(#[from] ListenError),
     #[error(transparent)]
+    Sandbox(#[from] sandbox::SandboxError),
+    #[error(transparent)]
+    Groups(#[from] airlock_common::sandbox::SandboxError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    #[error("cannot open shared directory {0}")]
+    Share(String, #[source] io::Error),
+    #[error("cannot drop capabilities")]
+    Capabilities(#[source] io::Error),
+    #[error("cannot set up signal handling")]
+    Signals(#[source] io::Error),
+    #[error(transparent)]
     Run(#[from] RunError),
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("cannot open shared directory {0}")]
-pub struct SessionError(String, #[source] io::Error);
+/// The system calls airlock-fs may make once it serves a guest.
+pub const SECCOMP_ALLOW_LIST: &str = include_str!("../seccomp.allow");
 
-fn passthrough_config(config: &Config) -> PassthroughConfig {
+/// `root` is the share's path as the daemon sees it (inside the sandbox).
+fn passthrough_config(config: &Config, root: &Path) -> PassthroughConfig {
     let cache_policy = match config.cache {
         Cache::Never => CachePolicy::Never,
         Cache::Metadata => CachePolicy::Metadata,
@@ -70,7 +87,7 @@ fn passthrough_config(config: &Config) -> PassthroughConfig {
         Cache::Auto => Duration::from_secs(1),
     };
     PassthroughConfig {
-        root_dir: config.shared_dir.to_string_lossy().into_owned(),
+        root_dir: root.to_string_lossy().into_owned(),
         cache_policy,
         attr_timeout: timeout,
         entry_timeout: timeout,
@@ -83,14 +100,13 @@ fn passthrough_config(config: &Config) -> PassthroughConfig {
     }
 }
 
-/// Builds the device state for one frontend connection.
-fn new_session(config: &Config, audit: Option<Arc<AuditLog>>) -> Result<FsSession, SessionError> {
-    let shared = config.shared_dir.display().to_string();
-    let inner = PassthroughFs::new(passthrough_config(config))
-        .map_err(|e| SessionError(shared.clone(), e))?;
-    let fs = AirlockFs::new(
+/// The file system for one frontend, serving `root` (the share as the
+/// daemon sees it).
+fn new_fs(config: &Config, root: &Path, audit: Option<Arc<AuditLog>>) -> io::Result<AirlockFs> {
+    let inner = PassthroughFs::new(passthrough_config(config, root))?;
+    Ok(AirlockFs::new(
         inner,
-        &config.shared_dir,
+        root,
         Policy {
             readonly: config.readonly,
             uid_map: config.uid_map.clone(),
@@ -98,8 +114,7 @@ fn new_session(config: &Config, audit: Option<Arc<AuditLog>>) -> Result<FsSessio
             announce_submounts: config.announce_submounts,
             audit,
         },
-    );
-    FsSession::new(fs, config.thread_pool_size).map_err(|e| SessionError(shared, e))
+    ))
 }
 
 /// Runs the daemon until a signal (or, with `--exit-on-disconnect`, the
@@ -123,16 +138,85 @@ pub fn run(config: Config) -> Result<(), FsError> {
         .map(AuditLog::open)
         .transpose()?
         .map(Arc::new);
+    // The socket is removed at exit through its directory, held open from
+    // before the sandbox hides the path.
+    if let Some(socket) = &config.listen.socket_path {
+        if let Err(e) = airlock_common::sandbox::keep_socket_dir(socket) {
+            log::debug!("cannot hold the directory of {}: {e}", socket.display());
+        }
+    }
     let listener = config.listen.bind()?;
+    // The sandbox hides $NOTIFY_SOCKET's path (and, in a new network
+    // namespace, its abstract name): connect while it is reachable.
+    if let Err(e) = airlock_common::notify::connect_early() {
+        log::warn!("cannot reach $NOTIFY_SOCKET: {e}");
+    }
+    // With chroot, /proc is out of reach once inside: the one file system
+    // instance is made before, and reset between frontends.
+    let shared_fs = match config.sandbox {
+        Sandbox::Chroot => Some(Arc::new(
+            new_fs(&config, Path::new("/"), audit.clone())
+                .map_err(|e| FsError::Share(config.shared_dir.display().to_string(), e))?,
+        )),
+        _ => None,
+    };
+    let root: PathBuf = sandbox::enter(config.sandbox, &config.shared_dir, config.readonly)?;
+    airlock_common::sandbox::drop_supplementary_groups()?;
+    // What serving files as the guest's users needs, nothing else: no
+    // CAP_SYS_ADMIN or CAP_SYS_CHROOT once the sandbox is up, no CAP_MKNOD,
+    // no CAP_SETFCAP (the guest cannot give host files capabilities).
+    if airlock_common::sandbox::is_root() {
+        use airlock_common::sandbox::cap;
+        airlock_common::sandbox::keep_only_capabilities(&[
+            cap::CHOWN,
+            cap::DAC_OVERRIDE,
+            cap::DAC_READ_SEARCH,
+            cap::FOWNER,
+            cap::FSETID,
+            cap::SETGID,
+            cap::SETUID,
+        ])
+        .map_err(FsError::Capabilities)?;
+    }
+    // Signals are taken by a thread of their own, started only now so it
+    // shares the confinement above.
+    airlock_common::signals::install().map_err(FsError::Signals)?;
+    airlock_common::seccomp::apply(SECCOMP_ALLOW_LIST, config.seccomp)?;
     log::info!(
-        "sharing {} (cache {:?}{}{})",
+        "sharing {} (cache {:?}, sandbox {:?}{}{})",
         config.shared_dir.display(),
         config.cache,
+        config.sandbox,
         if config.readonly { ", read-only" } else { "" },
         if audit.is_some() { ", audited" } else { "" },
     );
+    let shared = config.shared_dir.display().to_string();
     runner::run(listener, "airlock-fs", config.exit_on_disconnect, || {
-        new_session(&config, audit.clone())
+        let (fs, reset) = match &shared_fs {
+            Some(fs) => (fs.clone(), true),
+            None => (Arc::new(new_fs(&config, &root, audit.clone())?), false),
+        };
+        FsSession::new(fs, config.thread_pool_size, reset)
+    })
+    .map_err(|e| match e {
+        RunError::Session(e) => match e.downcast::<io::Error>() {
+            Ok(e) => FsError::Share(shared, *e),
+            Err(e) => FsError::Run(RunError::Session(e)),
+        },
+        e => FsError::Run(e),
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod seccomp_list_tests {
+    use airlock_common::seccomp::{compile, SeccompMode};
+
+    #[test]
+    fn the_allow_list_compiles() {
+        // Every name must be a system call of this architecture.
+        compile(super::SECCOMP_ALLOW_LIST, SeccompMode::Kill)
+            .expect("airlock-fs seccomp.allow")
+            .expect("a filter");
+    }
 }

@@ -22,7 +22,8 @@ fn main() -> ExitCode {
         Err(e) => return report(&e, EXIT_USAGE),
     };
     airlock_common::logging::init(&config.log, "airlock-fs", &["airlock_fs", "airlock_common"]);
-    if let Err(e) = airlock_common::signals::install() {
+    // Namespaces first: threads spawned from here on share them.
+    if let Err(e) = airlock_fs::sandbox::unshare(config.sandbox) {
         return report(&e, EXIT_FAILURE);
     }
     match airlock_fs::run(config) {

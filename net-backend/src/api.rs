@@ -428,7 +428,7 @@ pub struct ApiServer {
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let _ = airlock_common::sandbox::remove_socket(&self.path);
     }
 }
 
@@ -441,7 +441,7 @@ pub fn start<C: Control>(path: &Path, api: Api<C>) -> Result<ApiServer, ApiError
     };
     let remove = path.to_owned();
     airlock_common::signals::at_exit(move || {
-        let _ = std::fs::remove_file(&remove);
+        let _ = airlock_common::sandbox::remove_socket(&remove);
     });
     let api = Arc::new(api);
     thread::Builder::new()

@@ -7,6 +7,8 @@ use airlock_common::config_file::ConfigArgs;
 use airlock_common::listen::ListenArgs;
 use airlock_common::logging::LogArgs;
 use airlock_common::runner::LifecycleArgs;
+use airlock_common::sandbox::ConfineArgs;
+use airlock_common::seccomp::SeccompArgs;
 use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::policy::Action;
@@ -187,6 +189,17 @@ pub struct Args {
     /// guest; every checksum is then computed and verified in software.
     #[arg(long)]
     pub no_checksum_offload: bool,
+
+    /// Set RLIMIT_NOFILE (soft and hard) to N: each flow holds one host
+    /// socket [default: --max-flows + 1024].
+    #[arg(long, value_name = "N")]
+    pub rlimit_nofile: Option<u64>,
+
+    #[command(flatten)]
+    pub confine: ConfineArgs,
+
+    #[command(flatten)]
+    pub seccomp: SeccompArgs,
 
     #[command(flatten)]
     pub lifecycle: LifecycleArgs,

@@ -71,6 +71,9 @@ pub struct Config {
     pub audit_log: Option<std::path::PathBuf>,
     /// `--api-socket`: where the control API listens.
     pub api_socket: Option<PathBuf>,
+    pub rlimit_nofile: u64,
+    pub confine: airlock_common::sandbox::ConfineArgs,
+    pub seccomp: airlock_common::seccomp::SeccompMode,
 }
 
 fn parse_subnet(s: &str) -> Option<(Ipv4Addr, u8)> {
@@ -295,6 +298,9 @@ impl TryFrom<Args> for Config {
                 },
                 udp_timeout: Duration::from_secs(a.udp_timeout),
             },
+            rlimit_nofile: a.rlimit_nofile.unwrap_or(a.max_flows as u64 + 1024),
+            confine: a.confine,
+            seccomp: a.seccomp.seccomp.unwrap_or_default(),
             offer_csum: !a.no_checksum_offload,
             exit_on_disconnect: a.lifecycle.exit_on_disconnect,
             log: a.log,

@@ -50,16 +50,38 @@ pub enum NetError {
     Run(#[from] RunError),
     #[error(transparent)]
     Api(#[from] api::ApiError),
+    #[error(transparent)]
+    Sandbox(#[from] airlock_common::sandbox::SandboxError),
+    #[error("cannot set up signal handling")]
+    Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Seccomp(#[from] airlock_common::seccomp::SeccompError),
 }
+
+/// The system calls airlock-net may make once it serves a guest.
+pub const SECCOMP_ALLOW_LIST: &str = include_str!("../seccomp.allow");
 
 /// Runs the daemon until a signal (or, with `--exit-on-disconnect`, the
 /// first frontend's departure) ends it.
 pub fn run(config: Config) -> Result<(), NetError> {
+    airlock_common::sys::apply_nofile_limit(config.rlimit_nofile);
     let audit = config
         .audit_log
         .as_deref()
         .map(AuditLog::open)
         .transpose()?;
+    // The private mount namespace, before any thread (threads spawned later
+    // share it) and after the audit log is open (a file open for writing
+    // in the namespace would keep its mount from turning read-only).
+    // The sockets this run creates are removed at exit through their
+    // directories, held open from before the mounts turn read-only.
+    for socket in config.listen.socket_path.iter().chain(&config.api_socket) {
+        if let Err(e) = airlock_common::sandbox::keep_socket_dir(socket) {
+            log::debug!("cannot hold the directory of {}: {e}", socket.display());
+        }
+    }
+    airlock_common::sandbox::enter(&config.confine)?;
+    airlock_common::signals::install().map_err(NetError::Signals)?;
     let shared = Shared::new(config.gateway.guest_ip, config.policy.clone(), audit)?;
     // The control API (--api-socket): ports at runtime, stats, flows, leases.
     // The socket file goes when `_api` drops or a signal ends the process.
@@ -83,6 +105,9 @@ pub fn run(config: Config) -> Result<(), NetError> {
         }
     });
     let listener = config.listen.bind()?;
+    // Everything is bound and open: read-only mounts, --user, seccomp.
+    airlock_common::sandbox::confine(&config.confine)?;
+    airlock_common::seccomp::apply(SECCOMP_ALLOW_LIST, config.seccomp)?;
     let g = &config.gateway;
     log::info!(
         "gateway {}/{} for guest {}, mtu {}, dns upstream {} (from {})",
@@ -105,4 +130,17 @@ pub fn run(config: Config) -> Result<(), NetError> {
         NetSession::new(config.gateway.clone(), shared.clone(), config.offer_csum)
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod seccomp_list_tests {
+    use airlock_common::seccomp::{compile, SeccompMode};
+
+    #[test]
+    fn the_allow_list_compiles() {
+        // Every name must be a system call of this architecture.
+        compile(super::SECCOMP_ALLOW_LIST, SeccompMode::Kill)
+            .expect("airlock-net seccomp.allow")
+            .expect("a filter");
+    }
 }

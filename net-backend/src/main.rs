@@ -22,9 +22,6 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return report(&e, EXIT_USAGE),
     };
-    if let Err(e) = airlock_common::signals::install() {
-        return report(&e, EXIT_FAILURE);
-    }
     match airlock_net::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => report(&e, EXIT_FAILURE),

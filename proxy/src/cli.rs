@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use airlock_common::config_file::ConfigArgs;
 use airlock_common::logging::LogArgs;
+use airlock_common::sandbox::ConfineArgs;
+use airlock_common::seccomp::SeccompArgs;
 use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::policy::Action;
@@ -133,6 +135,17 @@ pub struct Args {
     /// client, in bytes (8192..=1048576); larger ones get 431.
     #[arg(long, value_name = "BYTES", default_value_t = 65536)]
     pub max_header_bytes: usize,
+
+    /// Set RLIMIT_NOFILE (soft and hard) to N: each connection holds a
+    /// client and an origin socket [default: 2 × --max-connections + 256].
+    #[arg(long, value_name = "N")]
+    pub rlimit_nofile: Option<u64>,
+
+    #[command(flatten)]
+    pub confine: ConfineArgs,
+
+    #[command(flatten)]
+    pub seccomp: SeccompArgs,
 
     #[command(flatten)]
     pub log: LogArgs,

@@ -78,6 +78,9 @@ pub struct Config {
     pub policy: Policy,
     pub audit_log: Option<PathBuf>,
     pub limits: Limits,
+    pub rlimit_nofile: u64,
+    pub confine: airlock_common::sandbox::ConfineArgs,
+    pub seccomp: airlock_common::seccomp::SeccompMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +142,11 @@ impl Config {
             upstreams,
             policy,
             audit_log: args.audit_log,
+            rlimit_nofile: args
+                .rlimit_nofile
+                .unwrap_or(2 * args.max_connections as u64 + 256),
+            confine: args.confine,
+            seccomp: args.seccomp.seccomp.unwrap_or_default(),
             limits: Limits {
                 max_connections: args.max_connections,
                 idle_timeout: args.idle_timeout,

@@ -42,7 +42,12 @@ pub enum RunError {
     Runtime(#[source] std::io::Error),
     #[error(transparent)]
     Server(#[from] server::ServerError),
+    #[error(transparent)]
+    Sandbox(#[from] airlock_common::sandbox::SandboxError),
 }
+
+/// The system calls airlock-proxy may make once it serves clients.
+pub const SECCOMP_ALLOW_LIST: &str = include_str!("../seccomp.allow");
 
 impl RunError {
     /// 2 for what the user asked for (an audit log path that cannot be
@@ -50,19 +55,33 @@ impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Audit(_) => EXIT_USAGE,
-            RunError::Runtime(_) | RunError::Server(_) => EXIT_FAILURE,
+            RunError::Runtime(_) | RunError::Server(_) | RunError::Sandbox(_) => EXIT_FAILURE,
         }
     }
 }
 
 /// Runs the proxy until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), RunError> {
+    airlock_common::sys::apply_nofile_limit(config.rlimit_nofile);
     let audit = config
         .audit_log
         .as_deref()
         .map(AuditLog::open)
         .transpose()?
         .map(Arc::new);
+    // The private mount namespace before the runtime's threads exist, and
+    // after the audit log is open (a file open for writing inside the
+    // namespace would keep its mount from turning read-only).
+    // Unix sockets are removed at exit through their directories, held
+    // open from before the mounts turn read-only.
+    for listen in &config.listen {
+        if let config::Listen::Unix(socket) = listen {
+            if let Err(e) = airlock_common::sandbox::keep_socket_dir(socket) {
+                log::debug!("cannot hold the directory of {}: {e}", socket.display());
+            }
+        }
+    }
+    airlock_common::sandbox::enter(&config.confine)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("airlock-proxy")
@@ -72,4 +91,17 @@ pub fn run(config: Config) -> Result<(), RunError> {
     // Tasks still running (open tunnels, DNS lookups) are abandoned.
     runtime.shutdown_timeout(Duration::from_millis(500));
     Ok(result?)
+}
+
+#[cfg(test)]
+mod seccomp_list_tests {
+    use airlock_common::seccomp::{compile, SeccompMode};
+
+    #[test]
+    fn the_allow_list_compiles() {
+        // Every name must be a system call of this architecture.
+        compile(super::SECCOMP_ALLOW_LIST, SeccompMode::Kill)
+            .expect("airlock-proxy seccomp.allow")
+            .expect("a filter");
+    }
 }

@@ -52,6 +52,10 @@ pub enum ServerError {
     RemoveStale(PathBuf, #[source] io::Error),
     #[error("cannot set up signal handling")]
     Signals(#[source] io::Error),
+    #[error(transparent)]
+    Sandbox(#[from] airlock_common::sandbox::SandboxError),
+    #[error(transparent)]
+    Seccomp(#[from] airlock_common::seccomp::SeccompError),
 }
 
 /// What every connection needs.
@@ -160,6 +164,17 @@ pub async fn run(config: Config, audit: Option<Arc<AuditLog>>) -> Result<(), Ser
     let mut terminate = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(ServerError::Signals)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(ServerError::Signals)?;
+    // Everything is bound and open: read-only mounts, --user, seccomp.
+    if let Err(e) = airlock_common::sandbox::confine(&config.confine)
+        .map_err(ServerError::from)
+        .and_then(|()| {
+            airlock_common::seccomp::apply(crate::SECCOMP_ALLOW_LIST, config.seccomp)
+                .map_err(ServerError::from)
+        })
+    {
+        remove_sockets(&sockets);
+        return Err(e);
+    }
 
     let shared = Arc::new(Shared {
         upstreams: config.upstreams,
@@ -202,7 +217,7 @@ pub async fn run(config: Config, audit: Option<Arc<AuditLog>>) -> Result<(), Ser
 
 fn remove_sockets(paths: &[PathBuf]) {
     for path in paths {
-        if let Err(e) = std::fs::remove_file(path) {
+        if let Err(e) = airlock_common::sandbox::remove_socket(path) {
             log::warn!("cannot remove socket {}: {e}", path.display());
         }
     }

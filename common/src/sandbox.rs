@@ -1,0 +1,420 @@
+//! Confinement the daemons share: a private mount namespace, read-only
+//! mounts, dropping to an unprivileged user, dropping supplementary groups.
+//!
+//! The order matters and is the caller's job:
+//!
+//! 1. [`unshare_mounts`] before any thread is spawned (a mount namespace is
+//!    per thread at the moment of `unshare(2)`; threads started later
+//!    inherit it);
+//! 2. bind every socket and open every file the daemon writes;
+//! 3. [`make_mounts_readonly`], then [`switch_user`], then seccomp.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// Set once this process has its own mount namespace: nothing here may touch
+/// the mounts of a namespace it shares with the host.
+static UNSHARED: AtomicBool = AtomicBool::new(false);
+
+/// Directories of sockets the daemon creates, opened before it confines
+/// itself: through these descriptors the sockets can still be removed at
+/// exit, when the path is out of reach (pivot_root) or its mount is
+/// read-only in the daemon's namespace (the descriptor keeps the host's).
+static SOCKET_DIRS: Mutex<Vec<(PathBuf, OwnedFd, CString)>> = Mutex::new(Vec::new());
+
+/// Keeps a handle on the directory of `socket` (a path the daemon will
+/// create) for [`remove_socket`]. Call before entering the sandbox.
+pub fn keep_socket_dir(socket: &Path) -> io::Result<()> {
+    let (Some(dir), Some(name)) = (socket.parent(), socket.file_name()) else {
+        return Err(io::ErrorKind::InvalidInput.into());
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let fd = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(dir)?;
+    let name = CString::new(name.as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    SOCKET_DIRS.lock().unwrap_or_else(|e| e.into_inner()).push((
+        socket.to_owned(),
+        fd.into(),
+        name,
+    ));
+    Ok(())
+}
+
+/// Removes a socket file the daemon created, through the directory kept by
+/// [`keep_socket_dir`] if there is one.
+pub fn remove_socket(socket: &Path) -> io::Result<()> {
+    let dirs = SOCKET_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+    match dirs.iter().find(|(p, _, _)| p == socket) {
+        Some((_, dir, name)) => {
+            // SAFETY: `dir` is an open directory descriptor and `name` a
+            // NUL-terminated file name.
+            check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })
+        }
+        None => std::fs::remove_file(socket),
+    }
+}
+
+/// `--sandbox` for airlock-net and airlock-proxy.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetSandbox {
+    /// A private mount namespace in which every mount is read-only, entered
+    /// before any thread starts (needs CAP_SYS_ADMIN: start as root).
+    Namespace,
+    /// No mount namespace.
+    None,
+}
+
+/// Confinement options of a daemon that needs the host's network
+/// (airlock-net, airlock-proxy).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ConfineArgs {
+    /// Confinement: "namespace" runs the daemon in a private mount namespace
+    /// where every file system is read-only once its sockets are bound and
+    /// its files are open; "none" leaves the mounts alone. Default:
+    /// namespace when started as root (it needs CAP_SYS_ADMIN), none
+    /// otherwise.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub sandbox: Option<NetSandbox>,
+
+    /// Once sockets are bound and files are open, switch to this user (name
+    /// or uid) and its primary group, with no supplementary groups and no
+    /// capabilities. Only when started as root. Ports below 1024 published
+    /// later through the API then fail with EACCES: publish them with -p.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+}
+
+impl ConfineArgs {
+    /// The sandbox mode, with the default resolved for this process.
+    pub fn sandbox_mode(&self) -> NetSandbox {
+        self.sandbox.unwrap_or(if is_root() {
+            NetSandbox::Namespace
+        } else {
+            NetSandbox::None
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("--sandbox namespace needs CAP_SYS_ADMIN (start as root, or use --sandbox none)")]
+    NotPermitted(#[source] io::Error),
+    #[error("cannot create a private mount namespace")]
+    Unshare(#[source] io::Error),
+    #[error("cannot make the mounts read-only")]
+    Readonly(#[source] io::Error),
+    #[error("--user {0}: only root can switch users")]
+    UserNotRoot(String),
+    #[error("--user {0}")]
+    UnknownUser(String, #[source] io::Error),
+    #[error("cannot switch to user {0}")]
+    SwitchUser(String, #[source] io::Error),
+    #[error("cannot drop supplementary groups")]
+    Groups(#[source] io::Error),
+}
+
+/// Whether the effective user is root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn cstr(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput.into())
+}
+
+/// Moves the calling thread into a new mount namespace whose mounts do not
+/// propagate back to the host's. Call it before spawning any thread.
+pub fn unshare_mounts() -> Result<(), SandboxError> {
+    // SAFETY: unshare(2) takes flags only.
+    check(unsafe { libc::unshare(libc::CLONE_NEWNS) }).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EPERM) {
+            SandboxError::NotPermitted(e)
+        } else {
+            SandboxError::Unshare(e)
+        }
+    })?;
+    make_private(Path::new("/")).map_err(SandboxError::Unshare)?;
+    UNSHARED.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Records that the caller created its own mount namespace by other means
+/// (airlock-fs unshares more namespaces at once).
+pub fn mark_unshared() {
+    UNSHARED.store(true, Ordering::SeqCst);
+}
+
+/// Whether this process has its own mount namespace (see [`unshare_mounts`]).
+pub fn is_unshared() -> bool {
+    UNSHARED.load(Ordering::SeqCst)
+}
+
+/// Marks every mount under `path` private, so our mounts stay ours.
+pub fn make_private(path: &Path) -> io::Result<()> {
+    let target = cstr(path)?;
+    // SAFETY: `target` is NUL-terminated; the other pointers may be null for
+    // a propagation change.
+    check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    })
+}
+
+/// Sets `attr` (`MOUNT_ATTR_*`) on the mount at `path`, and with `recursive`
+/// on every mount below it (`mount_setattr(2)`, Linux 5.12).
+pub fn set_mount_attr(path: &Path, attr: u64, recursive: bool) -> io::Result<()> {
+    let target = cstr(path)?;
+    let mut set = libc::mount_attr {
+        attr_set: attr,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: `target` is NUL-terminated and `set` is a valid mount_attr of
+    // the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            flags as libc::c_uint,
+            &mut set as *mut libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Makes every mount of this (private) mount namespace read-only, nosuid
+/// and nodev. Files already open for writing (audit logs) keep working.
+pub fn make_mounts_readonly() -> Result<(), SandboxError> {
+    if !UNSHARED.load(Ordering::SeqCst) {
+        return Err(SandboxError::Readonly(io::Error::other(
+            "refusing: this process shares the host's mount namespace",
+        )));
+    }
+    set_mount_attr(
+        Path::new("/"),
+        libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        true,
+    )
+    .map_err(SandboxError::Readonly)
+}
+
+/// Drops every supplementary group (CVE-2022-0358: a daemon that kept root's
+/// groups let the guest create files owned by them). A no-op unless root.
+pub fn drop_supplementary_groups() -> Result<(), SandboxError> {
+    if !is_root() {
+        return Ok(());
+    }
+    // SAFETY: a zero-length list with a null pointer is valid for setgroups.
+    check(unsafe { libc::setgroups(0, std::ptr::null()) }).map_err(SandboxError::Groups)
+}
+
+/// Capability numbers (linux/capability.h) the daemons name.
+pub mod cap {
+    pub const CHOWN: u32 = 0;
+    pub const DAC_OVERRIDE: u32 = 1;
+    pub const DAC_READ_SEARCH: u32 = 2;
+    pub const FOWNER: u32 = 3;
+    pub const FSETID: u32 = 4;
+    pub const SETGID: u32 = 6;
+    pub const SETUID: u32 = 7;
+}
+
+/// Reduces the calling thread's capabilities (and those of threads it
+/// spawns later) to `keep`: bounding set, permitted, effective; inheritable
+/// and ambient emptied. Call it before spawning threads.
+pub fn keep_only_capabilities(keep: &[u32]) -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    for cap in 0..64u32 {
+        if keep.contains(&cap) {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                // Past the kernel's last capability.
+                Some(libc::EINVAL) => break,
+                // Without CAP_SETPCAP (not root) the bounding set stays;
+                // permitted and effective below are what count.
+                Some(libc::EPERM) => break,
+                _ => return Err(e),
+            }
+        }
+    }
+    let mask: u64 = keep.iter().fold(0, |m, &c| m | (1u64 << c));
+    let data = [
+        Data {
+            effective: mask as u32,
+            permitted: mask as u32,
+            inheritable: 0,
+        },
+        Data {
+            effective: (mask >> 32) as u32,
+            permitted: (mask >> 32) as u32,
+            inheritable: 0,
+        },
+    ];
+    let header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: `header` and the two-element `data` array are what capset(2)
+    // version 3 reads.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Switches every thread to `user` (name or uid) and its primary group with
+/// no supplementary groups. The uid change clears every capability.
+pub fn switch_user(user: &str) -> Result<(), SandboxError> {
+    let (uid, gid) = crate::sys::resolve_user(user)
+        .map_err(|e| SandboxError::UnknownUser(user.to_owned(), e))?;
+    if !is_root() {
+        return Err(SandboxError::UserNotRoot(user.to_owned()));
+    }
+    let fail = |e| SandboxError::SwitchUser(user.to_owned(), e);
+    // glibc applies each of these to every thread of the process.
+    // SAFETY: setgroups with an empty list, setresgid/setresuid with plain ids.
+    unsafe {
+        check(libc::setgroups(0, std::ptr::null())).map_err(fail)?;
+        check(libc::setresgid(gid, gid, gid)).map_err(fail)?;
+        check(libc::setresuid(uid, uid, uid)).map_err(fail)?;
+    }
+    // No way back: a process that can regain root was not confined.
+    // SAFETY: setuid(2) with a plain id.
+    if uid != 0 && unsafe { libc::setuid(0) } == 0 {
+        return Err(fail(io::Error::other("could regain root after the switch")));
+    }
+    Ok(())
+}
+
+/// What a network daemon does once its sockets are bound and files are
+/// open: read-only mounts (if it unshared them), then the user switch.
+pub fn confine(args: &ConfineArgs) -> Result<(), SandboxError> {
+    // $NOTIFY_SOCKET may not be writable by --user: connect while root.
+    if let Err(e) = crate::notify::connect_early() {
+        log::warn!("cannot reach $NOTIFY_SOCKET: {e}");
+    }
+    if args.sandbox_mode() == NetSandbox::Namespace {
+        make_mounts_readonly()?;
+    }
+    match &args.user {
+        Some(user) => switch_user(user)?,
+        None => {
+            drop_supplementary_groups()?;
+            if is_root() {
+                log::warn!(
+                    "running as root: pass --user to drop privileges once sockets are bound"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a network daemon does first, before any thread: enter the private
+/// mount namespace if its sandbox asks for one.
+pub fn enter(args: &ConfineArgs) -> Result<(), SandboxError> {
+    if let Some(user) = &args.user {
+        if !is_root() {
+            return Err(SandboxError::UserNotRoot(user.clone()));
+        }
+        // A typo is a startup error, not a surprise once sockets are bound.
+        crate::sys::resolve_user(user).map_err(|e| SandboxError::UnknownUser(user.clone(), e))?;
+    }
+    match args.sandbox_mode() {
+        NetSandbox::Namespace => unshare_mounts(),
+        NetSandbox::None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_sandbox_follows_privilege() {
+        let args = ConfineArgs::default();
+        let want = if is_root() {
+            NetSandbox::Namespace
+        } else {
+            NetSandbox::None
+        };
+        assert_eq!(args.sandbox_mode(), want);
+        let explicit = ConfineArgs {
+            sandbox: Some(NetSandbox::None),
+            user: None,
+        };
+        assert_eq!(explicit.sandbox_mode(), NetSandbox::None);
+    }
+
+    #[test]
+    fn unknown_user_is_a_clear_error() {
+        // The name is resolved before anything changes, so the test process
+        // keeps its identity.
+        let err = switch_user("no-such-user-airlock").unwrap_err();
+        assert!(matches!(err, SandboxError::UnknownUser(..)), "{err:?}");
+    }
+}
