@@ -1,0 +1,363 @@
+//! Confinement as the kernel reports it: each daemon's seccomp mode,
+//! namespaces, root directory, mounts, user, groups and capabilities read
+//! from /proc while it serves, and a guest served by airlock-fs under
+//! `--sandbox chroot` (the mode whose file system instance is reused across
+//! frontends). Every other end-to-end test runs the daemons with their
+//! defaults as root — `--sandbox namespace` and `--seccomp kill` — so the
+//! whole suite is the test that the allow-lists are complete.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use airlock_e2e::{fd_count, fs_device_args, DaemonHandle, Rig, VmConfig};
+
+/// CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, SETGID, SETUID.
+const FS_CAPS: u64 = 0b1101_1111;
+const NOBODY: u32 = 65534;
+
+fn status_field(pid: u32, field: &str) -> String {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .trim()
+        .to_owned()
+}
+
+fn caps(pid: u32, set: &str) -> u64 {
+    u64::from_str_radix(&status_field(pid, set), 16).unwrap()
+}
+
+fn ns(pid: &str, kind: &str) -> PathBuf {
+    fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap()
+}
+
+/// Seccomp filter mode (2) and no_new_privs, as every daemon must have.
+/// Waits for the filter, which comes a moment after the socket appears.
+fn assert_filtered(d: &DaemonHandle) {
+    let pid = d.pid();
+    for _ in 0..200 {
+        if status_field(pid, "Seccomp") == "2" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status_field(pid, "Seccomp"), "2", "{}", d.log());
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(pid, "Groups"), "", "supplementary groups kept");
+}
+
+fn start(rig: &mut Rig, name: &str, args: &[&str]) -> DaemonHandle {
+    let mut cmd = Command::new(Rig::bin(name));
+    cmd.args(args);
+    rig.spawn_daemon(name, cmd)
+}
+
+#[test]
+fn airlock_fs_namespace_sandbox_leaves_only_the_share() {
+    let mut rig = Rig::new("confine_fs_namespace");
+    let share = rig.dir().join("share");
+    fs::create_dir(&share).unwrap();
+    fs::write(share.join("host.txt"), "x").unwrap();
+    let socket = rig.dir().join("fs.sock");
+    let d = start(
+        &mut rig,
+        "airlock-fs",
+        &[
+            "--socket-path",
+            socket.to_str().unwrap(),
+            "--shared-dir",
+            share.to_str().unwrap(),
+        ],
+    );
+    rig.wait_for_socket(&socket, Duration::from_secs(10));
+    let pid = d.pid();
+    assert_filtered(&d);
+    for kind in ["mnt", "net", "ipc", "uts"] {
+        assert_ne!(ns("self", kind), ns(&pid.to_string(), kind), "{kind}");
+    }
+    // Its root: an empty tmpfs with /proc and the share, nothing else.
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let names: BTreeSet<String> = fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["proc".into(), "share".into()]));
+    assert_eq!(fs::read(root.join("share/host.txt")).unwrap(), b"x");
+    let mounts = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let root_mount = mounts.lines().find(|l| l.split(' ').nth(4) == Some("/"));
+    let root_mount = root_mount.unwrap_or_else(|| panic!("{mounts}"));
+    assert!(root_mount.contains(" ro,"), "root not read-only: {mounts}");
+    let share_mount = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/share"))
+        .unwrap_or_else(|| panic!("{mounts}"));
+    assert!(share_mount.contains("nodev"), "{share_mount}");
+    assert_eq!(caps(pid, "CapEff"), FS_CAPS);
+    assert_eq!(caps(pid, "CapPrm"), FS_CAPS);
+    assert_eq!(caps(pid, "CapBnd"), FS_CAPS);
+}
+
+#[test]
+fn airlock_fs_chroot_serves_one_guest_after_another() {
+    let mut rig = Rig::new("confine_fs_chroot");
+    let share = rig.dir().join("share");
+    fs::create_dir(&share).unwrap();
+    fs::write(share.join("host.txt"), "from the host\n").unwrap();
+    let socket = rig.dir().join("fs.sock");
+    let d = start(
+        &mut rig,
+        "airlock-fs",
+        &[
+            "--socket-path",
+            socket.to_str().unwrap(),
+            "--shared-dir",
+            share.to_str().unwrap(),
+            "--sandbox",
+            "chroot",
+        ],
+    );
+    rig.wait_for_socket(&socket, Duration::from_secs(10));
+    let pid = d.pid();
+    assert_filtered(&d);
+    assert_eq!(fs::read_link(format!("/proc/{pid}/root")).unwrap(), share);
+    assert_eq!(caps(pid, "CapEff"), FS_CAPS);
+    let baseline = fd_count(pid);
+
+    // Two guests in turn: the second is served by the same file system
+    // instance after its reset, and sees what the first wrote.
+    let scripts = [
+        "set -e\nmount -t virtiofs share /mnt\ncat /mnt/host.txt\nmkdir /mnt/d\necho first > /mnt/d/f\nln -s /etc/passwd /mnt/abs\nsync\numount /mnt\necho ROUND-DONE\n",
+        "set -e\nmount -t virtiofs share /mnt\ncat /mnt/d/f\nls /mnt\nreadlink /mnt/abs\nrm -r /mnt/d\numount /mnt\necho ROUND-DONE\n",
+    ];
+    for (round, script) in scripts.iter().enumerate() {
+        let vm = rig.boot(VmConfig {
+            script: (*script).into(),
+            qemu_args: fs_device_args(&socket, "share", 1024),
+            timeout: Duration::from_secs(180),
+            ..VmConfig::default()
+        });
+        let out = vm.wait();
+        out.assert_success().assert_contains("ROUND-DONE");
+        if round == 1 {
+            out.assert_contains("first").assert_contains("/etc/passwd");
+        } else {
+            out.assert_contains("from the host");
+        }
+        // The guest's inodes and handles are gone once it is; what stays
+        // is the share's root, reopened by the reset for the next guest.
+        let mut fds = fd_count(pid);
+        for _ in 0..100 {
+            if fds <= baseline + 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            fds = fd_count(pid);
+        }
+        assert!(
+            fds <= baseline + 1,
+            "round {round}: {fds} fds, {baseline} before"
+        );
+    }
+    assert!(!share.join("d").exists());
+    assert_eq!(
+        fs::read_link(share.join("abs")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+    assert!(d.is_running(), "{}", d.log());
+}
+
+fn api_get(socket: &Path, path: &str) -> String {
+    let mut s = UnixStream::connect(socket).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// airlock-net and airlock-proxy started as root with `--user nobody`: no
+/// root, no groups, no capabilities, every mount read-only, and still
+/// serving (the API answers; the proxy forwards a request).
+#[test]
+fn airlock_net_and_proxy_drop_to_the_user_they_are_given() {
+    let mut rig = Rig::new("confine_user");
+    let dir = rig.dir().to_owned();
+    let api = dir.join("api.sock");
+    let vsock = dir.join("net.sock");
+    let net = start(
+        &mut rig,
+        "airlock-net",
+        &[
+            "--socket-path",
+            vsock.to_str().unwrap(),
+            "--api-socket",
+            api.to_str().unwrap(),
+            "--dns-upstream",
+            "127.0.0.1:53",
+            "--user",
+            "nobody",
+        ],
+    );
+    rig.wait_for_socket(&vsock, Duration::from_secs(10));
+
+    let origin = TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin_port = origin.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = origin.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = c.read(&mut buf).unwrap();
+        c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\norigin")
+            .unwrap();
+    });
+    let proxy_port = free_port();
+    let listen = format!("127.0.0.1:{proxy_port}");
+    let proxy = start(
+        &mut rig,
+        "airlock-proxy",
+        &[
+            "--listen",
+            &listen,
+            "--ignore-proxy-env",
+            "--user",
+            "nobody",
+        ],
+    );
+    let mut conn = None;
+    for _ in 0..200 {
+        if let Ok(c) = TcpStream::connect(&listen) {
+            conn = Some(c);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut conn = conn.unwrap_or_else(|| panic!("proxy never listened:\n{}", proxy.log()));
+    write!(
+        conn,
+        "GET http://127.0.0.1:{origin_port}/ HTTP/1.1\r\nHost: 127.0.0.1:{origin_port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "{reply}\n{}",
+        proxy.log()
+    );
+    assert!(reply.ends_with("origin"), "{reply}");
+    server.join().unwrap();
+
+    let stats = api_get(&api, "/stats");
+    assert!(stats.starts_with("HTTP/1.1 200"), "{stats}\n{}", net.log());
+
+    for d in [&net, &proxy] {
+        let pid = d.pid();
+        assert_filtered(d);
+        let uid = status_field(pid, "Uid");
+        assert_eq!(uid, format!("{NOBODY}\t{NOBODY}\t{NOBODY}\t{NOBODY}"));
+        for set in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
+            assert_eq!(caps(pid, set), 0, "{} {set}", d.name());
+        }
+        assert_ne!(ns("self", "mnt"), ns(&pid.to_string(), "mnt"));
+        let mounts = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        for line in mounts.lines() {
+            let opts = line.split(' ').nth(5).unwrap();
+            assert!(
+                opts.split(',').any(|o| o == "ro"),
+                "{}: writable mount: {line}",
+                d.name()
+            );
+        }
+        assert!(d.is_running(), "{}", d.log());
+    }
+}
+
+fn run_as(uid: Option<u32>, bin: &str, args: &[&str]) -> (i32, String) {
+    let mut cmd = Command::new(Rig::bin(bin));
+    cmd.args(args);
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn confinement_that_cannot_be_had_is_a_clear_error() {
+    let rig = Rig::new("confine_errors");
+    let share = rig.dir().join("share");
+    fs::create_dir(&share).unwrap();
+    let socket = rig.dir().join("x.sock");
+    let (sock, dir) = (socket.to_str().unwrap(), share.to_str().unwrap());
+
+    let (code, err) = run_as(
+        Some(NOBODY),
+        "airlock-fs",
+        // /tmp: a directory nobody can reach; the error comes before the socket.
+        &[
+            "--socket-path",
+            "/nonexistent/x.sock",
+            "--shared-dir",
+            "/tmp",
+            "--sandbox",
+            "namespace",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--sandbox namespace needs CAP_SYS_ADMIN"),
+        "{err}"
+    );
+
+    let (code, err) = run_as(
+        None,
+        "airlock-net",
+        &[
+            "--socket-path",
+            sock,
+            "--dns-upstream",
+            "127.0.0.1:53",
+            "--user",
+            "no-such-user-airlock",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--user no-such-user-airlock"), "{err}");
+
+    let (code, err) = run_as(
+        Some(NOBODY),
+        "airlock-proxy",
+        &["--listen", "127.0.0.1:1", "--user", "root"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("only root can switch users"), "{err}");
+
+    let (code, err) = run_as(
+        None,
+        "airlock-fs",
+        &["--shared-dir", dir, "--seccomp", "off"],
+    );
+    assert_eq!(code, 2, "{err}");
+}
