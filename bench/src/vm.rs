@@ -119,6 +119,7 @@ impl Guest {
             script,
             qemu_args,
             timeout,
+            ..VmConfig::default()
         };
         let rig = &mut self.rig;
         let vm = guard("booting the guest", || rig.boot(config))?;

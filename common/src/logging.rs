@@ -3,8 +3,10 @@
 //! `--syslog`. `--log-level` picks the threshold.
 //!
 //! Anything a guest can trigger must be logged through [`ratelimited!`] so a
-//! hostile guest cannot flood the host's journal.
+//! hostile guest cannot flood the host's journal. Dependencies' records are
+//! rate-limited per target by the logger itself (below debug level).
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::Write;
 use std::sync::Mutex;
@@ -62,14 +64,35 @@ struct Logger {
     /// (fuse-backend-rs logs every ENOENT at info) only appears at debug.
     own_prefix: &'static [&'static str],
     threshold: LevelFilter,
+    /// Below debug, dependencies' records go through one [`RateLimit`] per
+    /// target: some log what a guest controls (virtio-queue logs an error
+    /// for every out-of-range descriptor index the guest puts in its ring),
+    /// and they cannot use [`ratelimited!`].
+    dependency_limits: Mutex<BTreeMap<String, RateLimit>>,
+}
+
+impl Logger {
+    fn is_own(&self, target: &str) -> bool {
+        self.own_prefix.iter().any(|p| target.starts_with(p))
+    }
+
+    /// `None`: drop the record. `Some(n)`: log it, noting `n` suppressed.
+    fn admit(&self, record: &Record) -> Option<u64> {
+        if self.is_own(record.target()) || self.threshold >= LevelFilter::Debug {
+            return Some(0);
+        }
+        let mut limits = self
+            .dependency_limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let limit = limits.entry(record.target().to_owned()).or_default();
+        limit.check()
+    }
 }
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        let own = self
-            .own_prefix
-            .iter()
-            .any(|p| metadata.target().starts_with(p));
+        let own = self.is_own(metadata.target());
         let limit = if own {
             self.threshold
         } else {
@@ -87,10 +110,17 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        let Some(suppressed) = self.admit(record) else {
+            return;
+        };
+        let note = match suppressed {
+            0 => String::new(),
+            n => format!(" ({n} similar messages suppressed)"),
+        };
         match self.sink {
             Sink::Stderr => {
                 let line = format!(
-                    "{} {:<5} {}: {}\n",
+                    "{} {:<5} {}: {}{note}\n",
                     crate::time::rfc3339_now(),
                     record.level(),
                     record.target(),
@@ -106,7 +136,8 @@ impl Log for Logger {
                     Level::Info => libc::LOG_INFO,
                     Level::Debug | Level::Trace => libc::LOG_DEBUG,
                 };
-                let msg = format!("{}: {}", record.target(), record.args()).replace('\0', "\\0");
+                let msg =
+                    format!("{}: {}{note}", record.target(), record.args()).replace('\0', "\\0");
                 if let Ok(msg) = CString::new(msg) {
                     // SAFETY: the format string is a static NUL-terminated "%s" and
                     // `msg` is a valid C string that outlives the call.
@@ -137,6 +168,7 @@ pub fn init(args: &LogArgs, ident: &'static str, own_prefix: &'static [&'static 
         sink,
         own_prefix,
         threshold,
+        dependency_limits: Mutex::new(BTreeMap::new()),
     };
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(threshold);
@@ -233,5 +265,35 @@ mod tests {
         // Next window: the first message carries the count of the two dropped.
         assert_eq!(rl.check_at(t0 + RateLimit::WINDOW), Some(2));
         assert_eq!(rl.check_at(t0 + RateLimit::WINDOW), Some(0));
+    }
+
+    #[test]
+    fn dependency_records_are_rate_limited_per_target_and_ours_are_not() {
+        let logger = |threshold| Logger {
+            sink: Sink::Stderr,
+            own_prefix: &["airlock"],
+            threshold,
+            dependency_limits: Mutex::new(BTreeMap::new()),
+        };
+        let record = |target: &'static str| {
+            Record::builder()
+                .level(Level::Error)
+                .target(target)
+                .args(format_args!("x"))
+                .build()
+        };
+        let info = logger(LevelFilter::Info);
+        let admitted = |target| {
+            (0..100)
+                .filter(|_| info.admit(&record(target)).is_some())
+                .count()
+        };
+        assert_eq!(admitted("virtio_queue::queue"), RateLimit::BURST as usize);
+        // Another dependency has its own budget; our own code has none.
+        assert_eq!(admitted("vhost_user_backend"), RateLimit::BURST as usize);
+        assert_eq!(admitted("airlock_fs::device"), 100);
+        // At debug level everything is shown.
+        let debug = logger(LevelFilter::Debug);
+        assert!((0..100).all(|_| debug.admit(&record("virtio_queue")).is_some()));
     }
 }

@@ -19,6 +19,24 @@ pub fn fd_count(pid: u32) -> usize {
     }
 }
 
+/// `/proc/<pid>/fd` as sorted `fd -> target` lines, for failure messages.
+pub fn fd_listing(pid: u32) -> String {
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return String::from("(cannot list)");
+    };
+    let mut lines: Vec<String> = entries
+        .flatten()
+        .map(|e| {
+            let target = fs::read_link(e.path())
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
+            format!("{} -> {target}", e.file_name().to_string_lossy())
+        })
+        .collect();
+    lines.sort();
+    lines.join("\n")
+}
+
 /// Resident set size of process `pid` in KiB (`VmRSS` of
 /// `/proc/<pid>/status`). Panics if the process does not exist.
 pub fn rss_kib(pid: u32) -> u64 {

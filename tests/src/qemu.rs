@@ -54,6 +54,11 @@ pub struct VmConfig {
     pub qemu_args: Vec<OsString>,
     /// How long the VM may run; it is then killed and waiting on it panics.
     pub timeout: Duration,
+    /// Host files copied into the guest's root file system before it boots,
+    /// as (name in `/`, host path); executable (mode 0755). E.g. a helper
+    /// program such as `airlock-guest-probe` (the guest has the host's
+    /// glibc, so dynamically linked programs built here run there).
+    pub files: Vec<(String, PathBuf)>,
 }
 
 impl Default for VmConfig {
@@ -64,6 +69,7 @@ impl Default for VmConfig {
             script: String::new(),
             qemu_args: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
+            files: Vec::new(),
         }
     }
 }

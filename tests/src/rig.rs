@@ -173,7 +173,7 @@ impl Rig {
             n => format!("-{n}"),
         };
         let initrd = self.path.join(format!("initrd{suffix}"));
-        if let Err(e) = write_initrd(&image.initramfs, &vm.script, &initrd) {
+        if let Err(e) = write_initrd(&image.initramfs, &vm.script, &vm.files, &initrd) {
             panic!("cannot write {}: {e}", initrd.display());
         }
         let files = BootFiles {
@@ -217,15 +217,34 @@ impl std::fmt::Debug for Rig {
     }
 }
 
-/// The initrd of one boot: a small uncompressed cpio holding `/test.sh`,
-/// then the cached compressed initramfs. The kernel unpacks both, in this
+/// The initrd of one boot: a small uncompressed cpio holding `/test.sh`
+/// (and the config's extra `files`), then the cached compressed initramfs. The kernel unpacks both, in this
 /// order (the layout distributions use for early microcode). The other order
 /// fails: the kernel's lz4 decoder reads whatever follows its stream as
 /// another chunk.
-fn write_initrd(initramfs: &Path, script: &str, out: &Path) -> io::Result<()> {
+fn write_initrd(
+    initramfs: &Path,
+    script: &str,
+    files: &[(String, PathBuf)],
+    out: &Path,
+) -> io::Result<()> {
     let mut initrd = File::create(out)?;
+    let contents = files
+        .iter()
+        .map(|(name, path)| {
+            fs::read(path)
+                .map(|bytes| (name.as_str(), bytes))
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut entries = vec![("test.sh", 0o755, script.as_bytes())];
+    entries.extend(
+        contents
+            .iter()
+            .map(|(name, bytes)| (*name, 0o755, &bytes[..])),
+    );
     // Padded to a multiple of 4 bytes, where the compressed archive starts.
-    initrd.write_all(&cpio::archive(&[("test.sh", 0o755, script.as_bytes())])?)?;
+    initrd.write_all(&cpio::archive(&entries)?)?;
     io::copy(&mut File::open(initramfs)?, &mut initrd)?;
     initrd.flush()
 }

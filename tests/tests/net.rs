@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use airlock_e2e::servers::{DnsResolver, HttpServer, LineEchoServer, UdpEchoServer, HELLO_BODY};
 use airlock_e2e::{
-    fd_count, net_device_args, process_exists, rss_kib, veth_pair, DaemonHandle, GuestOutput,
-    NetNs, Rig, Vm, VmConfig,
+    fd_count, fd_listing, net_device_args, process_exists, rss_kib, veth_pair, DaemonHandle,
+    GuestOutput, NetNs, Rig, Vm, VmConfig,
 };
 
 const MAC: &str = "52:54:00:12:34:56";
@@ -635,22 +635,4 @@ impl RssWatch {
             Err(payload) => panic::resume_unwind(payload),
         }
     }
-}
-
-/// `/proc/<pid>/fd` as `fd -> target` lines, for a failure message.
-fn fd_listing(pid: u32) -> String {
-    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return String::from("(cannot list)");
-    };
-    let mut lines: Vec<String> = entries
-        .flatten()
-        .map(|e| {
-            let target = std::fs::read_link(e.path())
-                .map(|t| t.display().to_string())
-                .unwrap_or_default();
-            format!("{} -> {target}", e.file_name().to_string_lossy())
-        })
-        .collect();
-    lines.sort();
-    lines.join("\n")
 }

@@ -376,7 +376,10 @@ where
             .get(index as usize)
             .ok_or(VhostUserError::InvalidParam)?;
 
-        if num == 0 || num as usize > self.max_queue_size {
+        // Airlock patch: split rings (the only kind served here) have a
+        // power-of-two size. virtio-queue ignored any other size with only a
+        // log line, and the frontend got a success ack for a size never set.
+        if num == 0 || num as usize > self.max_queue_size || !num.is_power_of_two() {
             return Err(VhostUserError::InvalidParam);
         }
         vring.set_queue_size(num as u16);

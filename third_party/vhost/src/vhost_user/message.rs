@@ -557,6 +557,7 @@ impl VhostUserMemoryRegion {
 
     /// Creates mmap region from Self.
     pub fn mmap_region<B: NewBitmap>(&self, file: File) -> Result<MmapRegion<B>> {
+        check_file_covers(&file, self.mmap_offset, self.memory_size)?;
         MmapRegion::<B>::from_file(
             FileOffset::new(file, self.mmap_offset),
             self.memory_size as usize,
@@ -566,6 +567,30 @@ impl VhostUserMemoryRegion {
 
     fn is_valid(&self) -> bool {
         self.is_valid_common()
+    }
+}
+
+/// Airlock patch: refuses a region that reaches past the end of its
+/// (regular) file. mmap(2) accepts such a mapping, but the first access to
+/// a page beyond the end of the file raises SIGBUS and kills the backend:
+/// a frontend could end the daemon with a 1 MiB memfd described as 1 GiB.
+/// (A frontend that shrinks its file after this check still can; QEMU seals
+/// its memfd against that.)
+fn check_file_covers(file: &File, offset: u64, size: u64) -> Result<()> {
+    let meta = file.metadata().map_err(Error::ReqHandlerError)?;
+    if !meta.file_type().is_file() {
+        return Ok(());
+    }
+    match offset.checked_add(size) {
+        Some(end) if end <= meta.len() => Ok(()),
+        _ => Err(Error::ReqHandlerError(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "memory region at file offset {offset:#x}, {size:#x} bytes, reaches past the \
+                 end of its file ({:#x} bytes)",
+                meta.len()
+            ),
+        ))),
     }
 }
 
