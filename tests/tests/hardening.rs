@@ -981,14 +981,18 @@ umount /mnt
     let held = vm.wait_for("HOLDING-DEVICE", Duration::from_secs(150));
     // The guest holds the host's device node open: the daemon has no fd on
     // it but O_PATH ones (lookups), i.e. it never opened the device.
-    let flags = fd_flags_on(daemon.pid(), &share.join("hostnull"));
+    // The daemon runs in its default sandbox (as root: --sandbox
+    // namespace), where the share is /share: that is what its descriptors'
+    // paths show.
+    let inside = Path::new("/share");
+    let flags = fd_flags_on(daemon.pid(), &inside.join("hostnull"));
     assert!(
         flags.iter().all(|f| f & libc::O_PATH as u32 != 0),
         "airlock-fs opened the host's device node: flags {flags:?}\n{held}"
     );
     // The regular file the guest holds open is open in the daemon too (so
     // the check above can see an open when there is one).
-    let data = fd_flags_on(daemon.pid(), &share.join("data.txt"));
+    let data = fd_flags_on(daemon.pid(), &inside.join("data.txt"));
     assert!(
         data.iter().any(|f| f & libc::O_PATH as u32 == 0),
         "no open fd on data.txt: {data:?}"
