@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
+use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -1231,8 +1232,8 @@ if kill -0 $nc_pid 2>/dev/null; then echo "after: the old connection still runs"
     assert!(!log.contains("session ended with an error"), "{log}");
 }
 
-/// A TCP server on 127.0.0.1 that accepts connections and holds them open,
-/// reading nothing, until dropped.
+/// A TCP server on 127.0.0.1 that accepts connections and holds them open
+/// (discarding what arrives) until the peer closes or the server is dropped.
 struct HoldServer {
     port: u16,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -1251,14 +1252,25 @@ impl HoldServer {
         let stop = Arc::new(AtomicBool::new(false));
         let (count, done) = (Arc::clone(&accepted), Arc::clone(&stop));
         let thread = thread::spawn(move || {
-            let mut held = Vec::new();
+            let mut held: Vec<std::net::TcpStream> = Vec::new();
+            let mut buf = [0u8; 4096];
             while !done.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        held.push(stream);
-                        count.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                let mut idle = true;
+                while let Ok((stream, _)) = listener.accept() {
+                    let _ = stream.set_nonblocking(true);
+                    held.push(stream);
+                    count.fetch_add(1, Ordering::SeqCst);
+                    idle = false;
+                }
+                // Close a connection once its peer has (end of file or
+                // reset); discard whatever it sends meanwhile.
+                held.retain_mut(|s| match s.read(&mut buf) {
+                    Ok(0) => false,
+                    Ok(_) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                });
+                if idle {
+                    thread::sleep(Duration::from_millis(20));
                 }
             }
         });
@@ -1402,4 +1414,254 @@ fn start_fs_named(
     let daemon = rig.spawn_daemon(name, cmd);
     rig.wait_for_socket(socket, Duration::from_secs(10));
     (daemon, socket.to_path_buf())
+}
+
+// ---------------------------------------------------------------------------
+// Exhaustion
+// ---------------------------------------------------------------------------
+
+/// `GET path` on an airlock-net control socket; the JSON body and how long
+/// the answer took.
+fn api_get(socket: &Path, path: &str) -> std::io::Result<(serde_json::Value, Duration)> {
+    let started = Instant::now();
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: airlock\r\n\r\n")?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .ok_or_else(|| std::io::Error::other(format!("no body in {reply:?}")))?;
+    let json = serde_json::from_str(body).map_err(std::io::Error::other)?;
+    Ok((json, started.elapsed()))
+}
+
+/// Polls another daemon's control API every 100 ms until stopped; the
+/// slowest answer and any failure.
+struct ApiWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<(usize, Duration, Vec<String>)>>,
+}
+
+impl ApiWatch {
+    fn start(socket: PathBuf) -> ApiWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = std::sync::Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let (mut calls, mut slowest, mut failures) = (0, Duration::ZERO, Vec::new());
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                match api_get(&socket, "/stats") {
+                    Ok((_, took)) => slowest = slowest.max(took),
+                    Err(e) => failures.push(e.to_string()),
+                }
+                calls += 1;
+                thread::sleep(Duration::from_millis(100));
+            }
+            (calls, slowest, failures)
+        });
+        ApiWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// (calls, slowest answer, failures).
+    fn finish(mut self) -> (usize, Duration, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// A number from the guest's `key=value` words on the line starting with
+/// `prefix`.
+fn guest_number(output: &str, prefix: &str, key: &str) -> u64 {
+    output
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .flat_map(|l| l.split_whitespace())
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= on a {prefix:?} line in:\n{output}"))
+}
+
+/// How many connections and flows the guest opens in the CI-sized run;
+/// `AIRLOCK_EXHAUSTION_FLOWS` overrides it (100000 for the full-size run).
+fn exhaustion_flows() -> usize {
+    std::env::var("AIRLOCK_EXHAUSTION_FLOWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
+/// A guest opening many more TCP connections and UDP flows than
+/// `--max-flows 256` allows: the first 256 go through, every other
+/// connection is refused at once (RST, so ECONNREFUSED in the guest), UDP
+/// flows past the limit are refused (ICMP, so an error on the guest's
+/// socket), the refusals are logged a few times, not once each; the
+/// daemon's fds and RSS stay bounded; once the guest lets go, new flows
+/// work. Meanwhile a second airlock-net answers its API as fast as ever.
+#[test]
+fn airlock_net_flow_exhaustion_is_refused_and_bounded() {
+    const MAX_FLOWS: usize = 256;
+    let flows = exhaustion_flows();
+    let hold = HoldServer::start();
+    let udp = airlock_e2e::servers::UdpEchoServer::start();
+    let resolver = airlock_e2e::servers::DnsResolver::start(&[]);
+    let mut rig = Rig::new("hardening_net_flows");
+    let api = rig.dir().join("api.sock");
+    let other_api = rig.dir().join("other-api.sock");
+    let common = ["--dns-upstream".to_string(), resolver.addr().to_string()];
+    let mut args = common.to_vec();
+    args.extend([
+        "--max-flows".into(),
+        MAX_FLOWS.to_string(),
+        "--udp-timeout".into(),
+        "5".into(),
+        "--api-socket".into(),
+        api.display().to_string(),
+    ]);
+    let (daemon, socket) = start_net(&mut rig, "airlock-net", "net.sock", &args);
+    let mut other_args = common.to_vec();
+    other_args.extend(["--api-socket".into(), other_api.display().to_string()]);
+    let (other, _) = start_net(&mut rig, "airlock-net-other", "other.sock", &other_args);
+    wait_log(&daemon, "ready for a frontend", 1, Duration::from_secs(10));
+    let pid = daemon.pid();
+    let (base_fds, base_rss) = (fd_count(pid), airlock_e2e::rss_kib(pid));
+    let (_, idle_latency) = api_get(&other_api, "/stats").unwrap();
+
+    let host = "192.168.127.254";
+    let script = format!(
+        r#"set -e
+{UDHCPC}
+P={PROBE}
+$P tcp-flood {host}:{tcp_port} {flows} 120
+sleep 3
+$P tcp-flood {host}:{tcp_port} 20 30
+$P udp-flows {host}:{udp_port} {flows} 5000
+sleep 8
+$P udp-flows {host}:{udp_port} 20 5000
+"#,
+        tcp_port = hold.port(),
+        udp_port = udp.addr().port(),
+    );
+    let watch = ApiWatch::start(other_api.clone());
+    let started = Instant::now();
+    let mut vm = rig.boot(airlock_e2e::VmConfig {
+        script,
+        qemu_args: airlock_e2e::net_device_args(&socket, MAC, false),
+        files: vec![probe_file()],
+        timeout: Duration::from_secs(600),
+        ..airlock_e2e::VmConfig::default()
+    });
+
+    // Everything the guest could open is open.
+    let flood = vm.wait_for("HOLDING", Duration::from_secs(400));
+    let flooded_after = started.elapsed();
+    let established = guest_number(&flood, "tcp-flood", "established") as usize;
+    let refused = guest_number(&flood, "tcp-flood", "refused") as usize;
+    let pending = guest_number(&flood, "tcp-flood", "pending") as usize;
+    let (held_fds, held_rss) = (fd_count(pid), airlock_e2e::rss_kib(pid));
+    let (stats, _) = api_get(&api, "/stats").unwrap();
+    eprintln!(
+        "{flows} guest connections with --max-flows {MAX_FLOWS}: {established} established, \
+         {refused} refused, {pending} pending ({:.1} s); airlock-net fds {base_fds} -> \
+         {held_fds}, RSS {base_rss} -> {held_rss} KiB; server accepted {}; tcp stats {}",
+        flooded_after.as_secs_f64(),
+        hold.accepted(),
+        stats["flows"]["tcp"]
+    );
+    assert!(
+        established <= MAX_FLOWS && established + 8 >= MAX_FLOWS,
+        "{established} connections established with --max-flows {MAX_FLOWS}:\n{flood}"
+    );
+    assert_eq!(hold.accepted(), established, "host connections");
+    assert_eq!(
+        refused + established,
+        flows,
+        "every connection past the limit must be refused at once:\n{flood}"
+    );
+    assert!(
+        held_fds <= base_fds + MAX_FLOWS + 16,
+        "airlock-net holds {held_fds} fds (baseline {base_fds}, {MAX_FLOWS} flows)"
+    );
+    assert!(
+        held_rss <= base_rss + 256 * 1024,
+        "airlock-net's RSS grew from {base_rss} to {held_rss} KiB"
+    );
+    vm.send_line("release");
+
+    // Closed connections free their flows: new ones go through.
+    let again = vm.wait_for("HOLDING", Duration::from_secs(120));
+    assert!(
+        again.contains("tcp-flood established=20 refused=0 pending=0"),
+        "new connections after the guest closed its own:\n{again}"
+    );
+    vm.send_line("release");
+    let out = vm.wait();
+    out.assert_success();
+    let (calls, slowest, failures) = watch.finish();
+
+    // UDP: as many flows as the limit allows get their echo; the others
+    // are refused.
+    let udp_first = out
+        .output
+        .lines()
+        .find(|l| l.starts_with("udp-flows"))
+        .unwrap()
+        .to_string();
+    let udp_last = out
+        .output
+        .lines()
+        .rfind(|l| l.starts_with("udp-flows"))
+        .unwrap()
+        .to_string();
+    eprintln!("UDP: {udp_first}; after the mappings expired: {udp_last}");
+    let replies = guest_number(&udp_first, "udp-flows", "replies") as usize;
+    assert!(
+        replies <= MAX_FLOWS && replies + 8 >= MAX_FLOWS,
+        "{replies} UDP flows answered with --max-flows {MAX_FLOWS}: {udp_first}"
+    );
+    assert!(
+        udp_first.ends_with(&format!(
+            "silent=0 errors=[EHOSTUNREACH:{}]",
+            flows - replies
+        )),
+        "UDP flows past the limit must be refused (ICMP), not left waiting: {udp_first}"
+    );
+    assert!(
+        udp_last.contains("sent=20 replies=20 "),
+        "UDP after the flood: {udp_last}"
+    );
+
+    // The log: a few rate-limited lines, not one per refusal.
+    let log = daemon.log();
+    let limit_lines = log.matches("flow limit (256) reached").count();
+    eprintln!(
+        "{limit_lines} 'flow limit' log lines for {} refusals; the other daemon answered \
+         {calls} API calls, slowest {slowest:?} (idle {idle_latency:?})",
+        refused + flows - replies
+    );
+    assert!(
+        (1..=40).contains(&limit_lines),
+        "{limit_lines} flow-limit lines:\n{log}"
+    );
+    assert!(
+        failures.is_empty(),
+        "the other daemon's API failed: {failures:?}"
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "the other daemon's API took {slowest:?}"
+    );
+    assert!(other.is_running() && daemon.is_running());
+    wait_log(&daemon, "ready for a frontend", 2, Duration::from_secs(15));
+    assert_fds(
+        &daemon,
+        base_fds,
+        Duration::from_secs(10),
+        "after the guest",
+    );
 }
