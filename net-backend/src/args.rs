@@ -116,7 +116,8 @@ pub struct Args {
     pub proxy_name: String,
 
     /// Most concurrent flows (TCP connections, UDP mappings, pings). Past
-    /// it, new TCP connections get a RST and new UDP/ICMP flows are dropped.
+    /// it, new TCP connections get a RST, new UDP flows an ICMP
+    /// "administratively prohibited", and new pings no reply.
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_flows: usize,
 

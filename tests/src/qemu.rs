@@ -366,6 +366,30 @@ impl Vm {
         }
     }
 
+    /// For a VM expected not to run its script (QEMU refusing a device):
+    /// waits up to `timeout` for QEMU to exit and returns its exit status
+    /// and its stderr. Panics with diagnostics if the script ran to its end
+    /// or QEMU is still running at the deadline.
+    pub fn wait_for_failure(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let deadline = (Instant::now() + timeout).min(self.deadline);
+        while !self.eof {
+            if let Pump::Timeout = self.pump(deadline) {
+                self.fail(&format!(
+                    "QEMU was expected to fail but still runs after {timeout:?}"
+                ));
+            }
+        }
+        let status = self.reap();
+        if self.exit_line().is_some() {
+            self.fail("QEMU was expected to fail but the guest script ran to its end");
+        }
+        let Some(status) = status else {
+            self.fail("QEMU's exit status is unknown");
+        };
+        let stderr = std::fs::read_to_string(&self.logs.qemu_stderr).unwrap_or_default();
+        (status, stderr)
+    }
+
     /// Kills QEMU with SIGKILL and reaps it (a crashing VMM, as far as the
     /// daemons can tell).
     pub fn kill(&mut self) {

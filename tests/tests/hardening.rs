@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
+use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -21,10 +22,10 @@ use airlock_e2e::frontend::{
 };
 use airlock_e2e::{fd_count, fd_listing, DaemonHandle, Rig};
 
-/// Starts airlock-net on `<rig>/<name>.sock` with `args` and waits until it
-/// listens.
-fn start_net(rig: &mut Rig, name: &str, args: &[String]) -> (DaemonHandle, PathBuf) {
-    let socket = rig.dir().join(format!("{name}.sock"));
+/// Starts airlock-net (logging as `name`) on `<rig>/<socket>` with `args`
+/// and waits until it listens.
+fn start_net(rig: &mut Rig, name: &str, socket: &str, args: &[String]) -> (DaemonHandle, PathBuf) {
+    let socket = rig.dir().join(socket);
     let mut cmd = Command::new(Rig::bin("airlock-net"));
     cmd.arg("--socket-path").arg(&socket).args(args);
     let daemon = rig.spawn_daemon(name, cmd);
@@ -776,6 +777,7 @@ fn airlock_net_survives_malformed_vhost_user_messages() {
     let (daemon, socket) = start_net(
         &mut rig,
         "airlock-net",
+        "net.sock",
         &["--dns-upstream".into(), "127.0.0.1:9".into()],
     );
     malformed_sessions(&daemon, &socket);
@@ -1119,4 +1121,551 @@ umount /mnt
         );
     }
     assert!(daemon.is_running());
+}
+
+// ---------------------------------------------------------------------------
+// A daemon killed and restarted under a running guest
+// ---------------------------------------------------------------------------
+
+const MAC: &str = "52:54:00:12:34:56";
+const GUEST_IP: &str = "192.168.127.2";
+
+/// busybox udhcpc on eth0, applying the offered MTU.
+const UDHCPC: &str = "udhcpc -i eth0 -q -n -t 5 -O mtu >/tmp/udhcpc.log 2>&1 || { cat /tmp/udhcpc.log; echo 'udhcpc failed'; exit 1; }";
+
+/// airlock-net SIGKILLed while a guest runs with `reconnect=1`, and a new
+/// airlock-net started on the same socket: QEMU reattaches within seconds,
+/// the guest keeps its address and its network works again — HTTP to the
+/// host, DNS, a DHCP renewal — without a reboot. The connections of the
+/// old daemon are gone (a new daemon has no flow table to resume).
+#[test]
+fn airlock_net_killed_and_restarted_under_a_running_guest() {
+    let http = airlock_e2e::servers::HttpServer::start(0);
+    let resolver = airlock_e2e::servers::DnsResolver::start(&[]);
+    let hold = HoldServer::start();
+    let mut rig = Rig::new("hardening_net_restart");
+    let args = vec![
+        "--dns-upstream".to_string(),
+        resolver.addr().to_string(),
+        "--dns-record".to_string(),
+        "restart.test=10.9.8.7".to_string(),
+    ];
+    let (first, socket) = start_net(&mut rig, "airlock-net", "net.sock", &args);
+    let url = format!("http://host.airlock.internal:{}/hello", http.port());
+    let script = format!(
+        r#"set -e
+{UDHCPC}
+echo "before: addr=$(ip -4 -o addr show dev eth0 | awk '{{print $4}}') $(curl -sS --max-time 20 {url})"
+mkfifo /tmp/in
+nc {host_alias} {hold_port} </tmp/in >/dev/null 2>/tmp/nc.err &
+nc_pid=$!
+exec 5>/tmp/in
+echo one >&5
+sleep 1
+kill -0 $nc_pid && echo "before: a connection is open"
+echo DAEMON-CAN-DIE
+read go
+set +e
+t0=$(cut -d' ' -f1 /proc/uptime)
+i=0
+while [ $i -lt 60 ]; do
+    i=$((i+1))
+    body=$(curl -sS --max-time 2 {url} 2>/dev/null) && break
+    sleep 1
+done
+t1=$(cut -d' ' -f1 /proc/uptime)
+echo "after: tries=$i seconds=$(( ${{t1%.*}} - ${{t0%.*}} )) body=$body"
+echo "after: addr=$(ip -4 -o addr show dev eth0 | awk '{{print $4}}') link=$(cat /sys/class/net/eth0/operstate)"
+nslookup restart.test >/tmp/ns 2>&1; echo "after: dns status=$? $(grep -c 10.9.8.7 /tmp/ns)"
+udhcpc -i eth0 -q -n -t 5 -O mtu >/tmp/renew.log 2>&1; echo "after: renew status=$? addr=$(ip -4 -o addr show dev eth0 | awk '{{print $4}}')"
+kill -0 $nc_pid 2>/dev/null && echo "after: the old connection is still open before it is used"
+echo two >&5
+sleep 3
+if kill -0 $nc_pid 2>/dev/null; then echo "after: the old connection still runs"; else wait $nc_pid; echo "after: the old connection ended: nc status=$? $(cat /tmp/nc.err)"; fi
+"#,
+        host_alias = "host.airlock.internal",
+        hold_port = hold.port(),
+    );
+    let mut vm = rig.boot(airlock_e2e::VmConfig {
+        script,
+        qemu_args: airlock_e2e::net_device_args(&socket, MAC, true),
+        timeout: Duration::from_secs(180),
+        ..airlock_e2e::VmConfig::default()
+    });
+    let before = vm.wait_for("DAEMON-CAN-DIE", Duration::from_secs(120));
+    assert!(before.contains("before: a connection is open"), "{before}");
+    assert!(
+        before.contains(&format!(
+            "before: addr={GUEST_IP}/24 {}",
+            airlock_e2e::servers::HELLO_BODY.trim_end()
+        )),
+        "{before}"
+    );
+    first.kill();
+    let killed_at = Instant::now();
+    let (second, _) = start_net(&mut rig, "airlock-net-2", "net.sock", &args);
+    wait_log(&second, "frontend connected", 1, Duration::from_secs(30));
+    eprintln!(
+        "QEMU reattached to the new airlock-net {:.1} s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
+    vm.send_line("go");
+    let out = vm.wait();
+    out.assert_success()
+        .assert_contains(&format!("after: addr={GUEST_IP}/24 link=up\n"))
+        .assert_contains("after: dns status=0 1\n")
+        .assert_contains(&format!("after: renew status=0 addr={GUEST_IP}/24\n"));
+    let after = out
+        .output
+        .lines()
+        .find(|l| l.starts_with("after: tries="))
+        .unwrap_or_else(|| panic!("no recovery line:\n{}", out.output));
+    assert!(
+        after.ends_with(airlock_e2e::servers::HELLO_BODY.trim_end()),
+        "the guest's network did not come back: {after}\n{}",
+        out.output
+    );
+    eprintln!("guest network after the restart: {after}");
+    // The dead daemon's connections died with it; the guest learns when it
+    // next sends on one (the new daemon answers with a RST), not before.
+    out.assert_contains("after: the old connection is still open before it is used\n")
+        .assert_contains("after: the old connection ended: nc status=");
+    assert_eq!(hold.accepted(), 1);
+    assert!(second.is_running());
+    let log = second.log();
+    assert!(!log.contains("session ended with an error"), "{log}");
+}
+
+/// A TCP server on 127.0.0.1 that accepts connections and holds them open
+/// (discarding what arrives) until the peer closes or the server is dropped.
+struct HoldServer {
+    port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl HoldServer {
+    fn start() -> HoldServer {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, done) = (Arc::clone(&accepted), Arc::clone(&stop));
+        let thread = thread::spawn(move || {
+            let mut held: Vec<std::net::TcpStream> = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !done.load(Ordering::SeqCst) {
+                let mut idle = true;
+                while let Ok((stream, _)) = listener.accept() {
+                    let _ = stream.set_nonblocking(true);
+                    held.push(stream);
+                    count.fetch_add(1, Ordering::SeqCst);
+                    idle = false;
+                }
+                // Close a connection once its peer has (end of file or
+                // reset); discard whatever it sends meanwhile.
+                held.retain_mut(|s| match s.read(&mut buf) {
+                    Ok(0) => false,
+                    Ok(_) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                });
+                if idle {
+                    thread::sleep(Duration::from_millis(20));
+                }
+            }
+        });
+        HoldServer {
+            port,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Connections accepted so far.
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for HoldServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// vhost-user-fs arguments with `reconnect=1` on the chardev.
+fn fs_device_args_reconnect(socket: &Path) -> Vec<std::ffi::OsString> {
+    vec![
+        "-chardev".into(),
+        format!("socket,id=fsre,path={},reconnect=1", socket.display()).into(),
+        "-device".into(),
+        "vhost-user-fs-pci,chardev=fsre,tag=share,queue-size=1024".into(),
+    ]
+}
+
+/// What QEMU 7.2 does when airlock-fs dies under a mounted share — pinned
+/// so a change (a QEMU that reconnects, or a daemon that can resume) shows.
+///
+/// 1. `reconnect=1` cannot be used with vhost-user-fs: QEMU 7.2's
+///    vhost-user-fs does not wait for the chardev to connect (net and blk
+///    do), the reconnecting chardev connects asynchronously, and the device
+///    fails to realize: QEMU exits at start-up with "Failed to set msg fds"
+///    and "vhost_backend_init failed: Protocol error".
+/// 2. Without it, QEMU does not notice the daemon's death and never dials
+///    the new one. Every guest request on the share from then on waits
+///    forever: the process sleeps (state S) and, once killed, stays in D
+///    for good, since virtio-fs cannot take back a request it queued. The
+///    rest of the guest runs on; the share is lost until the guest reboots
+///    (and the guest cannot power off cleanly).
+#[test]
+fn airlock_fs_killed_under_a_mounted_share_hangs_the_share() {
+    let mut rig = Rig::new("hardening_fs_restart");
+    let share = rig.dir().join("share");
+    fs::create_dir(&share).unwrap();
+    fs::write(share.join("before.txt"), "before\n").unwrap();
+    let (first, socket) = start_fs(&mut rig, &share, &[]);
+
+    // 1. reconnect=1: QEMU does not start.
+    let vm = rig.boot(airlock_e2e::VmConfig {
+        script: "echo STARTED".into(),
+        qemu_args: fs_device_args_reconnect(&socket),
+        timeout: Duration::from_secs(60),
+        ..airlock_e2e::VmConfig::default()
+    });
+    let (status, qemu_log) = vm.wait_for_failure(Duration::from_secs(30));
+    assert!(
+        !status.success()
+            && qemu_log.contains("Failed to set msg fds")
+            && qemu_log.contains("vhost_backend_init failed"),
+        "QEMU 7.2 with a reconnecting vhost-user-fs chardev was expected to fail at \
+         start-up; it exited with {status}. QEMU stderr:\n{qemu_log}"
+    );
+    wait_log(&first, "ready for a frontend", 2, Duration::from_secs(10));
+
+    // 2. No reconnect: the daemon dies under a mounted share.
+    let script = r#"
+mount -t virtiofs share /mnt || exit 1
+echo "before: $(cat /mnt/before.txt)"
+echo DAEMON-CAN-DIE
+read go
+cat /mnt/before.txt >/tmp/cat.out 2>&1 &
+reader=$!
+echo x >/mnt/after.txt 2>/tmp/w.out &
+writer=$!
+sleep 8
+echo "after 8 s: reader state $(awk '{print $3}' /proc/$reader/stat 2>/dev/null || echo gone) writer state $(awk '{print $3}' /proc/$writer/stat 2>/dev/null || echo gone)"
+kill -9 $reader $writer
+sleep 2
+echo "after SIGKILL: reader state $(awk '{print $3}' /proc/$reader/stat 2>/dev/null || echo gone) writer state $(awk '{print $3}' /proc/$writer/stat 2>/dev/null || echo gone)"
+echo "the rest of the guest runs: $(echo alive)"
+"#;
+    let mut vm = rig.boot(airlock_e2e::VmConfig {
+        script: script.into(),
+        qemu_args: airlock_e2e::fs_device_args(&socket, "share", 1024),
+        timeout: Duration::from_secs(150),
+        ..airlock_e2e::VmConfig::default()
+    });
+    let before = vm.wait_for("DAEMON-CAN-DIE", Duration::from_secs(120));
+    assert!(before.contains("before: before"), "{before}");
+    first.kill();
+    let (second, _) = start_fs_named(&mut rig, &share, "airlock-fs-2", &socket);
+    vm.send_line("go");
+    let hung = vm.wait_for("the rest of the guest runs", Duration::from_secs(60));
+    // Waiting (interruptibly) for an answer that never comes; after
+    // SIGKILL the request cannot be withdrawn: uninterruptible for good.
+    assert!(
+        hung.contains("after 8 s: reader state S writer state S\n")
+            && hung.contains("after SIGKILL: reader state D writer state D\n"),
+        "expected both share users waiting (S), then stuck in D after SIGKILL:\n{hung}"
+    );
+    assert!(hung.contains("the rest of the guest runs: alive"), "{hung}");
+    // The guest could not power off cleanly with a dead share: pull the plug.
+    vm.kill();
+    drop(vm);
+    assert!(
+        !second.log().contains("frontend connected"),
+        "QEMU dialled the new airlock-fs:\n{}",
+        second.log()
+    );
+    assert!(!share.join("after.txt").exists());
+    assert!(second.is_running());
+}
+
+/// Starts another airlock-fs named `name` on `socket`.
+fn start_fs_named(
+    rig: &mut Rig,
+    share: &Path,
+    name: &str,
+    socket: &Path,
+) -> (DaemonHandle, PathBuf) {
+    let mut cmd = Command::new(Rig::bin("airlock-fs"));
+    cmd.arg("--socket-path")
+        .arg(socket)
+        .arg("--shared-dir")
+        .arg(share);
+    let daemon = rig.spawn_daemon(name, cmd);
+    rig.wait_for_socket(socket, Duration::from_secs(10));
+    (daemon, socket.to_path_buf())
+}
+
+// ---------------------------------------------------------------------------
+// Exhaustion
+// ---------------------------------------------------------------------------
+
+/// `GET path` on an airlock-net control socket; the JSON body and how long
+/// the answer took.
+fn api_get(socket: &Path, path: &str) -> std::io::Result<(serde_json::Value, Duration)> {
+    let started = Instant::now();
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: airlock\r\n\r\n")?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .ok_or_else(|| std::io::Error::other(format!("no body in {reply:?}")))?;
+    let json = serde_json::from_str(body).map_err(std::io::Error::other)?;
+    Ok((json, started.elapsed()))
+}
+
+/// Polls another daemon's control API every 100 ms until stopped; the
+/// slowest answer and any failure.
+struct ApiWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<(usize, Duration, Vec<String>)>>,
+}
+
+impl ApiWatch {
+    fn start(socket: PathBuf) -> ApiWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = std::sync::Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let (mut calls, mut slowest, mut failures) = (0, Duration::ZERO, Vec::new());
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                match api_get(&socket, "/stats") {
+                    Ok((_, took)) => slowest = slowest.max(took),
+                    Err(e) => failures.push(e.to_string()),
+                }
+                calls += 1;
+                thread::sleep(Duration::from_millis(100));
+            }
+            (calls, slowest, failures)
+        });
+        ApiWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// (calls, slowest answer, failures).
+    fn finish(mut self) -> (usize, Duration, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// A number from the guest's `key=value` words on the line starting with
+/// `prefix`.
+fn guest_number(output: &str, prefix: &str, key: &str) -> u64 {
+    output
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .flat_map(|l| l.split_whitespace())
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= on a {prefix:?} line in:\n{output}"))
+}
+
+/// How many connections and flows the guest opens in the CI-sized run;
+/// `AIRLOCK_EXHAUSTION_FLOWS` overrides it (100000 for the full-size run).
+fn exhaustion_flows() -> usize {
+    std::env::var("AIRLOCK_EXHAUSTION_FLOWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
+/// A guest opening many more TCP connections and UDP flows than
+/// `--max-flows 256` allows: the first 256 go through, every other
+/// connection is refused at once (RST, so ECONNREFUSED in the guest), UDP
+/// flows past the limit are refused (ICMP, so an error on the guest's
+/// socket), the refusals are logged a few times, not once each; the
+/// daemon's fds and RSS stay bounded; once the guest lets go, new flows
+/// work. Meanwhile a second airlock-net answers its API as fast as ever.
+#[test]
+fn airlock_net_flow_exhaustion_is_refused_and_bounded() {
+    const MAX_FLOWS: usize = 256;
+    let flows = exhaustion_flows();
+    let hold = HoldServer::start();
+    let udp = airlock_e2e::servers::UdpEchoServer::start();
+    let resolver = airlock_e2e::servers::DnsResolver::start(&[]);
+    let mut rig = Rig::new("hardening_net_flows");
+    let api = rig.dir().join("api.sock");
+    let other_api = rig.dir().join("other-api.sock");
+    let common = ["--dns-upstream".to_string(), resolver.addr().to_string()];
+    let mut args = common.to_vec();
+    args.extend([
+        "--max-flows".into(),
+        MAX_FLOWS.to_string(),
+        "--udp-timeout".into(),
+        "5".into(),
+        "--api-socket".into(),
+        api.display().to_string(),
+    ]);
+    let (daemon, socket) = start_net(&mut rig, "airlock-net", "net.sock", &args);
+    let mut other_args = common.to_vec();
+    other_args.extend(["--api-socket".into(), other_api.display().to_string()]);
+    let (other, _) = start_net(&mut rig, "airlock-net-other", "other.sock", &other_args);
+    wait_log(&daemon, "ready for a frontend", 1, Duration::from_secs(10));
+    let pid = daemon.pid();
+    let (base_fds, base_rss) = (fd_count(pid), airlock_e2e::rss_kib(pid));
+    let (_, idle_latency) = api_get(&other_api, "/stats").unwrap();
+
+    let host = "192.168.127.254";
+    let script = format!(
+        r#"set -e
+{UDHCPC}
+P={PROBE}
+$P tcp-flood {host}:{tcp_port} {flows} 120
+sleep 3
+$P tcp-flood {host}:{tcp_port} 20 30
+$P udp-flows {host}:{udp_port} {flows} 5000
+sleep 8
+$P udp-flows {host}:{udp_port} 20 5000
+"#,
+        tcp_port = hold.port(),
+        udp_port = udp.addr().port(),
+    );
+    let watch = ApiWatch::start(other_api.clone());
+    let started = Instant::now();
+    let mut vm = rig.boot(airlock_e2e::VmConfig {
+        script,
+        qemu_args: airlock_e2e::net_device_args(&socket, MAC, false),
+        files: vec![probe_file()],
+        timeout: Duration::from_secs(600),
+        ..airlock_e2e::VmConfig::default()
+    });
+
+    // Everything the guest could open is open.
+    let flood = vm.wait_for("HOLDING", Duration::from_secs(400));
+    let flooded_after = started.elapsed();
+    let established = guest_number(&flood, "tcp-flood", "established") as usize;
+    let refused = guest_number(&flood, "tcp-flood", "refused") as usize;
+    let pending = guest_number(&flood, "tcp-flood", "pending") as usize;
+    let (held_fds, held_rss) = (fd_count(pid), airlock_e2e::rss_kib(pid));
+    let (stats, _) = api_get(&api, "/stats").unwrap();
+    eprintln!(
+        "{flows} guest connections with --max-flows {MAX_FLOWS}: {established} established, \
+         {refused} refused, {pending} pending ({:.1} s); airlock-net fds {base_fds} -> \
+         {held_fds}, RSS {base_rss} -> {held_rss} KiB; server accepted {}; tcp stats {}",
+        flooded_after.as_secs_f64(),
+        hold.accepted(),
+        stats["flows"]["tcp"]
+    );
+    assert!(
+        established <= MAX_FLOWS && established + 8 >= MAX_FLOWS,
+        "{established} connections established with --max-flows {MAX_FLOWS}:\n{flood}"
+    );
+    assert_eq!(hold.accepted(), established, "host connections");
+    assert_eq!(
+        refused + established,
+        flows,
+        "every connection past the limit must be refused at once:\n{flood}"
+    );
+    assert!(
+        held_fds <= base_fds + MAX_FLOWS + 16,
+        "airlock-net holds {held_fds} fds (baseline {base_fds}, {MAX_FLOWS} flows)"
+    );
+    assert!(
+        held_rss <= base_rss + 256 * 1024,
+        "airlock-net's RSS grew from {base_rss} to {held_rss} KiB"
+    );
+    vm.send_line("release");
+
+    // Closed connections free their flows: new ones go through.
+    let again = vm.wait_for("HOLDING", Duration::from_secs(120));
+    assert!(
+        again.contains("tcp-flood established=20 refused=0 pending=0"),
+        "new connections after the guest closed its own:\n{again}"
+    );
+    vm.send_line("release");
+    let out = vm.wait();
+    out.assert_success();
+    let (calls, slowest, failures) = watch.finish();
+
+    // UDP: as many flows as the limit allows get their echo; the others
+    // are refused.
+    let udp_first = out
+        .output
+        .lines()
+        .find(|l| l.starts_with("udp-flows"))
+        .unwrap()
+        .to_string();
+    let udp_last = out
+        .output
+        .lines()
+        .rfind(|l| l.starts_with("udp-flows"))
+        .unwrap()
+        .to_string();
+    eprintln!("UDP: {udp_first}; after the mappings expired: {udp_last}");
+    let replies = guest_number(&udp_first, "udp-flows", "replies") as usize;
+    assert!(
+        replies <= MAX_FLOWS && replies + 8 >= MAX_FLOWS,
+        "{replies} UDP flows answered with --max-flows {MAX_FLOWS}: {udp_first}"
+    );
+    assert!(
+        udp_first.ends_with(&format!(
+            "silent=0 errors=[EHOSTUNREACH:{}]",
+            flows - replies
+        )),
+        "UDP flows past the limit must be refused (ICMP), not left waiting: {udp_first}"
+    );
+    assert!(
+        udp_last.contains("sent=20 replies=20 "),
+        "UDP after the flood: {udp_last}"
+    );
+
+    // The log: a few rate-limited lines, not one per refusal.
+    let log = daemon.log();
+    let limit_lines = log.matches("flow limit (256) reached").count();
+    eprintln!(
+        "{limit_lines} 'flow limit' log lines for {} refusals; the other daemon answered \
+         {calls} API calls, slowest {slowest:?} (idle {idle_latency:?})",
+        refused + flows - replies
+    );
+    assert!(
+        (1..=40).contains(&limit_lines),
+        "{limit_lines} flow-limit lines:\n{log}"
+    );
+    assert!(
+        failures.is_empty(),
+        "the other daemon's API failed: {failures:?}"
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "the other daemon's API took {slowest:?}"
+    );
+    assert!(other.is_running() && daemon.is_running());
+    wait_log(&daemon, "ready for a frontend", 2, Duration::from_secs(15));
+    assert_fds(
+        &daemon,
+        base_fds,
+        Duration::from_secs(10),
+        "after the guest",
+    );
 }

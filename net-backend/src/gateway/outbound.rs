@@ -278,11 +278,16 @@ impl Gateway {
                 let Some(id) = self.alloc() else {
                     ratelimited!(
                         log::Level::Warn,
-                        "flow limit ({}) reached: dropping udp {guest} -> {remote}",
+                        "flow limit ({}) reached: refusing udp {guest} -> {remote}",
                         self.cfg.max_flows
                     );
                     self.shared.stats.dropped(DropReason::FlowLimit);
                     self.shared.stats.flow_refused(Proto::Udp);
+                    // Say so, as for a denied flow, instead of letting the
+                    // guest's socket wait for an answer that never comes.
+                    if !service {
+                        self.unreachable(guest, remote, Icmpv4DstUnreachable::CommProhibited, tx);
+                    }
                     return None;
                 };
                 match UdpFlow::open(id, guest, remote, target, now, &self.poller) {

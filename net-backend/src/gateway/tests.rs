@@ -729,6 +729,28 @@ fn flow_limit_refuses_new_connections_with_rst() {
 }
 
 #[test]
+fn flow_limit_refuses_new_udp_flows_with_icmp() {
+    let (mut gw, shared) = gateway_with(|c| c.max_flows = 1);
+    let mut tx = Recorder::default();
+    gw.guest_frame(&udp_frame(5001, HOST, 9, b"first"), false, &mut tx);
+    assert_eq!(gw.flow_count(), 1);
+    assert!(tx.frames.is_empty(), "{:?}", tx.frames);
+    gw.guest_frame(&udp_frame(5002, HOST, 9, b"second"), false, &mut tx);
+    assert_eq!(gw.flow_count(), 1);
+    let eth = EthernetFrame::new_checked(&tx.frames[0][..]).unwrap();
+    let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+    // Administratively prohibited, quoting the refused datagram's ports.
+    assert_eq!(
+        (icmp.msg_type(), icmp.msg_code()),
+        (smoltcp::wire::Icmpv4Message::DstUnreachable, 13)
+    );
+    let quoted = Ipv4Packet::new_checked(icmp.data()).unwrap();
+    assert_eq!(&quoted.payload()[..2], &5002u16.to_be_bytes());
+    assert_eq!(shared.stats.drop_count(DropReason::FlowLimit), 1);
+}
+
+#[test]
 fn fin_and_rst_propagate_both_ways() {
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = server.local_addr().unwrap().port();
