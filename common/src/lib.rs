@@ -8,9 +8,12 @@
 //! - [`audit`]: the JSON-lines audit log writer every daemon uses;
 //! - [`report`]: printing an error chain and mapping it to an exit code;
 //! - [`config_file`]: `--config FILE`, options from a TOML file.
+//! - `fuzzing` (hidden): the fuzz targets' input cursor and regression replay.
 
 pub mod audit;
 pub mod config_file;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod listen;
 pub mod logging;
 pub mod notify;
