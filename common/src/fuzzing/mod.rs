@@ -9,6 +9,9 @@ pub mod queues;
 
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread;
+use std::time::Duration;
 
 /// Reads a fuzz input front to back. Reads past the end yield zeros and
 /// empty slices, so a target's decoding never fails and every input
@@ -82,10 +85,15 @@ impl<'a> Input<'a> {
     }
 }
 
+/// How long one kept input may run before the replay calls it a hang.
+pub const REPLAY_LIMIT: Duration = Duration::from_secs(60);
+
 /// Runs `target` on every file in `<fuzz_dir>/regressions/<name>/` and
-/// `<fuzz_dir>/seeds/<name>/`, each under `catch_unwind`, and panics naming
-/// every file that made it panic. Returns how many files ran.
-pub fn replay(fuzz_dir: &Path, name: &str, target: impl Fn(&[u8])) -> usize {
+/// `<fuzz_dir>/seeds/<name>/`, each on its own thread under
+/// `catch_unwind` and [`REPLAY_LIMIT`], and panics naming every file that
+/// made it panic or hang (a hung thread is left behind). Returns how many
+/// files ran.
+pub fn replay(fuzz_dir: &Path, name: &str, target: fn(&[u8])) -> usize {
     let mut files: Vec<PathBuf> = Vec::new();
     for kind in ["regressions", "seeds"] {
         let dir = fuzz_dir.join(kind).join(name);
@@ -109,13 +117,31 @@ pub fn replay(fuzz_dir: &Path, name: &str, target: impl Fn(&[u8])) -> usize {
                 continue;
             }
         };
-        if panic::catch_unwind(AssertUnwindSafe(|| target(&data))).is_err() {
-            failed.push(path.display().to_string());
+        let (finished, done) = mpsc::channel();
+        let spawned = thread::Builder::new()
+            .name("fuzz-replay".into())
+            .spawn(move || {
+                let ok = panic::catch_unwind(AssertUnwindSafe(|| target(&data))).is_ok();
+                let _ = finished.send(ok);
+            });
+        if let Err(e) = spawned {
+            failed.push(format!("{}: cannot start a thread: {e}", path.display()));
+            continue;
+        }
+        match done.recv_timeout(REPLAY_LIMIT) {
+            Ok(true) => {}
+            Ok(false) | Err(RecvTimeoutError::Disconnected) => {
+                failed.push(path.display().to_string())
+            }
+            Err(RecvTimeoutError::Timeout) => failed.push(format!(
+                "{} (still running after {REPLAY_LIMIT:?})",
+                path.display()
+            )),
         }
     }
     assert!(
         failed.is_empty(),
-        "fuzz target {name} panicked on:\n  {}",
+        "fuzz target {name} failed on:\n  {}",
         failed.join("\n  ")
     );
     files.len()
@@ -151,7 +177,7 @@ mod tests {
         std::fs::create_dir_all(&seeds).unwrap();
         std::fs::write(seeds.join("ok"), b"fine").unwrap();
         std::fs::write(seeds.join("bad"), b"boom").unwrap();
-        let target = |d: &[u8]| assert_ne!(d, b"boom");
+        let target: fn(&[u8]) = |d| assert_ne!(d, b"boom");
         let err = panic::catch_unwind(|| replay(dir.path(), "t", target)).unwrap_err();
         let msg = err.downcast_ref::<String>().unwrap();
         assert!(

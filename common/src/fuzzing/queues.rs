@@ -157,7 +157,8 @@ impl GuestQueues {
         self.set_avail_idx(q, idx.wrapping_add(1));
     }
 
-    fn set_avail_idx(&mut self, q: usize, idx: u16) {
+    /// Publishes `idx` as queue `q`'s available index, whatever it is.
+    pub fn set_avail_idx(&mut self, q: usize, idx: u16) {
         self.avail_idx[q] = idx;
         let addr = GuestAddress(avail_ring(q) + 2);
         let _ = self
