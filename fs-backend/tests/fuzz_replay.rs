@@ -3,8 +3,8 @@
 //! `fuzz/seeds/<target>/` goes through the same function the cargo-fuzz
 //! target calls, so CI covers them without nightly.
 //!
-//! The targets cap file sizes with `RLIMIT_FSIZE` for the whole process,
-//! which is why they live in this test binary of their own.
+//! The targets cap file sizes with `RLIMIT_FSIZE`, and this test caps the
+//! address space, for the whole process: hence a test binary of their own.
 
 use std::path::PathBuf;
 
@@ -15,8 +15,32 @@ fn fuzz_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
 }
 
+/// Caps the address space 4 GiB above what the process maps at first
+/// use, so a guest-sized allocation aborts the replay as it would a
+/// daemon on a small host (a 4 GiB xattr buffer did).
+fn cap_address_space() {
+    static CAP: std::sync::Once = std::sync::Once::new();
+    CAP.call_once(|| {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let vm_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmSize:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        let bytes = vm_kib * 1024 + (4 << 30) - 1;
+        let limit = libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: bytes,
+        };
+        // SAFETY: setrlimit reads the rlimit passed by reference, which
+        // outlives the call.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+    });
+}
+
 /// Replays the target's files and its built-in seeds.
 fn run(target: &str, body: fn(&[u8])) {
+    cap_address_space();
     let files = replay(&fuzz_dir(), target, body);
     assert!(
         files > 0,
