@@ -9,10 +9,13 @@
 //! - [`report`]: printing an error chain and mapping it to an exit code;
 //! - [`config_file`]: `--config FILE`, options from a TOML file;
 //! - [`sandbox`] / [`seccomp`]: confinement (mount namespace, read-only
-//!   mounts, `--user`) and the `--seccomp` allow-list filter.
+//!   mounts, `--user`) and the `--seccomp` allow-list filter;
+//! - `fuzzing` (hidden): the fuzz targets' input cursor and regression replay.
 
 pub mod audit;
 pub mod config_file;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod listen;
 pub mod logging;
 pub mod notify;

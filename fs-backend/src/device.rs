@@ -176,14 +176,16 @@ impl FsSession {
         }
     }
 
-    /// Takes every available chain off the queue under one lock.
-    fn available_chains(vring: &Vring, mem: &GuestMemory) -> Vec<Chain> {
+    /// Takes every available chain off the queue under one lock; `None`
+    /// when nothing can be taken (the available index is more than a
+    /// queue ahead).
+    fn available_chains(vring: &Vring, mem: &GuestMemory) -> Option<Vec<Chain>> {
         let mut state = vring.get_mut();
         match state.get_queue_mut().iter(mem.memory()) {
-            Ok(iter) => iter.collect(),
+            Ok(iter) => Some(iter.collect()),
             Err(e) => {
                 ratelimited!(log::Level::Warn, "guest queue is in an invalid state: {e}");
-                Vec::new()
+                None
             }
         }
     }
@@ -197,7 +199,11 @@ impl FsSession {
             if event_idx {
                 vring.disable_notification().map_err(io::Error::other)?;
             }
-            for chain in Self::available_chains(vring, &mem) {
+            let chains = Self::available_chains(vring, &mem);
+            // A broken queue stays broken: going round again on "more
+            // available" would spin forever.
+            let broken = chains.is_none();
+            for chain in chains.into_iter().flatten() {
                 match &self.pool {
                     None => Self::serve(&self.server, vring, chain),
                     Some(pool) => {
@@ -209,7 +215,7 @@ impl FsSession {
             }
             // With EVENT_IDX, re-enable notifications and go round again if
             // the guest added buffers meanwhile (otherwise they'd be missed).
-            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? || broken {
                 return Ok(());
             }
         }
@@ -285,5 +291,63 @@ impl Session for FsSession {
         if self.reset_on_detach {
             self.fs.destroy();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use airlock_common::fuzzing::queues::GuestQueues;
+    use fuse_backend_rs::passthrough::{Config, PassthroughFs};
+
+    use super::*;
+    use crate::filesystem::Policy;
+    use crate::idmap::IdMap;
+
+    /// With EVENT_IDX, an available index more than a queue ahead leaves
+    /// nothing to consume and "more available" true forever: the handler
+    /// must give up instead of going round again (it spun at 100% CPU
+    /// with the queue dead; found by the fs_chain fuzz target).
+    #[test]
+    fn an_available_index_a_queue_ahead_does_not_make_the_handler_spin() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let (finished, done) = mpsc::channel();
+        std::thread::spawn(move || {
+            let inner = PassthroughFs::new(Config {
+                root_dir: root.to_string_lossy().into_owned(),
+                do_import: true,
+                ..Default::default()
+            })
+            .unwrap();
+            let policy = Policy {
+                readonly: false,
+                uid_map: IdMap::default(),
+                gid_map: IdMap::default(),
+                announce_submounts: false,
+                audit: None,
+            };
+            let session = FsSession::new(
+                Arc::new(AirlockFs::new(inner, Path::new(&root), policy)),
+                0,
+                false,
+            )
+            .unwrap();
+            let mut queues = GuestQueues::new(&[16, 16]);
+            queues.set_event_idx(true);
+            session.set_event_idx(true);
+            session.update_memory(queues.mem.clone()).unwrap();
+            queues.set_avail_idx(usize::from(REQUEST_QUEUE_EVENT), 100);
+            let res = session.handle_event(REQUEST_QUEUE_EVENT, EventSet::IN, &queues.vrings, 0);
+            let _ = finished.send(res.is_ok());
+        });
+        assert_eq!(
+            done.recv_timeout(Duration::from_secs(30)),
+            Ok(true),
+            "the request queue handler did not come back"
+        );
     }
 }

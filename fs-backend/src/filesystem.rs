@@ -40,6 +40,14 @@ use crate::idmap::{IdMap, ToHost};
 type Inode = u64;
 type Handle = u64;
 
+/// Largest extended attribute value and name list Linux has (`XATTR_SIZE_MAX`,
+/// `XATTR_LIST_MAX` in linux/limits.h). The passthrough allocates the
+/// guest's GETXATTR/LISTXATTR size up front — 4 GiB for `u32::MAX`, an
+/// abort where memory is tight — so sizes are capped here; no answer
+/// changes, as the kernel never returns more.
+const XATTR_SIZE_MAX: u32 = 64 * 1024;
+const XATTR_LIST_MAX: u32 = 64 * 1024;
+
 /// What `AirlockFs` adds over the passthrough file system.
 pub struct Policy {
     pub readonly: bool,
@@ -694,11 +702,12 @@ impl FileSystem for AirlockFs {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        self.inner.getxattr(ctx, inode, name, size)
+        self.inner
+            .getxattr(ctx, inode, name, size.min(XATTR_SIZE_MAX))
     }
 
     fn listxattr(&self, ctx: &Context, inode: Inode, size: u32) -> io::Result<ListxattrReply> {
-        self.inner.listxattr(ctx, inode, size)
+        self.inner.listxattr(ctx, inode, size.min(XATTR_LIST_MAX))
     }
 
     fn removexattr(&self, ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
@@ -1160,6 +1169,65 @@ mod tests {
         assert_eq!(
             f.fs.lookup(&ctx, ROOT_ID, &c("other")).unwrap().attr.st_uid,
             4242
+        );
+    }
+
+    /// Caps this process's address space at `extra` bytes beyond what it
+    /// maps now, so an allocation larger than that aborts it.
+    fn cap_address_space(extra: u64) {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let vm_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmSize:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        let limit = libc::rlimit {
+            rlim_cur: vm_kib * 1024 + extra,
+            rlim_max: vm_kib * 1024 + extra,
+        };
+        // SAFETY: setrlimit reads the rlimit passed by reference, which
+        // outlives the call.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+    }
+
+    /// A guest's GETXATTR/LISTXATTR size of 4 GiB must not become a 4 GiB
+    /// buffer (found by the fuse fuzz target). Run in a child process whose
+    /// address space is capped 1 GiB above what it uses, where such a
+    /// buffer aborts the process.
+    #[test]
+    fn xattr_sizes_from_the_guest_do_not_become_huge_buffers() {
+        const CHILD: &str = "AIRLOCK_TEST_XATTR_CHILD";
+        const NAME: &str =
+            "filesystem::tests::xattr_sizes_from_the_guest_do_not_become_huge_buffers";
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--test-threads=1"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        let f = fixture(false, &[]);
+        let ctx = root();
+        let e =
+            f.fs.create(&ctx, ROOT_ID, &c("x"), create_args(0o644))
+                .unwrap()
+                .0;
+        cap_address_space(1 << 30);
+        // Whatever the share's file system says about xattrs, the call
+        // comes back.
+        let got = f.fs.getxattr(&ctx, e.inode, &c("user.none"), u32::MAX);
+        assert!(got.is_err(), "an xattr that does not exist");
+        let listed = f.fs.listxattr(&ctx, e.inode, u32::MAX);
+        assert!(
+            matches!(listed, Ok(ListxattrReply::Names(_))) || listed.is_err(),
+            "listxattr with a size asks for names"
         );
     }
 

@@ -6,12 +6,15 @@
 //!   (read-only, id translation, audit log, device-node refusal);
 //! - [`device`]: the virtqueues and the FUSE server;
 //! - [`idmap`]: `--translate-uid/--translate-gid` rules;
-//! - [`sandbox`]: `--sandbox namespace|chroot|none`.
+//! - [`sandbox`]: `--sandbox namespace|chroot|none`;
+//! - `fuzzing` (hidden): the fuzz targets' bodies (`fuzz/`).
 
 pub mod args;
 pub mod config;
 pub mod device;
 pub mod filesystem;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handles;
 pub mod idmap;
 pub mod sandbox;

@@ -188,12 +188,17 @@ impl NetSession {
             if event_idx {
                 tx.disable_notification().map_err(io::Error::other)?;
             }
+            // An available index more than a queue ahead cannot be served
+            // (nothing is consumed); going round again on "more available"
+            // would spin forever.
+            let mut broken = false;
             let chains: Vec<virtio_net::Chain> = {
                 let mut state = tx.get_mut();
                 match state.get_queue_mut().iter(mem.memory()) {
                     Ok(iter) => iter.collect(),
                     Err(e) => {
                         ratelimited!(log::Level::Warn, "guest transmit queue: {e}");
+                        broken = true;
                         Vec::new()
                     }
                 }
@@ -228,7 +233,7 @@ impl NetSession {
                 }
             }
             self.flush(inner, rx)?;
-            if !event_idx || !tx.enable_notification().map_err(io::Error::other)? {
+            if !event_idx || !tx.enable_notification().map_err(io::Error::other)? || broken {
                 return Ok(());
             }
         }
@@ -460,6 +465,35 @@ mod tests {
         // "more": a retry loop that spins until the guest catches up.
         assert!(q.enable_notification(&mem).unwrap());
         assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 0);
+    }
+
+    /// With EVENT_IDX, an available index more than a queue ahead leaves
+    /// nothing to consume and "more available" true forever: TX handling
+    /// must give up instead of going round again (it spun at 100% CPU
+    /// with the guest's network dead; found by the net_chain fuzz target).
+    #[test]
+    fn an_available_index_a_queue_ahead_does_not_make_tx_spin() {
+        use airlock_common::fuzzing::queues::GuestQueues;
+        use std::sync::mpsc;
+        use std::time::Duration;
+
+        let (finished, done) = mpsc::channel();
+        std::thread::spawn(move || {
+            let shared = Shared::new(config().guest_ip, PolicySource::default(), None).unwrap();
+            let session = NetSession::new(config(), shared, true).unwrap();
+            let mut queues = GuestQueues::new(&[16, 16]);
+            queues.set_event_idx(true);
+            session.set_event_idx(true);
+            session.update_memory(queues.mem.clone()).unwrap();
+            queues.set_avail_idx(usize::from(TX_QUEUE_EVENT), 100);
+            let res = session.handle_event(TX_QUEUE_EVENT, EventSet::IN, &queues.vrings, 0);
+            let _ = finished.send(res.is_ok());
+        });
+        assert_eq!(
+            done.recv_timeout(Duration::from_secs(30)),
+            Ok(true),
+            "TX handling did not come back"
+        );
     }
 
     #[test]

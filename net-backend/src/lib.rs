@@ -8,6 +8,7 @@
 //! - [`args`], [`config`]: the command line.
 //! - [`api`]: the control API (`--api-socket`): ports at runtime, stats,
 //!   flows, leases.
+//! - `fuzzing` (hidden): the fuzz targets' bodies (`fuzz/`).
 
 pub mod api;
 pub mod args;
@@ -15,6 +16,8 @@ pub mod config;
 pub mod device;
 pub mod dhcp;
 pub mod dns;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod policy;
 pub mod publish;

@@ -68,6 +68,21 @@ pub struct Shared {
 }
 
 impl Shared {
+    pub(crate) fn new(
+        upstreams: Upstreams,
+        policy: Policy,
+        audit: Option<Arc<AuditLog>>,
+        limits: Limits,
+    ) -> Shared {
+        Shared {
+            upstreams,
+            policy,
+            audit,
+            limits,
+            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+        }
+    }
+
     /// Applies the policy to `target`: `Some` is the 403 to send instead.
     pub fn refusal(
         &self,
@@ -176,13 +191,12 @@ pub async fn run(config: Config, audit: Option<Arc<AuditLog>>) -> Result<(), Ser
         return Err(e);
     }
 
-    let shared = Arc::new(Shared {
-        upstreams: config.upstreams,
-        policy: config.policy,
+    let shared = Arc::new(Shared::new(
+        config.upstreams,
+        config.policy,
         audit,
-        limits: config.limits,
-        refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
-    });
+        config.limits,
+    ));
     let slots = Arc::new(Semaphore::new(
         config.limits.max_connections.min(Semaphore::MAX_PERMITS),
     ));
@@ -359,7 +373,9 @@ async fn refuse_busy<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, limit: usize)
     Ok(())
 }
 
-async fn serve_connection<I>(
+/// Serves one client connection (also the `proxy_request` fuzz target's
+/// entry).
+pub(crate) async fn serve_connection<I>(
     io: I,
     client: Arc<str>,
     shared: Arc<Shared>,

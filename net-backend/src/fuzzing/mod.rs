@@ -1,0 +1,179 @@
+//! Fuzz target bodies (`fuzz/fuzz_targets/*.rs` are one-line wrappers, and
+//! `tests/fuzz_replay.rs` replays the kept inputs through the same
+//! functions on stable). Not part of the daemon's interface.
+//!
+//! Every target enters where production does: frames go to
+//! [`Gateway::guest_frame`] with [`Backlog`](crate::virtio_net::Backlog) as
+//! the guest side, descriptor chains to [`NetSession`]'s event handler,
+//! DHCP messages to [`DhcpServer::handle`](crate::dhcp::DhcpServer::handle),
+//! DNS queries to [`dns::answer_local`](crate::dns::answer_local) and
+//! [`DnsTcpSession`](crate::dns::DnsTcpSession), control API bytes to
+//! [`api::http::serve_connection`](crate::api::http::serve_connection) with
+//! [`Api::handle`](crate::api::Api::handle).
+//!
+//! The host side stays on this machine: the egress policy denies
+//! everything except the host alias at [`Peers::port`] (loopback echo
+//! servers owned by this process) and the proxy alias, which leads to a
+//! Unix-socket echo server; DNS goes upstream to the same loopback echo.
+//!
+//! [`Gateway::guest_frame`]: crate::gateway::Gateway::guest_frame
+//! [`NetSession`]: crate::device::NetSession
+
+mod api;
+mod chain;
+mod dhcp;
+mod dns;
+mod frame;
+pub mod seeds;
+
+pub use api::fuzz_api;
+pub use chain::{fuzz_net_chain, run as run_net_chain};
+pub use dhcp::fuzz_dhcp;
+pub use dns::fuzz_dns;
+pub use frame::{fuzz_net_frame, run as run_net_frame, Received};
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::Duration;
+
+use smoltcp::wire::EthernetAddress;
+
+use crate::dhcp::DhcpConfig;
+use crate::dns::LocalRecords;
+use crate::gateway::host::Target;
+use crate::gateway::inbound::PublishSource;
+use crate::gateway::tcp::TcpLimits;
+use crate::gateway::GatewayConfig;
+use crate::policy::{Action, Rule};
+use crate::shared::{PolicySource, Shared};
+
+pub const GW_MAC: EthernetAddress = EthernetAddress([0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xdd]);
+pub const GUEST_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+pub const GW: Ipv4Addr = Ipv4Addr::new(192, 168, 127, 1);
+pub const GUEST: Ipv4Addr = Ipv4Addr::new(192, 168, 127, 2);
+pub const HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 127, 254);
+pub const PROXY: Ipv4Addr = Ipv4Addr::new(192, 168, 127, 253);
+pub const PROXY_PORT: u16 = 3128;
+
+/// Echo servers the gateway's flows may reach, one set per process.
+pub struct Peers {
+    /// TCP and UDP echo on 127.0.0.1 (the host alias and the DNS upstream).
+    pub port: u16,
+    /// A Unix-socket echo (the proxy alias's target).
+    pub unix: PathBuf,
+}
+
+/// The process's echo servers, started on first use.
+pub fn peers() -> &'static Peers {
+    static PEERS: OnceLock<Peers> = OnceLock::new();
+    PEERS.get_or_init(|| start_peers().expect("cannot start the fuzz echo servers"))
+}
+
+fn start_peers() -> std::io::Result<Peers> {
+    // TCP and UDP on one port number, so one policy rule and one DNS
+    // upstream address cover both.
+    let (tcp, udp) = loop {
+        let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        if let Ok(udp) = UdpSocket::bind(tcp.local_addr()?) {
+            break (tcp, udp);
+        }
+    };
+    let port = tcp.local_addr()?.port();
+    let dir = std::env::temp_dir().join(format!("airlock-net-fuzz-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let unix = dir.join("proxy.sock");
+    let _ = std::fs::remove_file(&unix);
+    let unix_listener = UnixListener::bind(&unix)?;
+
+    thread::Builder::new()
+        .name("fuzz-udp-echo".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(&buf[..n], from);
+                }
+            }
+        })?;
+    thread::Builder::new()
+        .name("fuzz-tcp-echo".into())
+        .spawn(move || {
+            for stream in tcp.incoming().flatten() {
+                spawn_echo(stream);
+            }
+        })?;
+    thread::Builder::new()
+        .name("fuzz-unix-echo".into())
+        .spawn(move || {
+            for stream in unix_listener.incoming().flatten() {
+                spawn_echo(stream);
+            }
+        })?;
+    Ok(Peers { port, unix })
+}
+
+/// Echoes one connection until the peer closes it.
+fn spawn_echo<S: Read + Write + Send + 'static>(mut stream: S) {
+    let _ = thread::Builder::new()
+        .name("fuzz-echo".into())
+        .spawn(move || {
+            let mut buf = [0u8; 16384];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+}
+
+/// The gateway configuration of every net target (the unit tests' one,
+/// with the aliases and DNS pointed at [`peers`]).
+pub fn gateway_config(mtu: usize) -> GatewayConfig {
+    let peers = peers();
+    let mut records = LocalRecords::new();
+    let _ = records.insert("host.airlock.internal", HOST);
+    let _ = records.insert("http.airlock.internal", PROXY);
+    GatewayConfig {
+        gateway_mac: GW_MAC,
+        gateway_ip: GW,
+        prefix_len: 24,
+        guest_ip: GUEST,
+        host_ip: Some(HOST),
+        proxy_ip: PROXY,
+        proxy: Some((PROXY_PORT, Target::Unix(peers.unix.clone()))),
+        mtu,
+        dns_upstreams: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, peers.port))],
+        records: Arc::new(records),
+        local_zones: vec!["airlock.internal".into()],
+        dhcp: DhcpConfig::default(),
+        publish_source: PublishSource::Gateway,
+        max_flows: 16,
+        tcp: TcpLimits {
+            buffer: 64 * 1024,
+            connect_timeout: Duration::from_secs(5),
+        },
+        udp_timeout: Duration::from_secs(60),
+    }
+}
+
+/// Deny by default; allow only what leads to [`peers`].
+pub fn shared() -> Arc<Shared> {
+    let port = peers().port;
+    let cli_rules = [
+        format!("{HOST}:{port}"),
+        format!("{PROXY}:{PROXY_PORT}/tcp"),
+    ]
+    .iter()
+    .filter_map(|r| Rule::parse(Action::Allow, r).ok())
+    .collect();
+    let source = PolicySource {
+        cli_rules,
+        default: Some(Action::Deny),
+        file: None,
+    };
+    Shared::new(GUEST, source, None).expect("cannot create the fuzz gateway's shared state")
+}
