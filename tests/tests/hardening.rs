@@ -1665,3 +1665,143 @@ $P udp-flows {host}:{udp_port} 20 5000
         "after the guest",
     );
 }
+
+/// How many files the guest creates and holds open in the CI-sized run;
+/// `AIRLOCK_EXHAUSTION_FILES` overrides it.
+fn exhaustion_files() -> usize {
+    std::env::var("AIRLOCK_EXHAUSTION_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000)
+}
+
+/// airlock-fs' `--rlimit-nofile` in the exhaustion test: 1024, or
+/// `AIRLOCK_EXHAUSTION_RLIMIT`.
+fn exhaustion_rlimit() -> usize {
+    std::env::var("AIRLOCK_EXHAUSTION_RLIMIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
+}
+
+/// A guest creating and holding open far more files than airlock-fs may
+/// hold descriptors (`--rlimit-nofile 1024`; each inode the guest knows is
+/// one descriptor, each open file another): the guest gets EMFILE for the
+/// files past the limit, the daemon stays alive and within its limit,
+/// logs a bounded amount, and once the guest closes the files and drops
+/// its caches (FORGET) the descriptors are released and new files can be
+/// made; after the guest is gone the daemon holds exactly what it held
+/// before.
+#[test]
+fn airlock_fs_file_exhaustion_is_refused_and_recovers() {
+    let files = exhaustion_files();
+    let rlimit = exhaustion_rlimit();
+    let mut rig = Rig::new("hardening_fs_files");
+    let share = rig.dir().join("share");
+    fs::create_dir(&share).unwrap();
+    let rlimit_arg = rlimit.to_string();
+    let (daemon, socket) = start_fs(&mut rig, &share, &["--rlimit-nofile", &rlimit_arg]);
+    wait_log(&daemon, "ready for a frontend", 1, Duration::from_secs(10));
+    let pid = daemon.pid();
+    let (base_fds, base_rss) = (fd_count(pid), airlock_e2e::rss_kib(pid));
+    let script = format!(
+        r#"
+P={PROBE}
+echo 2000000 >/proc/sys/fs/file-max
+mount -t virtiofs share /mnt || exit 1
+mkdir /mnt/many /mnt/again
+echo MOUNTED
+read go
+t0=$(cut -d' ' -f1 /proc/uptime)
+$P hold-files /mnt/many {files}
+t1=$(cut -d' ' -f1 /proc/uptime)
+echo "created in $(( ${{t1%.*}} - ${{t0%.*}} )) s"
+sync
+echo 3 >/proc/sys/vm/drop_caches
+echo DROPPED
+read go
+$P hold-files /mnt/again 100
+umount /mnt
+"#
+    );
+    let mut vm = rig.boot(airlock_e2e::VmConfig {
+        script,
+        qemu_args: airlock_e2e::fs_device_args(&socket, "share", 1024),
+        files: vec![probe_file()],
+        memory_mib: if files > 20_000 { 2048 } else { 512 },
+        timeout: Duration::from_secs(if files > 20_000 { 3600 } else { 300 }),
+        ..airlock_e2e::VmConfig::default()
+    });
+    vm.wait_for("MOUNTED", Duration::from_secs(120));
+    let mounted_fds = fd_count(pid);
+    let log_before = daemon.log().lines().count();
+    vm.send_line("go");
+    let held = vm.wait_for("HOLDING", Duration::from_secs(3000));
+    let (held_fds, held_rss) = (fd_count(pid), airlock_e2e::rss_kib(pid));
+    let on_host = fs::read_dir(share.join("many")).unwrap().count();
+    let opened = guest_number(&held, "hold-files", "opened") as usize;
+    let failed = guest_number(&held, "hold-files", "failed") as usize;
+    let summary = held.lines().find(|l| l.starts_with("hold-files")).unwrap();
+    eprintln!(
+        "{files} files against --rlimit-nofile {rlimit}: {summary}; airlock-fs fds {base_fds} \
+         idle, {mounted_fds} mounted, {held_fds} while held; RSS {base_rss} -> {held_rss} KiB; \
+         {on_host} files on the host"
+    );
+    assert!(daemon.is_running(), "{}", daemon.log());
+    assert!(held_fds <= rlimit, "{held_fds} fds over the limit {rlimit}");
+    if 2 * files + mounted_fds > rlimit {
+        // Each created file costs the daemon two fds (the inode's O_PATH
+        // and the open file), so it runs out at about half the limit.
+        let room = (rlimit - mounted_fds) / 2;
+        assert!(
+            opened + 8 >= room && opened <= room,
+            "{opened} files opened; the limit leaves room for {room}:\n{held}"
+        );
+        assert!(
+            failed > 0 && summary.ends_with(&format!("errors=[EMFILE:{failed}]")),
+            "the guest must get EMFILE past the limit: {summary}"
+        );
+        // A create refused for lack of fds leaves the file made on the host
+        // (fuse-backend-rs creates it, then cannot look it up).
+        assert_eq!(on_host, opened + failed, "files on the host");
+    } else {
+        assert_eq!((opened, failed), (files, 0), "{summary}");
+    }
+    let log_lines = daemon.log().lines().count() - log_before;
+    assert!(
+        log_lines <= 40,
+        "{log_lines} log lines for {failed} refusals:\n{}",
+        daemon.log()
+    );
+    vm.send_line("release");
+
+    // The guest closes everything and forgets its inodes: the daemon's
+    // descriptors go back to what a fresh mount holds.
+    vm.wait_for("DROPPED", Duration::from_secs(600));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fd_count(pid) > mounted_fds && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let dropped_fds = fd_count(pid);
+    eprintln!("after close and drop_caches: {dropped_fds} fds");
+    assert!(
+        dropped_fds <= mounted_fds,
+        "{dropped_fds} fds after the guest forgot its files ({mounted_fds} when mounted)"
+    );
+    vm.send_line("go");
+    let again = vm.wait_for("HOLDING", Duration::from_secs(120));
+    assert!(
+        again.contains("hold-files opened=100 failed=0 "),
+        "new files after the guest let go:\n{again}"
+    );
+    vm.send_line("release");
+    let out = vm.wait();
+    out.assert_success();
+    wait_log(&daemon, "ready for a frontend", 2, Duration::from_secs(15));
+    assert_fds(
+        &daemon,
+        base_fds,
+        Duration::from_secs(10),
+        "after the guest",
+    );
+}
