@@ -57,7 +57,7 @@ pub use cpio::{archive as cpio_archive, CpioWriter};
 pub use daemon::{DaemonHandle, DROP_GRACE, TERMINATE_TIMEOUT};
 pub use guest::{guest_dir, guest_image, workspace_root, GuestImage};
 pub use netns::{veth_pair, NetNs};
-pub use process::{fd_count, fd_listing, process_exists, rss_kib};
+pub use process::{fd_count, fd_listing, process_exists, rss_anon_kib, rss_kib};
 pub use qemu::{
     fs_device_args, net_device_args, GuestOutput, Vm, VmConfig, DEFAULT_MEMORY_MIB,
     DEFAULT_TIMEOUT, EXIT_MARKER, KERNEL_CMDLINE, MACHINE, QEMU,

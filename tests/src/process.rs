@@ -40,13 +40,25 @@ pub fn fd_listing(pid: u32) -> String {
 /// Resident set size of process `pid` in KiB (`VmRSS` of
 /// `/proc/<pid>/status`). Panics if the process does not exist.
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS")
+}
+
+/// The anonymous part of the resident set of process `pid` in KiB
+/// (`RssAnon`): the process' own heap and stacks, without the guest memory
+/// a vhost-user daemon maps (shared memory, counted in `RssShmem`).
+pub fn rss_anon_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon")
+}
+
+/// A `<field>: <n> kB` line of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> u64 {
     let path = format!("/proc/{pid}/status");
     let status = fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS line in {path} (a zombie?)"))
+        .unwrap_or_else(|| panic!("no {field} line in {path} (a zombie?)"))
 }
 
 /// Sends `signal` to a child that has not been reaped yet. A child that was
@@ -120,6 +132,7 @@ mod tests {
             .collect();
         assert_eq!(fd_count(pid), before + files.len());
         assert!(rss_kib(pid) > 100);
+        assert!(rss_anon_kib(pid) > 0 && rss_anon_kib(pid) <= rss_kib(pid));
     }
 
     #[test]

@@ -304,127 +304,175 @@ fn parse_v4(addr: &str) -> Result<SocketAddrV4, String> {
     }
 }
 
-/// Opens `n` TCP connections to `addr` at once and waits up to `secs` for
-/// each to be established or refused. Prints `tcp-flood established=E
-/// refused=R pending=P errors=[...]` (milliseconds until the last answer
-/// too), holds the established ones until told, then closes them all.
+/// Connections or flows started before the probe waits for their answers:
+/// a guest has at most ~64 000 source ports per destination, and a wave's
+/// refused sockets give theirs back before the next wave starts.
+const WAVE: usize = 16384;
+
+/// TCP connections being opened, and what became of them.
+#[derive(Default)]
+struct TcpTally {
+    established: Vec<OwnedFd>,
+    pending: Vec<OwnedFd>,
+    refused: usize,
+    errors: BTreeMap<String, usize>,
+    last_answer: Duration,
+}
+
+impl TcpTally {
+    /// Waits until every pending connection is answered or `deadline`.
+    fn settle(&mut self, started: Instant, deadline: Instant) -> Result<(), String> {
+        while !self.pending.is_empty() && Instant::now() < deadline {
+            let mut polls: Vec<libc::pollfd> = self
+                .pending
+                .iter()
+                .map(|fd| libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                })
+                .collect();
+            let timeout = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(1000) as libc::c_int;
+            // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs.
+            let rc =
+                unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, timeout) };
+            if rc < 0 && last_errno() != libc::EINTR {
+                return Err(format!("poll: {}", io::Error::last_os_error()));
+            }
+            if rc <= 0 {
+                continue;
+            }
+            let pending = std::mem::take(&mut self.pending);
+            for (fd, p) in pending.into_iter().zip(&polls) {
+                if p.revents == 0 {
+                    self.pending.push(fd);
+                    continue;
+                }
+                self.last_answer = started.elapsed();
+                match socket_error(fd.as_raw_fd()) {
+                    0 => self.established.push(fd),
+                    libc::ECONNREFUSED => self.refused += 1,
+                    e => *self.errors.entry(errno_name(e)).or_default() += 1,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens `n` TCP connections to `addr` (in waves of [`WAVE`], all at once
+/// within a wave) and waits up to `secs` in all for each to be established
+/// or refused. Prints `tcp-flood established=E refused=R pending=P
+/// errors=[...] last_answer_ms=T`, holds the established ones until told,
+/// then closes them all.
 fn tcp_flood(addr: &str, n: &str, secs: &str) -> Result<(), String> {
     let addr = parse_v4(addr)?;
     let n: usize = number(n)?;
     let wait = Duration::from_secs(number(secs)?);
-    allow_descriptors(n)?;
+    allow_descriptors(n.min(WAVE * 2) + n / 8)?;
     let started = Instant::now();
-    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
-    let mut pending: Vec<OwnedFd> = Vec::new();
-    let mut established: Vec<OwnedFd> = Vec::new();
-    let mut refused = 0usize;
-    for _ in 0..n {
+    let deadline = started + wait;
+    let mut tally = TcpTally::default();
+    for i in 0..n {
+        if i > 0 && i % WAVE == 0 {
+            tally.settle(started, deadline)?;
+        }
         let fd = match socket(libc::SOCK_STREAM) {
             Ok(fd) => fd,
             Err(e) => {
-                *errors
+                *tally
+                    .errors
                     .entry(format!("socket-{}", errno_name(e)))
                     .or_default() += 1;
                 continue;
             }
         };
         match connect(fd.as_raw_fd(), addr) {
-            0 => established.push(fd),
-            libc::EINPROGRESS => pending.push(fd),
-            libc::ECONNREFUSED => refused += 1,
-            e => *errors.entry(errno_name(e)).or_default() += 1,
+            0 => tally.established.push(fd),
+            libc::EINPROGRESS => tally.pending.push(fd),
+            libc::ECONNREFUSED => tally.refused += 1,
+            e => *tally.errors.entry(errno_name(e)).or_default() += 1,
         }
     }
-    let mut last_answer = Duration::ZERO;
-    let deadline = started + wait;
-    while !pending.is_empty() && Instant::now() < deadline {
-        let mut polls: Vec<libc::pollfd> = pending
-            .iter()
-            .map(|fd| libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLOUT,
-                revents: 0,
-            })
-            .collect();
-        let timeout = deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis()
-            .min(1000) as libc::c_int;
-        // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs.
-        let rc = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, timeout) };
-        if rc < 0 && last_errno() != libc::EINTR {
-            return Err(format!("poll: {}", io::Error::last_os_error()));
-        }
-        if rc <= 0 {
-            continue;
-        }
-        let mut still = Vec::with_capacity(pending.len());
-        for (fd, p) in pending.into_iter().zip(&polls) {
-            if p.revents == 0 {
-                still.push(fd);
-                continue;
-            }
-            last_answer = started.elapsed();
-            match socket_error(fd.as_raw_fd()) {
-                0 => established.push(fd),
-                libc::ECONNREFUSED => refused += 1,
-                e => *errors.entry(errno_name(e)).or_default() += 1,
-            }
-        }
-        pending = still;
-    }
+    tally.settle(started, deadline)?;
     println!(
-        "tcp-flood established={} refused={refused} pending={} errors={} last_answer_ms={}",
-        established.len(),
-        pending.len(),
-        summary(&errors),
-        last_answer.as_millis()
+        "tcp-flood established={} refused={} pending={} errors={} last_answer_ms={}",
+        tally.established.len(),
+        tally.refused,
+        tally.pending.len(),
+        summary(&tally.errors),
+        tally.last_answer.as_millis()
     );
     hold();
     // Closing sends each peer a FIN (the pending ones are just dropped).
-    let closed = established.len() + pending.len();
-    drop(established);
-    drop(pending);
+    let closed = tally.established.len() + tally.pending.len();
+    drop(tally);
     println!("tcp-flood closed={closed}");
     Ok(())
 }
 
 /// Sends one datagram from each of `n` fresh sockets (one flow each) to
-/// `addr` and waits `millis` for replies. Prints `udp-flows sent=S
-/// replies=R errors=[...]`; errors are what the sockets report (an ICMP
-/// unreachable shows as ECONNREFUSED or EHOSTUNREACH).
+/// `addr`, in waves of [`WAVE`], and waits up to `millis` after each wave
+/// for replies. Prints `udp-flows sent=S replies=R silent=Q errors=[...]`;
+/// errors are what the sockets report (an ICMP unreachable shows as
+/// ECONNREFUSED or EHOSTUNREACH).
 fn udp_flows(addr: &str, n: &str, millis: &str) -> Result<(), String> {
     let addr = parse_v4(addr)?;
     let n: usize = number(n)?;
     let wait = Duration::from_millis(number(millis)?);
-    allow_descriptors(n)?;
-    let mut sockets = Vec::with_capacity(n);
+    allow_descriptors(n.min(WAVE))?;
     let mut errors: BTreeMap<String, usize> = BTreeMap::new();
-    let mut sent = 0usize;
-    for i in 0..n {
-        let socket = match UdpSocket::bind("0.0.0.0:0").and_then(|s| {
-            s.connect(addr)?;
-            s.set_nonblocking(true)?;
-            Ok(s)
-        }) {
-            Ok(s) => s,
-            Err(e) => {
-                *errors.entry(format!("socket-{e}")).or_default() += 1;
-                continue;
+    let (mut sent, mut replies, mut silent) = (0usize, 0usize, 0usize);
+    let mut next = 0usize;
+    while next < n {
+        let wave = (n - next).min(WAVE);
+        let mut sockets = Vec::with_capacity(wave);
+        for i in next..next + wave {
+            let socket = match UdpSocket::bind("0.0.0.0:0").and_then(|s| {
+                s.connect(addr)?;
+                s.set_nonblocking(true)?;
+                Ok(s)
+            }) {
+                Ok(s) => s,
+                Err(e) => {
+                    let name = errno_name(e.raw_os_error().unwrap_or(0));
+                    *errors.entry(format!("socket-{name}")).or_default() += 1;
+                    continue;
+                }
+            };
+            match socket.send(format!("flow {i}").as_bytes()) {
+                Ok(_) => sent += 1,
+                Err(e) => {
+                    let name = errno_name(e.raw_os_error().unwrap_or(0));
+                    *errors.entry(format!("send-{name}")).or_default() += 1;
+                }
             }
-        };
-        match socket.send(format!("flow {i}").as_bytes()) {
-            Ok(_) => sent += 1,
-            Err(e) => {
-                let name = errno_name(e.raw_os_error().unwrap_or(0));
-                *errors.entry(format!("send-{name}")).or_default() += 1;
-            }
+            sockets.push(socket);
         }
-        sockets.push(socket);
+        next += wave;
+        let (r, left) = udp_answers(sockets, wait, &mut errors)?;
+        replies += r;
+        silent += left;
     }
+    println!(
+        "udp-flows sent={sent} replies={replies} silent={silent} errors={}",
+        summary(&errors)
+    );
+    Ok(())
+}
+
+/// Waits up to `wait` for each socket's reply or error; returns the number
+/// of replies and of sockets that heard nothing.
+fn udp_answers(
+    mut open: Vec<UdpSocket>,
+    wait: Duration,
+    errors: &mut BTreeMap<String, usize>,
+) -> Result<(usize, usize), String> {
     let deadline = Instant::now() + wait;
     let mut replies = 0usize;
-    let mut open: Vec<UdpSocket> = sockets;
     let mut buf = [0u8; 2048];
     while !open.is_empty() && Instant::now() < deadline {
         let mut polls: Vec<libc::pollfd> = open
@@ -441,6 +489,9 @@ fn udp_flows(addr: &str, n: &str, millis: &str) -> Result<(), String> {
             .min(1000) as libc::c_int;
         // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs.
         let rc = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, timeout) };
+        if rc < 0 && last_errno() != libc::EINTR {
+            return Err(format!("poll: {}", io::Error::last_os_error()));
+        }
         if rc <= 0 {
             continue;
         }
@@ -461,12 +512,7 @@ fn udp_flows(addr: &str, n: &str, millis: &str) -> Result<(), String> {
         }
         open = still;
     }
-    println!(
-        "udp-flows sent={sent} replies={replies} silent={} errors={}",
-        open.len(),
-        summary(&errors)
-    );
-    Ok(())
+    Ok((replies, open.len()))
 }
 
 /// Creates `DIR/f0` … and keeps every file open. Prints `hold-files
