@@ -369,9 +369,14 @@ umount /mnt
             failed > 0 && summary.ends_with(&format!("errors=[EMFILE:{failed}]")),
             "the guest must get EMFILE past the limit: {summary}"
         );
-        // A create refused for lack of fds leaves the file made on the host
-        // (fuse-backend-rs creates it, then cannot look it up).
-        assert_eq!(on_host, opened + failed, "files on the host");
+        // A create refused for lack of fds may leave the file made on the
+        // host (fuse-backend-rs creates it, then cannot look it up); one
+        // refused at the open itself does not. Which happens depends on the
+        // fds in use at that moment.
+        assert!(
+            (opened..=opened + failed).contains(&on_host),
+            "{on_host} files on the host, {opened} opened, {failed} refused"
+        );
     } else {
         assert_eq!((opened, failed), (files, 0), "{summary}");
     }
