@@ -112,14 +112,32 @@ pub(crate) fn file_tail(title: &str, path: &Path, lines: usize) -> String {
     }
 }
 
-/// The last `n` lines of `text`, with a note of how many were left out.
+/// Kernel messages that start a guest crash report.
+fn is_crash_marker(line: &str) -> bool {
+    ["Kernel panic", "BUG:", "Oops:", "general protection fault"]
+        .iter()
+        .any(|m| line.contains(m))
+}
+
+/// The last `n` lines of `text`, with a note of how many were left out; left
+/// out lines that start a guest crash report are kept.
 pub(crate) fn tail_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     if lines.len() <= n {
         return text.to_string();
     }
-    let mut out = format!("({} earlier lines not shown)\n", lines.len() - n);
-    for line in &lines[lines.len() - n..] {
+    let (earlier, shown) = lines.split_at(lines.len() - n);
+    let mut out = format!("({} earlier lines not shown)\n", earlier.len());
+    // A guest crash's first line is what a reader needs most, and a long
+    // stack trace can push it out of the window: keep those lines.
+    for line in earlier.iter().filter(|l| is_crash_marker(l)) {
+        out.push_str(line);
+        out.push('\n');
+    }
+    if earlier.iter().any(|l| is_crash_marker(l)) {
+        out.push_str("(…)\n");
+    }
+    for line in shown {
         out.push_str(line);
         out.push('\n');
     }
@@ -151,6 +169,10 @@ mod tests {
         assert_eq!(
             tail_lines("a\nb\nc\nd", 2),
             "(2 earlier lines not shown)\nc\nd\n"
+        );
+        assert_eq!(
+            tail_lines("[1] Kernel panic - x\na\nb\nc", 2),
+            "(2 earlier lines not shown)\n[1] Kernel panic - x\n(…)\nb\nc\n"
         );
     }
 
