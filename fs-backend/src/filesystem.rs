@@ -17,11 +17,12 @@
 //! (names with `/` are rejected, `..` at the root resolves to the root), so
 //! the host never follows a guest-made symlink.
 
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_common::audit::AuditLog;
@@ -62,6 +63,9 @@ pub struct AirlockFs {
     policy: Policy,
     /// The shared directory as /proc shows it, to make audit paths relative.
     share_root: PathBuf,
+    /// The open flags of every file handle, passed on READ and WRITE in
+    /// place of the request's (see [`AirlockFs::open_flags`]).
+    handle_flags: Mutex<HashMap<Handle, u32>>,
 }
 
 fn err<T>(errno: i32) -> io::Result<T> {
@@ -134,6 +138,45 @@ impl AirlockFs {
             inner,
             policy,
             share_root: share_root.to_owned(),
+            handle_flags: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The flags file handle `handle` was opened with, for READ and WRITE;
+    /// EBADF for anything else (a directory handle, a made-up number).
+    ///
+    /// fuse-backend-rs 0.14 applies a request's flags to the host fd with
+    /// `fcntl(F_SETFL)` when they differ from the handle's, and if that
+    /// fails (O_DIRECT on a directory or on tmpfs, O_NOATIME on another's
+    /// file, clearing O_APPEND on an append-only one) it returns with the
+    /// handle's fd already closed: its borrowed `File` is dropped before it
+    /// is wrapped in `ManuallyDrop`. The handle then names a closed fd, or
+    /// whatever the number is reused for, and RELEASE closes that. Passing
+    /// the open flags makes the check a no-op: the host fd keeps the flags
+    /// it was opened with, as in virtiofsd, which ignores READ's flags and
+    /// takes only O_APPEND from WRITE's.
+    fn open_flags(&self, handle: Handle) -> io::Result<u32> {
+        self.handle_flags
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&handle)
+            .copied()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
+    }
+
+    fn forget_flags(&self, handle: Handle) {
+        self.handle_flags
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&handle);
+    }
+
+    fn remember_flags(&self, handle: Option<Handle>, flags: u32) {
+        if let Some(h) = handle {
+            self.handle_flags
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(h, flags);
         }
     }
 
@@ -533,12 +576,19 @@ impl FileSystem for AirlockFs {
         fuse_flags: u32,
     ) -> io::Result<(Option<Handle>, OpenOptions, Option<u32>)> {
         if !open_writes(flags) {
-            return self.inner.open(ctx, inode, flags, fuse_flags);
+            let res = self.inner.open(ctx, inode, flags, fuse_flags);
+            if let Ok((handle, _, _)) = &res {
+                self.remember_flags(*handle, flags);
+            }
+            return res;
         }
         let res = self.check_writable().and_then(|()| {
             self.inner
                 .open(&self.host_ctx(ctx)?, inode, flags, fuse_flags)
         });
+        if let Ok((handle, _, _)) = &res {
+            self.remember_flags(*handle, flags);
+        }
         self.audit(ctx, "open", &res, || {
             let mode = if flags as i32 & libc::O_TRUNC != 0 {
                 "write,truncate"
@@ -564,6 +614,7 @@ impl FileSystem for AirlockFs {
             self.check_writable()?;
             let hctx = self.host_ctx(ctx)?;
             let (e, h, o, p) = self.inner.create(&hctx, parent, name, args)?;
+            self.remember_flags(h, args.flags);
             Ok((self.guest_entry(e), h, o, p))
         })();
         self.audit(ctx, "create", &res, || {
@@ -585,8 +636,9 @@ impl FileSystem for AirlockFs {
         size: u32,
         offset: u64,
         lock_owner: Option<u64>,
-        flags: u32,
+        _requested_flags: u32,
     ) -> io::Result<usize> {
+        let flags = self.open_flags(handle)?;
         self.inner
             .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
     }
@@ -602,12 +654,13 @@ impl FileSystem for AirlockFs {
         offset: u64,
         lock_owner: Option<u64>,
         delayed_write: bool,
-        flags: u32,
+        _requested_flags: u32,
         fuse_flags: u32,
     ) -> io::Result<usize> {
         // A read-only share never hands out a writable handle; this guards
         // a guest that forges a write on a read handle.
         self.check_writable()?;
+        let flags = self.open_flags(handle)?;
         self.inner.write(
             &self.host_ctx(ctx)?,
             inode,
@@ -661,8 +714,13 @@ impl FileSystem for AirlockFs {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.inner
-            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+        let res = self
+            .inner
+            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner);
+        if res.is_ok() {
+            self.forget_flags(handle);
+        }
+        res
     }
 
     fn statfs(&self, ctx: &Context, inode: Inode) -> io::Result<statvfs64> {
@@ -779,7 +837,12 @@ impl FileSystem for AirlockFs {
         flags: u32,
         handle: Handle,
     ) -> io::Result<()> {
-        self.inner.releasedir(ctx, inode, flags, handle)
+        let res = self.inner.releasedir(ctx, inode, flags, handle);
+        if res.is_ok() {
+            // A file handle released as a directory is gone all the same.
+            self.forget_flags(handle);
+        }
+        res
     }
 
     fn access(&self, ctx: &Context, inode: Inode, mask: u32) -> io::Result<()> {
@@ -1170,6 +1233,62 @@ mod tests {
             f.fs.lookup(&ctx, ROOT_ID, &c("other")).unwrap().attr.st_uid,
             4242
         );
+    }
+
+    /// READ and WRITE on a directory handle are refused and leave it
+    /// usable: fuse-backend-rs applied the request's flags with F_SETFL,
+    /// which a directory refuses for O_DIRECT, and closed the handle's fd
+    /// on that error (found by the fuse fuzz target; without the fix the
+    /// readdir below fails with EBADF, or the process aborts when the fd
+    /// is closed a second time).
+    #[test]
+    fn io_on_a_directory_handle_leaves_the_handle_intact() {
+        struct NoData;
+        impl io::Read for NoData {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Ok(0)
+            }
+        }
+        impl ZeroCopyReader for NoData {
+            fn read_to(
+                &mut self,
+                _: &mut dyn fuse_backend_rs::file_traits::FileReadWriteVolatile,
+                _: usize,
+                _: u64,
+            ) -> io::Result<usize> {
+                Ok(0)
+            }
+        }
+        let f = fixture(false, &[]);
+        std::fs::write(f.share().join("a"), b"").unwrap();
+        let ctx = root();
+        let dir =
+            f.fs.opendir(&ctx, ROOT_ID, libc::O_RDONLY as u32)
+                .unwrap()
+                .0
+                .unwrap();
+        let direct = (libc::O_RDONLY | libc::O_DIRECT) as u32;
+        let written = f.fs.write(
+            &ctx,
+            ROOT_ID,
+            dir,
+            &mut NoData,
+            1,
+            0,
+            None,
+            false,
+            direct,
+            0,
+        );
+        assert_eq!(errno(written), libc::EBADF);
+        let mut entries = 0;
+        f.fs.readdir(&ctx, ROOT_ID, dir, 4096, 0, &mut |_| {
+            entries += 1;
+            Ok(1)
+        })
+        .unwrap();
+        assert_eq!(entries, 1, "readdir through the handle");
+        f.fs.releasedir(&ctx, ROOT_ID, 0, dir).unwrap();
     }
 
     /// Caps this process's address space at `extra` bytes beyond what it

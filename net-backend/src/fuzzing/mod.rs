@@ -32,8 +32,9 @@ pub use dhcp::fuzz_dhcp;
 pub use dns::fuzz_dns;
 pub use frame::{fuzz_net_frame, run as run_net_frame, Received};
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -73,7 +74,7 @@ pub fn peers() -> &'static Peers {
     PEERS.get_or_init(|| start_peers().expect("cannot start the fuzz echo servers"))
 }
 
-fn start_peers() -> std::io::Result<Peers> {
+fn start_peers() -> io::Result<Peers> {
     // TCP and UDP on one port number, so one policy rule and one DNS
     // upstream address cover both.
     let (tcp, udp) = loop {
@@ -88,46 +89,123 @@ fn start_peers() -> std::io::Result<Peers> {
     let unix = dir.join("proxy.sock");
     let _ = std::fs::remove_file(&unix);
     let unix_listener = UnixListener::bind(&unix)?;
-
+    for fd in [tcp.as_raw_fd(), udp.as_raw_fd(), unix_listener.as_raw_fd()] {
+        set_nonblocking(fd)?;
+    }
+    // One thread for every echo: no thread is created or ends while a
+    // target runs (LeakSanitizer mistook an exiting thread's TLS for a
+    // leak).
     thread::Builder::new()
-        .name("fuzz-udp-echo".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            loop {
-                if let Ok((n, from)) = udp.recv_from(&mut buf) {
-                    let _ = udp.send_to(&buf[..n], from);
-                }
-            }
-        })?;
-    thread::Builder::new()
-        .name("fuzz-tcp-echo".into())
-        .spawn(move || {
-            for stream in tcp.incoming().flatten() {
-                spawn_echo(stream);
-            }
-        })?;
-    thread::Builder::new()
-        .name("fuzz-unix-echo".into())
-        .spawn(move || {
-            for stream in unix_listener.incoming().flatten() {
-                spawn_echo(stream);
-            }
-        })?;
+        .name("fuzz-echo".into())
+        .spawn(move || echo_loop(udp, tcp, unix_listener))?;
     Ok(Peers { port, unix })
 }
 
-/// Echoes one connection until the peer closes it.
-fn spawn_echo<S: Read + Write + Send + 'static>(mut stream: S) {
-    let _ = thread::Builder::new()
-        .name("fuzz-echo".into())
-        .spawn(move || {
-            let mut buf = [0u8; 16384];
-            while let Ok(n) = stream.read(&mut buf) {
-                if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                    break;
-                }
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor this process owns, with integer
+    // arguments only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// An echo connection: what was read and not yet written back.
+struct Echo {
+    stream: Box<dyn EchoStream>,
+    pending: Vec<u8>,
+}
+
+trait EchoStream: Read + Write + AsRawFd + Send {}
+impl<T: Read + Write + AsRawFd + Send> EchoStream for T {}
+
+/// Bytes held per connection before it stops reading.
+const ECHO_BACKLOG: usize = 256 * 1024;
+
+/// Echoes UDP datagrams, and TCP and Unix-socket streams, until the
+/// process ends.
+fn echo_loop(udp: UdpSocket, tcp: TcpListener, unix: UnixListener) {
+    let mut conns: Vec<Echo> = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let mut fds: Vec<libc::pollfd> = [udp.as_raw_fd(), tcp.as_raw_fd(), unix.as_raw_fd()]
+            .iter()
+            .map(|&fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        for c in &conns {
+            let mut events = 0;
+            if c.pending.len() < ECHO_BACKLOG {
+                events |= libc::POLLIN;
             }
-        });
+            if !c.pending.is_empty() {
+                events |= libc::POLLOUT;
+            }
+            fds.push(libc::pollfd {
+                fd: c.stream.as_raw_fd(),
+                events,
+                revents: 0,
+            });
+        }
+        // SAFETY: `fds` is a vector of initialised pollfds that outlives
+        // the call, and its length is passed with it.
+        if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } < 0 {
+            continue;
+        }
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(&buf[..n], from);
+        }
+        while let Ok((s, _)) = tcp.accept() {
+            if set_nonblocking(s.as_raw_fd()).is_ok() {
+                conns.push(Echo {
+                    stream: Box::new(s),
+                    pending: Vec::new(),
+                });
+            }
+        }
+        while let Ok((s, _)) = unix.accept() {
+            if set_nonblocking(s.as_raw_fd()).is_ok() {
+                conns.push(Echo {
+                    stream: Box::new(s),
+                    pending: Vec::new(),
+                });
+            }
+        }
+        conns.retain_mut(|c| c.pump(&mut buf));
+    }
+}
+
+impl Echo {
+    /// Reads what is there and writes back what it can; false once the
+    /// connection is over.
+    fn pump(&mut self, buf: &mut [u8]) -> bool {
+        while self.pending.len() < ECHO_BACKLOG {
+            match self.stream.read(buf) {
+                Ok(0) => return false,
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+        while !self.pending.is_empty() {
+            match self.stream.write(&self.pending) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
 }
 
 /// The gateway configuration of every net target (the unit tests' one,
