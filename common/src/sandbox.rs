@@ -52,6 +52,17 @@ pub fn keep_socket_dir(socket: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// [`keep_socket_dir`] for each of `sockets`. A directory that cannot be
+/// opened is logged, not fatal: binding there fails next with the real
+/// error.
+pub fn keep_socket_dirs<'a>(sockets: impl IntoIterator<Item = &'a Path>) {
+    for socket in sockets {
+        if let Err(e) = keep_socket_dir(socket) {
+            log::debug!("cannot hold the directory of {}: {e}", socket.display());
+        }
+    }
+}
+
 /// Removes a socket file the daemon created, through the directory kept by
 /// [`keep_socket_dir`] if there is one.
 pub fn remove_socket(socket: &Path) -> io::Result<()> {
@@ -131,7 +142,8 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn check(rc: libc::c_int) -> io::Result<()> {
+/// `rc` of a libc call that returns 0 or -1 with errno, as a `Result`.
+pub fn check(rc: libc::c_int) -> io::Result<()> {
     if rc == 0 {
         Ok(())
     } else {
@@ -139,7 +151,8 @@ fn check(rc: libc::c_int) -> io::Result<()> {
     }
 }
 
-fn cstr(path: &Path) -> io::Result<CString> {
+/// `path` as a C string for a libc call.
+pub fn cstr(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput.into())
 }
 

@@ -143,11 +143,7 @@ pub fn run(config: Config) -> Result<(), FsError> {
         .map(Arc::new);
     // The socket is removed at exit through its directory, held open from
     // before the sandbox hides the path.
-    if let Some(socket) = &config.listen.socket_path {
-        if let Err(e) = airlock_common::sandbox::keep_socket_dir(socket) {
-            log::debug!("cannot hold the directory of {}: {e}", socket.display());
-        }
-    }
+    airlock_common::sandbox::keep_socket_dirs(config.listen.socket_path.as_deref());
     let listener = config.listen.bind()?;
     // The sandbox hides $NOTIFY_SOCKET's path (and, in a new network
     // namespace, its abstract name): connect while it is reachable.

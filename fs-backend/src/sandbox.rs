@@ -18,11 +18,10 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use airlock_common::sandbox::{make_private, set_mount_attr};
+use airlock_common::sandbox::{check, cstr, make_private, set_mount_attr};
 
 use crate::args::Sandbox;
 
@@ -35,18 +34,6 @@ pub enum SandboxError {
     NotPermitted(&'static str, &'static str, #[source] io::Error),
     #[error("sandbox: {0}")]
     Step(&'static str, #[source] io::Error),
-}
-
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn cstr(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput.into())
 }
 
 fn mount(src: &Path, target: &Path, fstype: Option<&str>, flags: libc::c_ulong) -> io::Result<()> {

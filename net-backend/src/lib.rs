@@ -78,11 +78,14 @@ pub fn run(config: Config) -> Result<(), NetError> {
     // in the namespace would keep its mount from turning read-only).
     // The sockets this run creates are removed at exit through their
     // directories, held open from before the mounts turn read-only.
-    for socket in config.listen.socket_path.iter().chain(&config.api_socket) {
-        if let Err(e) = airlock_common::sandbox::keep_socket_dir(socket) {
-            log::debug!("cannot hold the directory of {}: {e}", socket.display());
-        }
-    }
+    airlock_common::sandbox::keep_socket_dirs(
+        config
+            .listen
+            .socket_path
+            .iter()
+            .chain(&config.api_socket)
+            .map(|p| p.as_path()),
+    );
     airlock_common::sandbox::enter(&config.confine)?;
     airlock_common::signals::install().map_err(NetError::Signals)?;
     let shared = Shared::new(config.gateway.guest_ip, config.policy.clone(), audit)?;

@@ -77,13 +77,10 @@ pub fn run(config: Config) -> Result<(), RunError> {
     // namespace would keep its mount from turning read-only).
     // Unix sockets are removed at exit through their directories, held
     // open from before the mounts turn read-only.
-    for listen in &config.listen {
-        if let config::Listen::Unix(socket) = listen {
-            if let Err(e) = airlock_common::sandbox::keep_socket_dir(socket) {
-                log::debug!("cannot hold the directory of {}: {e}", socket.display());
-            }
-        }
-    }
+    airlock_common::sandbox::keep_socket_dirs(config.listen.iter().filter_map(|l| match l {
+        config::Listen::Unix(socket) => Some(socket.as_path()),
+        _ => None,
+    }));
     airlock_common::sandbox::enter(&config.confine)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

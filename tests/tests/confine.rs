@@ -61,24 +61,28 @@ fn start(rig: &mut Rig, name: &str, args: &[&str]) -> DaemonHandle {
     rig.spawn_daemon(name, cmd)
 }
 
+/// airlock-fs on `<rig>/fs.sock` serving `share`, once its socket exists.
+fn start_fs(rig: &mut Rig, share: &Path, extra: &[&str]) -> (DaemonHandle, PathBuf) {
+    let socket = rig.dir().join("fs.sock");
+    let mut args = vec![
+        "--socket-path",
+        socket.to_str().unwrap(),
+        "--shared-dir",
+        share.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let d = start(rig, "airlock-fs", &args);
+    rig.wait_for_socket(&socket, Duration::from_secs(10));
+    (d, socket)
+}
+
 #[test]
 fn airlock_fs_namespace_sandbox_leaves_only_the_share() {
     let mut rig = Rig::new("confine_fs_namespace");
     let share = rig.dir().join("share");
     fs::create_dir(&share).unwrap();
     fs::write(share.join("host.txt"), "x").unwrap();
-    let socket = rig.dir().join("fs.sock");
-    let d = start(
-        &mut rig,
-        "airlock-fs",
-        &[
-            "--socket-path",
-            socket.to_str().unwrap(),
-            "--shared-dir",
-            share.to_str().unwrap(),
-        ],
-    );
-    rig.wait_for_socket(&socket, Duration::from_secs(10));
+    let (d, _socket) = start_fs(&mut rig, &share, &[]);
     let pid = d.pid();
     assert_filtered(&d);
     for kind in ["mnt", "net", "ipc", "uts"] {
@@ -112,20 +116,7 @@ fn airlock_fs_chroot_serves_one_guest_after_another() {
     let share = rig.dir().join("share");
     fs::create_dir(&share).unwrap();
     fs::write(share.join("host.txt"), "from the host\n").unwrap();
-    let socket = rig.dir().join("fs.sock");
-    let d = start(
-        &mut rig,
-        "airlock-fs",
-        &[
-            "--socket-path",
-            socket.to_str().unwrap(),
-            "--shared-dir",
-            share.to_str().unwrap(),
-            "--sandbox",
-            "chroot",
-        ],
-    );
-    rig.wait_for_socket(&socket, Duration::from_secs(10));
+    let (d, socket) = start_fs(&mut rig, &share, &["--sandbox", "chroot"]);
     let pid = d.pid();
     assert_filtered(&d);
     assert_eq!(fs::read_link(format!("/proc/{pid}/root")).unwrap(), share);
