@@ -11,9 +11,10 @@ pub mod render;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-use airlock_net::api::{ExposeRequest, Lease, PortEntry, UnexposeRequest};
-use airlock_net::policy::Proto;
-use airlock_net::publish::{self, PortSpec, PublishError};
+use airlock_api::{
+    parse_publish as parse_spec, ExposeRequest, FlowInfo, Lease, PortEntry, PortSpec, Proto,
+    SpecError, Stats, UnexposeRequest, ALL, EXPOSE, FLOWS, LEASES, STATS, UNEXPOSE,
+};
 use clap::{Parser, Subcommand};
 
 use crate::client::{Client, ClientError};
@@ -21,10 +22,6 @@ use crate::client::{Client, ClientError};
 /// Where the control socket is when neither `--api-socket` nor
 /// `AIRLOCK_API_SOCKET` says.
 pub const DEFAULT_SOCKET: &str = "/run/airlock/net.api";
-
-const EXPOSE: &str = "/services/forwarder/expose";
-const UNEXPOSE: &str = "/services/forwarder/unexpose";
-const ALL: &str = "/services/forwarder/all";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -94,7 +91,7 @@ pub enum UsageError {
     #[error("invalid port to unpublish {0:?}: expected [BIND_ADDR:]HOST_PORT[/tcp|/udp], e.g. 8080 or 0.0.0.0:5353/udp")]
     Unpublish(String),
     #[error(transparent)]
-    Range(PublishError),
+    Range(SpecError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,8 +124,8 @@ impl CliError {
 /// The ports a `publish` argument names. The guest address is left
 /// unspecified: the API fills in the guest's own (`remote` ":PORT").
 pub fn parse_publish(spec: &str) -> Result<Vec<PortSpec>, UsageError> {
-    publish::parse_publish(spec, Ipv4Addr::UNSPECIFIED).map_err(|e| match e {
-        PublishError::Range(_) => UsageError::Range(e),
+    parse_spec(spec, Ipv4Addr::UNSPECIFIED).map_err(|e| match e {
+        SpecError::Range(_) => UsageError::Range(e),
         _ => UsageError::Publish(spec.to_owned()),
     })
 }
@@ -151,9 +148,9 @@ pub fn parse_unpublish(spec: &str) -> Result<Vec<(SocketAddr, Proto)>, UsageErro
         Some(p) => format!("{body}:{ports}/{p}"),
         None => format!("{body}:{ports}"),
     };
-    match publish::parse_publish(&as_publish, Ipv4Addr::UNSPECIFIED) {
+    match parse_spec(&as_publish, Ipv4Addr::UNSPECIFIED) {
         Ok(specs) => Ok(specs.iter().map(|s| (s.host, s.proto)).collect()),
-        Err(PublishError::Range(_)) => Err(UsageError::Range(PublishError::Range(spec.to_owned()))),
+        Err(SpecError::Range(_)) => Err(UsageError::Range(SpecError::Range(spec.to_owned()))),
         Err(_) => Err(UsageError::Unpublish(spec.to_owned())),
     }
 }
@@ -167,13 +164,11 @@ pub fn run(cli: &Cli) -> Result<String, CliError> {
         Command::Ports => show(&client, ALL, cli.json, |v: Vec<PortEntry>| {
             render::ports(&v)
         }),
-        Command::Stats => show(&client, "/stats", cli.json, |s: render::Stats| {
-            render::stats(&s)
-        }),
-        Command::Flows => show(&client, "/flows", cli.json, |f: Vec<render::Flow>| {
+        Command::Stats => show(&client, STATS, cli.json, |s: Stats| render::stats(&s)),
+        Command::Flows => show(&client, FLOWS, cli.json, |f: Vec<FlowInfo>| {
             render::flows(&f)
         }),
-        Command::Leases => show(&client, "/leases", cli.json, |l: Vec<Lease>| {
+        Command::Leases => show(&client, LEASES, cli.json, |l: Vec<Lease>| {
             render::leases(&l)
         }),
     }

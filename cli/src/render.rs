@@ -1,55 +1,6 @@
 //! Readable tables of what the control API returns.
 
-use airlock_net::api::{Lease, PortEntry};
-use serde::Deserialize;
-
-/// `GET /stats` (airlock-net's `Snapshot`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-pub struct Stats {
-    pub guest_to_host: Direction,
-    pub host_to_guest: Direction,
-    pub flows: Flows,
-    pub drops: Vec<(String, u64)>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-pub struct Direction {
-    pub frames: u64,
-    pub bytes: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-pub struct Flows {
-    pub tcp: FlowCounts,
-    pub udp: FlowCounts,
-    pub icmp: FlowCounts,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-pub struct FlowCounts {
-    pub opened: u64,
-    pub closed: u64,
-    pub refused: u64,
-}
-
-/// One entry of `GET /flows`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-pub struct Flow {
-    pub proto: String,
-    pub direction: String,
-    pub guest: String,
-    pub remote: String,
-    pub host_side: String,
-    pub bytes_to_host: u64,
-    pub bytes_to_guest: u64,
-    pub age_ms: u64,
-    pub service: bool,
-}
+use airlock_api::{FlowCount, FlowInfo, Lease, PortEntry, Stats};
 
 #[derive(Copy, Clone, PartialEq, Eq)]
 enum Align {
@@ -157,7 +108,7 @@ pub fn stats(s: &Stats) -> String {
             ],
         ],
     );
-    let flow = |name: &str, f: &FlowCounts| {
+    let flow = |name: &str, f: &FlowCount| {
         vec![
             name.to_owned(),
             f.opened.to_string(),
@@ -183,20 +134,20 @@ pub fn stats(s: &Stats) -> String {
     format!("{traffic}\n{flows}\n{drops}")
 }
 
-pub fn flows(flows: &[Flow]) -> String {
+pub fn flows(flows: &[FlowInfo]) -> String {
     if flows.is_empty() {
         return "no flows\n".to_owned();
     }
     let rows: Vec<Vec<String>> = flows
         .iter()
         .map(|f| {
-            let mut proto = f.proto.clone();
+            let mut proto = f.proto.to_string();
             if f.service {
                 proto.push_str(" (dns)");
             }
             vec![
                 proto,
-                f.direction.clone(),
+                f.direction.to_string(),
                 f.guest.clone(),
                 f.remote.clone(),
                 f.host_side.clone(),
@@ -328,7 +279,7 @@ mod tests {
 
     #[test]
     fn flows_and_leases_tables() {
-        let f: Vec<Flow> = serde_json::from_value(serde_json::json!([
+        let f: Vec<FlowInfo> = serde_json::from_value(serde_json::json!([
             {"proto": "tcp", "direction": "inbound", "guest": "192.168.127.2:80",
              "remote": "192.168.127.1:40000", "host_side": "127.0.0.1:51000",
              "bytes_to_host": 5, "bytes_to_guest": 17_000_000, "age_ms": 1500},

@@ -1,7 +1,5 @@
 //! What the Airlock daemons share.
 //!
-//! - [`runner`]: the vhost-user daemon runner (socket path, `--fd`, systemd
-//!   socket activation, `READY=1`, signals, serving one frontend after another);
 //! - [`listen`]: acquiring the listening socket those three ways;
 //! - [`logging`]: stderr/syslog logger with `--log-level` and rate limiting for
 //!   guest-triggerable paths;
@@ -10,17 +8,13 @@
 //! - [`config_file`]: `--config FILE`, options from a TOML file;
 //! - [`sandbox`] / [`seccomp`]: confinement (mount namespace, read-only
 //!   mounts, `--user`) and the `--seccomp` allow-list filter;
-//! - `fuzzing` (hidden): the fuzz targets' input cursor and regression replay.
 
 pub mod audit;
 pub mod config_file;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod listen;
 pub mod logging;
 pub mod notify;
 pub mod report;
-pub mod runner;
 pub mod sandbox;
 pub mod seccomp;
 pub mod signals;

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use airlock_common::config_file::ConfigArgs;
 use airlock_common::listen::ListenArgs;
 use airlock_common::logging::LogArgs;
-use airlock_common::runner::LifecycleArgs;
 use airlock_common::seccomp::SeccompArgs;
+use airlock_vhost::LifecycleArgs;
 use clap::{Parser, ValueEnum};
 
 use crate::idmap::Rule;

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use airlock_common::ratelimited;
-use airlock_common::runner::{GuestMemory, Session, Vring};
+use airlock_vhost::{Chain, GuestMemory, Session, Vring};
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
@@ -26,8 +26,6 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
-use virtio_queue::{DescriptorChain, QueueOwnedT};
-use vm_memory::{GuestAddressSpace, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
@@ -41,7 +39,6 @@ const NUM_QUEUES: usize = 2;
 /// Largest queue the device accepts (libvirt's default `queue='1024'`).
 pub const MAX_QUEUE_SIZE: usize = 1024;
 
-type Chain = DescriptorChain<GuestMemoryLoadGuard<GuestMemoryMmap<()>>>;
 type FuseServer = Server<Arc<AirlockFs>>;
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -176,34 +173,13 @@ impl FsSession {
         }
     }
 
-    /// Takes every available chain off the queue under one lock; `None`
-    /// when nothing can be taken (the available index is more than a
-    /// queue ahead).
-    fn available_chains(vring: &Vring, mem: &GuestMemory) -> Option<Vec<Chain>> {
-        let mut state = vring.get_mut();
-        match state.get_queue_mut().iter(mem.memory()) {
-            Ok(iter) => Some(iter.collect()),
-            Err(e) => {
-                ratelimited!(log::Level::Warn, "guest queue is in an invalid state: {e}");
-                None
-            }
-        }
-    }
-
-    fn process_queue(&self, vring: &Vring) -> io::Result<()> {
+    fn process_queue(&self, vring: &Vring, queue: &str) -> io::Result<()> {
         let Some(mem) = self.mem.read().unwrap_or_else(|e| e.into_inner()).clone() else {
             return Ok(());
         };
         let event_idx = self.event_idx.load(Ordering::Relaxed);
-        loop {
-            if event_idx {
-                vring.disable_notification().map_err(io::Error::other)?;
-            }
-            let chains = Self::available_chains(vring, &mem);
-            // A broken queue stays broken: going round again on "more
-            // available" would spin forever.
-            let broken = chains.is_none();
-            for chain in chains.into_iter().flatten() {
+        airlock_vhost::drain(vring, &mem, event_idx, queue, |chains| {
+            for chain in chains {
                 match &self.pool {
                     None => Self::serve(&self.server, vring, chain),
                     Some(pool) => {
@@ -213,12 +189,8 @@ impl FsSession {
                     }
                 }
             }
-            // With EVENT_IDX, re-enable notifications and go round again if
-            // the guest added buffers meanwhile (otherwise they'd be missed).
-            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? || broken {
-                return Ok(());
-            }
-        }
+            Ok(())
+        })
     }
 }
 
@@ -257,7 +229,7 @@ impl VhostUserBackend for FsSession {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        airlock_common::runner::exit_event()
+        airlock_vhost::runner::exit_event()
     }
 
     fn handle_event(
@@ -275,7 +247,12 @@ impl VhostUserBackend for FsSession {
                 let vring = vrings
                     .get(usize::from(device_event))
                     .ok_or_else(|| io::Error::other("queue event without a vring"))?;
-                self.process_queue(vring)
+                let queue = if device_event == HIPRIO_QUEUE_EVENT {
+                    "high-priority"
+                } else {
+                    "request"
+                };
+                self.process_queue(vring, queue)
             }
             other => Err(io::Error::other(format!("unknown device event {other}"))),
         }
@@ -300,7 +277,7 @@ mod tests {
     use std::sync::mpsc;
     use std::time::Duration;
 
-    use airlock_common::fuzzing::queues::GuestQueues;
+    use airlock_testkit::queues::GuestQueues;
     use fuse_backend_rs::passthrough::{Config, PassthroughFs};
 
     use super::*;

@@ -7,14 +7,11 @@
 //! - [`device`]: the virtqueues and the FUSE server;
 //! - [`idmap`]: `--translate-uid/--translate-gid` rules;
 //! - [`sandbox`]: `--sandbox namespace|chroot|none`;
-//! - `fuzzing` (hidden): the fuzz targets' bodies (`fuzz/`).
 
 pub mod args;
 pub mod config;
 pub mod device;
 pub mod filesystem;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod handles;
 pub mod idmap;
 pub mod sandbox;
@@ -26,7 +23,7 @@ use std::time::Duration;
 
 use airlock_common::audit::{AuditLog, AuditOpenError};
 use airlock_common::listen::ListenError;
-use airlock_common::runner::{self, RunError};
+use airlock_vhost::runner::{self, RunError};
 use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig, PassthroughFs};
 
 use airlock_common::seccomp::SeccompError;

@@ -21,7 +21,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return report(&e, EXIT_USAGE),
     };
-    airlock_common::logging::init(&config.log, "airlock-fs", &["airlock_fs", "airlock_common"]);
+    airlock_common::logging::init(
+        &config.log,
+        "airlock-fs",
+        &["airlock_fs", "airlock_vhost", "airlock_common"],
+    );
     // Namespaces first: threads spawned from here on share them.
     if let Err(e) = airlock_fs::sandbox::unshare(config.sandbox) {
         return report(&e, EXIT_FAILURE);

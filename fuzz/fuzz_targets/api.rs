@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| airlock_net::fuzzing::fuzz_api(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| airlock_fuzzing::net::fuzz_api(data));

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| airlock_fs::fuzzing::fuzz_fs_chain(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| airlock_fuzzing::fs::fuzz_fs_chain(data));

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| airlock_fs::fuzzing::fuzz_fuse(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| airlock_fuzzing::fs::fuzz_fuse(data));

@@ -39,15 +39,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use airlock_api::{
+    ExposeRequest, FlowInfo, Lease, PortEntry, PortSpec, Proto, SpecError, Stats, UnexposeRequest,
+};
 use airlock_common::listen::{bind_path, ListenError};
-use serde::{Deserialize, Serialize};
+use airlock_netcore::publish::PublishError;
+use airlock_netcore::{GatewayConfig, Shared};
+use serde::Deserialize;
 
-use crate::dhcp::LeaseInfo;
-use crate::gateway::stats::Snapshot;
-use crate::gateway::{FlowInfo, GatewayConfig};
-use crate::policy::Proto;
-use crate::publish::{PortSpec, PublishError};
-use crate::shared::Shared;
 use http::{Request, Response};
 
 /// Most connections served at once.
@@ -56,79 +55,12 @@ pub const MAX_CONNECTIONS: usize = 16;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the "too many connections" answer may take.
 const BUSY_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the data path may take to say what its guest has.
+const GUEST_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed `accept` (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest request path quoted back in a 404.
 const MAX_QUOTED_PATH: usize = 100;
-
-// ---- wire types -------------------------------------------------------------
-
-/// `POST /services/forwarder/expose`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExposeRequest {
-    /// The host address that accepts: `IP:PORT`, `[IPv6]:PORT` or `:PORT`.
-    pub local: String,
-    /// Where in the guest traffic goes: `IP:PORT` or `:PORT` (the guest).
-    pub remote: String,
-    /// `tcp` (default) or `udp`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<String>,
-}
-
-/// `POST /services/forwarder/unexpose`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UnexposeRequest {
-    pub local: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<String>,
-}
-
-/// One published port as the forwarder API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortEntry {
-    pub local: String,
-    pub remote: String,
-    pub protocol: String,
-}
-
-impl From<PortSpec> for PortEntry {
-    fn from(s: PortSpec) -> PortEntry {
-        PortEntry {
-            local: s.host.to_string(),
-            remote: s.guest.to_string(),
-            protocol: s.proto.to_string(),
-        }
-    }
-}
-
-/// One DHCP lease as `GET /leases` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
-    /// `52:54:00:12:34:56`.
-    pub mac: String,
-    pub ip: Ipv4Addr,
-    pub hostname: Option<String>,
-    /// Seconds until the lease expires.
-    pub expires_in: u64,
-}
-
-impl From<&LeaseInfo> for Lease {
-    fn from(l: &LeaseInfo) -> Lease {
-        Lease {
-            mac: l
-                .mac
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":"),
-            ip: l.ip,
-            hostname: l.hostname.clone(),
-            expires_in: l.expires_in.as_secs(),
-        }
-    }
-}
 
 // ---- what the API controls ----------------------------------------------------
 
@@ -137,9 +69,11 @@ pub trait Control: Send + Sync + 'static {
     fn publish(&self, spec: PortSpec) -> Result<(), PublishError>;
     fn unpublish(&self, host: SocketAddr, proto: Proto) -> Result<PortSpec, PublishError>;
     fn published(&self) -> Vec<PortSpec>;
-    fn stats(&self) -> Snapshot;
-    fn flows(&self) -> Vec<FlowInfo>;
-    fn leases(&self) -> Vec<LeaseInfo>;
+    fn stats(&self) -> Stats;
+    /// The current guest's flows; `None` if the data path did not answer.
+    fn flows(&self) -> Option<Vec<FlowInfo>>;
+    /// The DHCP leases; `None` if the data path did not answer.
+    fn leases(&self) -> Option<Vec<Lease>>;
 }
 
 impl Control for Shared {
@@ -152,14 +86,14 @@ impl Control for Shared {
     fn published(&self) -> Vec<PortSpec> {
         Shared::published(self)
     }
-    fn stats(&self) -> Snapshot {
+    fn stats(&self) -> Stats {
         self.stats.snapshot()
     }
-    fn flows(&self) -> Vec<FlowInfo> {
-        Shared::flows(self)
+    fn flows(&self) -> Option<Vec<FlowInfo>> {
+        self.current_guest(GUEST_QUERY_TIMEOUT).map(|g| g.flows)
     }
-    fn leases(&self) -> Vec<LeaseInfo> {
-        Shared::leases(self)
+    fn leases(&self) -> Option<Vec<Lease>> {
+        self.current_guest(GUEST_QUERY_TIMEOUT).map(|g| g.leases)
     }
 }
 
@@ -279,8 +213,7 @@ fn publish_error(e: &PublishError) -> Response {
             io::ErrorKind::AddrNotAvailable => 400,
             _ => 500,
         },
-        PublishError::Syntax(_)
-        | PublishError::Range(_)
+        PublishError::Spec(SpecError::Syntax(_) | SpecError::Range(_))
         | PublishError::GuestAddress(_)
         | PublishError::Proto(_) => 400,
     };
@@ -356,11 +289,14 @@ impl<C: Control> Api<C> {
                 Response::json(200, &all)
             }
             Endpoint::Stats => Response::json(200, &self.control.stats()),
-            Endpoint::Flows => Response::json(200, &self.control.flows()),
-            Endpoint::Leases => {
-                let leases: Vec<Lease> = self.control.leases().iter().map(Lease::from).collect();
-                Response::json(200, &leases)
-            }
+            Endpoint::Flows => match self.control.flows() {
+                Some(flows) => Response::json(200, &flows),
+                None => no_answer(),
+            },
+            Endpoint::Leases => match self.control.leases() {
+                Some(leases) => Response::json(200, &leases),
+                None => no_answer(),
+            },
         }
     }
 
@@ -402,6 +338,17 @@ impl<C: Control> Api<C> {
             Err(e) => publish_error(&e),
         }
     }
+}
+
+/// The data path did not say what its guest has in time.
+fn no_answer() -> Response {
+    Response::error(
+        503,
+        &format!(
+            "the network device did not answer within {} s; try again",
+            GUEST_QUERY_TIMEOUT.as_secs()
+        ),
+    )
 }
 
 fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Response> {
@@ -537,8 +484,7 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    use crate::gateway::stats::Stats;
-    use crate::gateway::tcp::Direction;
+    use airlock_api::Direction;
 
     /// A daemon that records publishes and refuses ports in `taken`.
     #[derive(Default)]
@@ -580,14 +526,14 @@ mod tests {
         fn published(&self) -> Vec<PortSpec> {
             self.ports.lock().unwrap().clone()
         }
-        fn stats(&self) -> Snapshot {
-            let s = Stats::default();
+        fn stats(&self) -> Stats {
+            let s = airlock_netcore::stats::Stats::default();
             s.frame_from_guest(100);
             s.flow_opened(Proto::Tcp);
             s.snapshot()
         }
-        fn flows(&self) -> Vec<FlowInfo> {
-            vec![FlowInfo {
+        fn flows(&self) -> Option<Vec<FlowInfo>> {
+            Some(vec![FlowInfo {
                 proto: Proto::Tcp,
                 direction: Direction::Inbound,
                 guest: "192.168.127.2:80".into(),
@@ -597,15 +543,16 @@ mod tests {
                 bytes_to_guest: 7,
                 age_ms: 1500,
                 service: false,
-            }]
+            }])
         }
-        fn leases(&self) -> Vec<LeaseInfo> {
-            vec![LeaseInfo {
+        fn leases(&self) -> Option<Vec<Lease>> {
+            let lease = airlock_netcore::services::dhcp::LeaseInfo {
                 mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
                 ip: Ipv4Addr::new(192, 168, 127, 2),
                 hostname: Some("guest".into()),
                 expires_in: Duration::from_millis(3_599_700),
-            }]
+            };
+            Some(vec![lease.to_api()])
         }
     }
 

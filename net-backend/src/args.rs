@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use airlock_common::config_file::ConfigArgs;
 use airlock_common::listen::ListenArgs;
 use airlock_common::logging::LogArgs;
-use airlock_common::runner::LifecycleArgs;
 use airlock_common::sandbox::ConfineArgs;
 use airlock_common::seccomp::SeccompArgs;
+use airlock_vhost::LifecycleArgs;
 use clap::{CommandFactory, FromArgMatches, Parser};
 
-use crate::policy::Action;
+use airlock_netcore::policy::Action;
+use airlock_netcore::PublishSource;
 
 #[derive(Parser, Debug, Default)]
 #[command(
@@ -147,7 +148,7 @@ pub struct Args {
     /// gateway's address, or the client's real address (a client on the
     /// host's loopback then appears as host.airlock.internal).
     #[arg(long, value_enum, value_name = "FROM", default_value = "gateway")]
-    pub publish_source: crate::gateway::inbound::PublishSource,
+    pub publish_source: PublishSourceArg,
 
     /// Allow flows the guest opens to NET[:PORTS][/PROTO] (e.g.
     /// 10.0.0.0/8, 1.2.3.4:443/tcp, 0.0.0.0/0:53/udp). Rules (--allow,
@@ -246,5 +247,24 @@ impl Args {
         rules.sort_by_key(|r| r.0);
         a.rules = rules.into_iter().map(|(_, act, v)| (act, v)).collect();
         Ok(a)
+    }
+}
+
+/// `--publish-source`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PublishSourceArg {
+    /// The gateway's address (like Docker's userland proxy).
+    #[default]
+    Gateway,
+    /// The client's own address (loopback clients: the host alias).
+    Client,
+}
+
+impl From<PublishSourceArg> for PublishSource {
+    fn from(a: PublishSourceArg) -> PublishSource {
+        match a {
+            PublishSourceArg::Gateway => PublishSource::Gateway,
+            PublishSourceArg::Client => PublishSource::Client,
+        }
     }
 }

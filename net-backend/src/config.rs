@@ -6,19 +6,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use airlock_api::{PortSpec, SpecError};
 use airlock_common::listen::ListenArgs;
 use airlock_common::logging::LogArgs;
-use smoltcp::wire::EthernetAddress;
+use airlock_netcore::host::Target;
+use airlock_netcore::policy::{Action, PolicyError, Rule};
+use airlock_netcore::services::dhcp::DhcpConfig;
+use airlock_netcore::services::dns::{self, LocalRecords};
+use airlock_netcore::{EthernetAddress, GatewayConfig, PolicySource, TcpLimits};
 
 use crate::args::Args;
-use crate::dhcp::DhcpConfig;
-use crate::dns::{self, LocalRecords};
-use crate::gateway::host::Target;
-use crate::gateway::tcp::TcpLimits;
-use crate::gateway::GatewayConfig;
-use crate::policy::{Action, PolicyError, Rule};
-use crate::publish::{self, PortSpec, PublishError};
-use crate::shared::PolicySource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -47,7 +44,7 @@ pub enum ConfigError {
     #[error("--{0} must be at least 1 second")]
     Timeout(&'static str),
     #[error(transparent)]
-    Publish(#[from] PublishError),
+    Publish(#[from] SpecError),
     #[error("invalid --{0} {1:?}")]
     Rule(&'static str, String, #[source] PolicyError),
     #[error("invalid --egress {0:?}: allow or deny")]
@@ -241,7 +238,7 @@ impl TryFrom<Args> for Config {
 
         let mut publish_specs = Vec::new();
         for p in &a.publish {
-            publish_specs.extend(publish::parse_publish(p, guest_ip)?);
+            publish_specs.extend(airlock_api::parse_publish(p, guest_ip)?);
         }
         let mut cli_rules = Vec::new();
         for (action, r) in &a.rules {
@@ -290,7 +287,7 @@ impl TryFrom<Args> for Config {
                 records: Arc::new(records),
                 local_zones,
                 dhcp,
-                publish_source: a.publish_source,
+                publish_source: a.publish_source.into(),
                 max_flows: a.max_flows,
                 tcp: TcpLimits {
                     buffer,
@@ -508,7 +505,7 @@ mod control_tests {
         // First match wins: 10.1.2.3 is denied by the earlier /8.
         assert!(!p
             .decide(
-                crate::policy::Proto::Tcp,
+                airlock_api::Proto::Tcp,
                 Ipv4Addr::new(10, 1, 2, 3),
                 Some(80)
             )

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use airlock_common::ratelimited;
-use airlock_common::runner::{GuestMemory, Session, Vring, Worker};
+use airlock_netcore::stats::DropReason;
+use airlock_netcore::{Backlog, Gateway, GatewayConfig, GuestTx, Shared};
+use airlock_vhost::{GuestMemory, Session, Vring, Worker};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -20,16 +22,12 @@ use virtio_bindings::bindings::virtio_net::{
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
-use crate::dhcp::LeaseInfo;
-use crate::gateway::stats::DropReason;
-use crate::gateway::{FlowInfo, Gateway, GatewayConfig, GuestTx};
-use crate::shared::Shared;
-use crate::virtio_net::{self, Backlog, Placed};
+use crate::virtio_net::{self, Placed};
 
 /// The guest posted receive buffers.
 pub const RX_QUEUE_EVENT: u16 = 0;
@@ -78,24 +76,6 @@ impl NetSession {
             event_idx: AtomicBool::new(false),
             offer_csum,
         })
-    }
-
-    /// The guest's current flows (for the control API).
-    pub fn flows(&self) -> Vec<FlowInfo> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .gateway
-            .flows()
-    }
-
-    /// The guest's DHCP leases (for the control API).
-    pub fn leases(&self) -> Vec<LeaseInfo> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .gateway
-            .leases()
     }
 
     fn acked(&self, bit: u32) -> bool {
@@ -184,25 +164,7 @@ impl NetSession {
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let shared = self.shared.clone();
         let stats = &shared.stats;
-        loop {
-            if event_idx {
-                tx.disable_notification().map_err(io::Error::other)?;
-            }
-            // An available index more than a queue ahead cannot be served
-            // (nothing is consumed); going round again on "more available"
-            // would spin forever.
-            let mut broken = false;
-            let chains: Vec<virtio_net::Chain> = {
-                let mut state = tx.get_mut();
-                match state.get_queue_mut().iter(mem.memory()) {
-                    Ok(iter) => iter.collect(),
-                    Err(e) => {
-                        ratelimited!(log::Level::Warn, "guest transmit queue: {e}");
-                        broken = true;
-                        Vec::new()
-                    }
-                }
-            };
+        airlock_vhost::drain(tx, &mem, event_idx, "transmit", |chains| {
             let mut heads = Vec::with_capacity(chains.len());
             for chain in chains {
                 heads.push(chain.head_index());
@@ -232,11 +194,8 @@ impl NetSession {
                     tx.signal_used_queue()?;
                 }
             }
-            self.flush(inner, rx)?;
-            if !event_idx || !tx.enable_notification().map_err(io::Error::other)? || broken {
-                return Ok(());
-            }
-        }
+            self.flush(inner, rx)
+        })
     }
 }
 
@@ -307,7 +266,7 @@ impl VhostUserBackend for NetSession {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        airlock_common::runner::exit_event()
+        airlock_vhost::runner::exit_event()
     }
 
     fn handle_event(
@@ -398,13 +357,13 @@ impl Session for NetSession {
             EventSet::IN,
             u64::from(CONTROL_EVENT),
         )?;
-        self.shared.set_session(Arc::downgrade(self));
+        self.shared.attach();
         Ok(())
     }
 
     fn detach(&self) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let snap = inner.gateway.stats().snapshot();
+        let snap = self.shared.stats.snapshot();
         let drops: Vec<String> = snap
             .drops
             .iter()
@@ -423,6 +382,7 @@ impl Session for NetSession {
                 drops.join(", ")
             }
         );
+        self.shared.detach();
         inner.gateway.shutdown();
         inner.backlog.clear();
         self.mem.write().unwrap_or_else(|e| e.into_inner()).take();
@@ -432,8 +392,20 @@ impl Session for NetSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::tests::config;
-    use crate::shared::PolicySource;
+    use airlock_netcore::PolicySource;
+
+    /// The default configuration, as the command line makes it.
+    fn config() -> GatewayConfig {
+        let args = crate::args::Args::try_parse_ordered_from([
+            "airlock-net",
+            "--socket-path",
+            "/nonexistent/net.sock",
+            "--dns-upstream",
+            "127.0.0.1",
+        ])
+        .unwrap();
+        crate::config::Config::try_from(args).unwrap().gateway
+    }
     use vhost_user_backend::VringT;
     use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -473,7 +445,7 @@ mod tests {
     /// with the guest's network dead; found by the net_chain fuzz target).
     #[test]
     fn an_available_index_a_queue_ahead_does_not_make_tx_spin() {
-        use airlock_common::fuzzing::queues::GuestQueues;
+        use airlock_testkit::queues::GuestQueues;
         use std::sync::mpsc;
         use std::time::Duration;
 

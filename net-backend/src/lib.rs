@@ -1,38 +1,27 @@
 //! airlock-net: a vhost-user-net daemon that is the guest's NAT gateway.
+//! The gateway itself — frames in, host sockets out — is
+//! [`airlock_netcore`]; this crate is what carries its frames and runs it:
 //!
-//! - [`gateway`]: frames in, host sockets out — ARP, DHCP, DNS, TCP/UDP/ICMP
-//!   NAT — with no knowledge of virtqueues;
 //! - [`device`] / [`virtio_net`]: the virtqueues (frames to and from guest
 //!   memory) and the vhost-user backend;
-//! - [`dhcp`], [`dns`]: the gateway's services, pure message handling;
-//! - [`args`], [`config`]: the command line.
+//! - [`args`], [`config`]: the command line;
 //! - [`api`]: the control API (`--api-socket`): ports at runtime, stats,
 //!   flows, leases.
-//! - `fuzzing` (hidden): the fuzz targets' bodies (`fuzz/`).
 
 pub mod api;
 pub mod args;
 pub mod config;
 pub mod device;
-pub mod dhcp;
-pub mod dns;
-#[doc(hidden)]
-pub mod fuzzing;
-pub mod gateway;
-pub mod policy;
-pub mod publish;
-pub mod shared;
 pub mod virtio_net;
 
-use airlock_common::listen::ListenError;
-use airlock_common::runner::{self, RunError};
-
 use airlock_common::audit::{AuditLog, AuditOpenError};
+use airlock_common::listen::ListenError;
+use airlock_netcore::publish::PublishError;
+use airlock_netcore::{Shared, SharedError};
+use airlock_vhost::runner::{self, RunError};
 
 use crate::config::Config;
 use crate::device::NetSession;
-use crate::publish::PublishError;
-use crate::shared::{Shared, SharedError};
 
 /// `--print-capabilities` output (QEMU's vhost-user.json: a net backend).
 pub fn capabilities() -> serde_json::Value {

@@ -17,7 +17,16 @@ fn main() -> ExitCode {
         println!("{}", airlock_net::capabilities());
         return ExitCode::SUCCESS;
     }
-    airlock_common::logging::init(&args.log, "airlock-net", &["airlock_net", "airlock_common"]);
+    airlock_common::logging::init(
+        &args.log,
+        "airlock-net",
+        &[
+            "airlock_net",
+            "airlock_netcore",
+            "airlock_vhost",
+            "airlock_common",
+        ],
+    );
     let config = match Config::try_from(args) {
         Ok(c) => c,
         Err(e) => return report(&e, EXIT_USAGE),

@@ -6,13 +6,10 @@
 //! lengths are checked before anything is copied, and a chain that does not
 //! fit is rejected, never trusted.
 
-use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{GuestMemoryLoadGuard, GuestMemoryMmap};
-
-use crate::gateway::GuestTx;
 
 /// `struct virtio_net_hdr_v1` (with `num_buffers`): 12 bytes.
 pub const HDR_LEN: usize = 12;
@@ -54,91 +51,6 @@ pub fn read_frame(chain: Chain, buf: &mut Vec<u8>) -> Result<u8, FrameError> {
     buf.resize(len, 0);
     reader.read_exact(buf).map_err(FrameError::Copy)?;
     Ok(hdr[0])
-}
-
-/// Frames waiting for guest receive buffers, bounded in bytes: when full,
-/// [`GuestTx::has_room`] is false and TCP holds its data back.
-pub struct Backlog {
-    frames: VecDeque<Vec<u8>>,
-    bytes: usize,
-    limit: usize,
-    pool: Vec<Vec<u8>>,
-    offload: bool,
-}
-
-impl Backlog {
-    pub fn new(limit: usize) -> Self {
-        Backlog {
-            frames: VecDeque::new(),
-            bytes: 0,
-            limit,
-            pool: Vec::new(),
-            offload: false,
-        }
-    }
-
-    /// Whether frames go out with DATA_VALID instead of L4 checksums.
-    pub fn set_offload(&mut self, on: bool) {
-        self.offload = on;
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.frames.len()
-    }
-
-    pub fn clear(&mut self) {
-        while let Some(f) = self.frames.pop_front() {
-            self.recycle(f);
-        }
-        self.bytes = 0;
-    }
-
-    fn recycle(&mut self, f: Vec<u8>) {
-        if self.pool.len() < 64 {
-            self.pool.push(f);
-        }
-    }
-
-    pub fn front(&self) -> Option<&[u8]> {
-        self.frames.front().map(|f| &f[..])
-    }
-
-    pub fn pop(&mut self) {
-        if let Some(f) = self.frames.pop_front() {
-            self.bytes -= f.len();
-            self.recycle(f);
-        }
-    }
-}
-
-impl GuestTx for Backlog {
-    fn has_room(&self) -> bool {
-        self.bytes < self.limit
-    }
-
-    fn frame(&mut self, len: usize) -> &mut [u8] {
-        let mut f = self.pool.pop().unwrap_or_default();
-        // Reuse old bytes instead of zeroing: the caller writes all of them.
-        if f.len() >= len {
-            f.truncate(len);
-        } else {
-            f.resize(len, 0);
-        }
-        self.bytes += len;
-        self.frames.push_back(f);
-        match self.frames.back_mut() {
-            Some(f) => &mut f[..],
-            None => unreachable!("a frame was just pushed"),
-        }
-    }
-
-    fn csum_offload(&self) -> bool {
-        self.offload
-    }
 }
 
 /// Result of trying to place one frame in the guest's receive buffers.

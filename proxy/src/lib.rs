@@ -8,7 +8,6 @@
 //! - [`server`]: listeners, connection limit, idle timeout, dispatch;
 //!   [`forward`]: plain-HTTP requests; [`tunnel`]: CONNECT;
 //!   [`connect`]: dialing; [`audit`]: one JSON line per request.
-//! - `fuzzing` (hidden): the `proxy_request` fuzz target's body (`fuzz/`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +22,6 @@ pub mod config;
 pub mod connect;
 pub mod credentials;
 pub mod forward;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod headers;
 pub mod io;
 pub mod noproxy;

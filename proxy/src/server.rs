@@ -68,7 +68,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(
+    pub fn new(
         upstreams: Upstreams,
         policy: Policy,
         audit: Option<Arc<AuditLog>>,
@@ -375,7 +375,7 @@ async fn refuse_busy<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, limit: usize)
 
 /// Serves one client connection (also the `proxy_request` fuzz target's
 /// entry).
-pub(crate) async fn serve_connection<I>(
+pub async fn serve_connection<I>(
     io: I,
     client: Arc<str>,
     shared: Arc<Shared>,

@@ -1,0 +1,172 @@
+//! ICMP echo to the outside through unprivileged ping sockets
+//! (`socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)`), one per (guest, echo
+//! identifier, destination). The kernel picks the identifier on the wire;
+//! replies are rewritten back to the guest's identifier.
+
+use std::any::Any;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::unix::io::AsRawFd;
+use std::time::{Duration, Instant};
+
+use airlock_api::{Direction, FlowInfo, Proto};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr};
+use socket2::{Domain, Protocol, Socket, Type};
+use vmm_sys_util::epoll::EventSet;
+
+use super::{age_ms, Cx, Flow, FlowKey, GuestPacket, Verdict};
+use crate::poller::{FlowId, Poller, Source};
+use crate::stats::DropReason;
+use crate::wire;
+
+/// Replies read per host event.
+const READ_BATCH: usize = 64;
+
+pub(crate) struct PingFlow {
+    pub guest: Ipv4Addr,
+    pub ident: u16,
+    pub remote: Ipv4Addr,
+    sock: Socket,
+    last_active: Instant,
+    opened: Instant,
+    timeout: Duration,
+}
+
+/// Whether the failure to create a ping socket means "not permitted"
+/// (`net.ipv4.ping_group_range` excludes us).
+pub(crate) fn not_permitted(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM))
+}
+
+impl PingFlow {
+    pub(crate) fn open(
+        id: FlowId,
+        guest: Ipv4Addr,
+        ident: u16,
+        remote: Ipv4Addr,
+        timeout: Duration,
+        cx: &Cx,
+    ) -> io::Result<PingFlow> {
+        let (now, poller) = (cx.now, &cx.stack.poller);
+        let sock = Socket::new(Domain::IPV4, Type::DGRAM.cloexec(), Some(Protocol::ICMPV4))?;
+        sock.set_nonblocking(true)?;
+        sock.connect(&SocketAddr::V4(SocketAddrV4::new(remote, 0)).into())?;
+        poller.add(sock.as_raw_fd(), EventSet::IN, id, Source::Host)?;
+        Ok(PingFlow {
+            guest,
+            ident,
+            remote,
+            sock,
+            last_active: now,
+            opened: now,
+            timeout,
+        })
+    }
+
+    /// Sends an echo request: `message` is the ICMP message (header +
+    /// data); the kernel sets the identifier and checksum.
+    fn send(&mut self, message: &[u8], now: Instant) -> io::Result<()> {
+        self.last_active = now;
+        self.sock.send(message).map(|_| ())
+    }
+
+    /// Reads one ICMP message (an echo reply, header included) into `buf`.
+    fn recv(&mut self, buf: &mut [u8], now: Instant) -> io::Result<Option<usize>> {
+        // SAFETY: `MaybeUninit<u8>` has the same layout as `u8`, and every
+        // `u8` is a valid `MaybeUninit<u8>`; recv only writes into it.
+        let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+        match self.sock.recv(uninit) {
+            Ok(n) => {
+                self.last_active = now;
+                Ok(Some(n))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Flow for PingFlow {
+    fn keys(&self) -> Vec<FlowKey> {
+        vec![FlowKey::Ping(self.guest, self.ident, self.remote)]
+    }
+
+    fn info(&self, now: Instant) -> FlowInfo {
+        FlowInfo {
+            proto: Proto::Icmp,
+            direction: Direction::Outbound,
+            guest: format!("{} id {}", self.guest, self.ident),
+            remote: self.remote.to_string(),
+            host_side: self.remote.to_string(),
+            bytes_to_host: 0,
+            bytes_to_guest: 0,
+            age_ms: age_ms(self.opened, now),
+            service: false,
+        }
+    }
+
+    /// An echo request (the ICMP message).
+    fn guest_packet(&mut self, _id: FlowId, packet: &GuestPacket, cx: &mut Cx) -> Verdict {
+        if let Err(e) = self.send(packet.payload, cx.now) {
+            log::debug!("icmp {} -> {}: {e}", self.guest, self.remote);
+            cx.dropped(DropReason::HostSendFailed);
+        }
+        Verdict::Keep
+    }
+
+    /// Echo replies, rewritten back to the guest's identifier.
+    fn host_event(&mut self, _id: FlowId, _: Source, _: EventSet, cx: &mut Cx) -> Verdict {
+        let mut buf = std::mem::take(&mut cx.stack.scratch);
+        for _ in 0..READ_BATCH {
+            match self.recv(&mut buf, cx.now) {
+                Ok(Some(n)) => {
+                    let caps = ChecksumCapabilities::ignored();
+                    let parsed = Icmpv4Packet::new_checked(&buf[..n])
+                        .and_then(|p| Icmpv4Repr::parse(&p, &caps));
+                    if let Ok(Icmpv4Repr::EchoReply { seq_no, data, .. }) = parsed {
+                        let reply = Icmpv4Repr::EchoReply {
+                            ident: self.ident,
+                            seq_no,
+                            data,
+                        };
+                        let frame = wire::icmp_frame(cx.route(self.remote, self.guest), &reply);
+                        cx.send_frame(&frame);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    log::debug!("icmp {} -> {}: {e}", self.guest, self.remote);
+                    break;
+                }
+            }
+        }
+        cx.stack.scratch = buf;
+        Verdict::Keep
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        Some(self.last_active + self.timeout)
+    }
+
+    fn timer(&mut self, _id: FlowId, cx: &mut Cx) -> Verdict {
+        if self.last_active + self.timeout <= cx.now {
+            Verdict::Done
+        } else {
+            Verdict::Keep
+        }
+    }
+
+    fn egress(&self) -> Option<(Proto, SocketAddrV4)> {
+        Some((Proto::Icmp, SocketAddrV4::new(self.remote, 0)))
+    }
+
+    fn close(&mut self, poller: &Poller) {
+        poller.remove(self.sock.as_raw_fd());
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}

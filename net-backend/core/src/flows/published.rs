@@ -1,0 +1,383 @@
+//! Published ports: host clients reaching a guest port (Docker's `-p`).
+//!
+//! The bound sockets belong to the process ([`crate::shared::Shared`]); a
+//! gateway registers them in its poller when it starts and whenever the
+//! control API changes them ([`Listeners::sync`]). A TCP client becomes a
+//! [`TcpFlow`] that opens a connection to the guest; a UDP client peer
+//! becomes a [`PubUdpFlow`] with its own source port on the guest side, so
+//! replies find their way back.
+//!
+//! The guest sees connections coming from the gateway's address
+//! (`--publish-source gateway`, the default), or from the client's real
+//! address (`--publish-source client`; a client on the host's loopback then
+//! appears as host.airlock.internal).
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::os::unix::io::RawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airlock_api::{Direction, FlowInfo, PortSpec, Proto};
+use airlock_common::ratelimited;
+use serde_json::json;
+use vmm_sys_util::epoll::EventSet;
+
+use super::tcp::{TcpFlow, TcpLimits};
+use super::udp::MAX_DATAGRAM;
+use super::{age_ms, is_routable, Cx, Flow, FlowKey, Flows, GuestPacket, OpenError, Verdict};
+use crate::gateway::GatewayConfig;
+use crate::phy::GuestTx;
+use crate::poller::{FlowId, Poller, Source};
+use crate::publish::PublishedSocket;
+use crate::stats::DropReason;
+
+/// Where the guest sees published connections come from.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum PublishSource {
+    /// The gateway's address (like Docker's userland proxy).
+    #[default]
+    Gateway,
+    /// The client's own address (loopback clients: the host alias).
+    Client,
+}
+
+/// A UDP client of a published port, as mapped into the guest.
+pub(crate) struct PubUdpFlow {
+    entry: u64,
+    peer: SocketAddr,
+    /// The guest's endpoint (the published guest port).
+    guest: SocketAddrV4,
+    /// The source the guest sees (and answers to).
+    local: SocketAddrV4,
+    socket: Arc<PublishedSocket>,
+    last_active: Instant,
+    opened: Instant,
+    timeout: Duration,
+    bytes_to_guest: u64,
+    bytes_to_host: u64,
+}
+
+impl PubUdpFlow {
+    /// A datagram from the client, into the guest.
+    fn client_datagram(&mut self, payload: &[u8], cx: &mut Cx) -> Verdict {
+        self.last_active = cx.now;
+        self.bytes_to_guest += payload.len() as u64;
+        cx.send_udp(self.local, self.guest, payload, None);
+        Verdict::Keep
+    }
+}
+
+impl Flow for PubUdpFlow {
+    fn keys(&self) -> Vec<FlowKey> {
+        vec![
+            FlowKey::PublishedUdp(self.guest, self.local),
+            FlowKey::PublishedClient(self.entry, self.peer),
+        ]
+    }
+
+    fn info(&self, now: Instant) -> FlowInfo {
+        FlowInfo {
+            proto: Proto::Udp,
+            direction: Direction::Inbound,
+            guest: self.guest.to_string(),
+            remote: self.local.to_string(),
+            host_side: self.peer.to_string(),
+            bytes_to_host: self.bytes_to_host,
+            bytes_to_guest: self.bytes_to_guest,
+            age_ms: age_ms(self.opened, now),
+            service: false,
+        }
+    }
+
+    /// The guest answers the client.
+    fn guest_packet(&mut self, _id: FlowId, packet: &GuestPacket, cx: &mut Cx) -> Verdict {
+        self.last_active = cx.now;
+        self.bytes_to_host += packet.payload.len() as u64;
+        if let PublishedSocket::Udp(sock) = &*self.socket {
+            if let Err(e) = sock.send_to(packet.payload, self.peer) {
+                log::debug!("published udp to {}: {e}", self.peer);
+                cx.dropped(DropReason::HostSendFailed);
+            }
+        }
+        Verdict::Keep
+    }
+
+    /// The published socket belongs to [`Listeners`]; the flow has none.
+    fn host_event(&mut self, _: FlowId, _: Source, _: EventSet, _: &mut Cx) -> Verdict {
+        Verdict::Keep
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        Some(self.last_active + self.timeout)
+    }
+
+    fn timer(&mut self, _id: FlowId, cx: &mut Cx) -> Verdict {
+        if self.last_active + self.timeout <= cx.now {
+            Verdict::Done
+        } else {
+            Verdict::Keep
+        }
+    }
+
+    fn close(&mut self, _poller: &Poller) {}
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// Listener ids travel in epoll tokens as a `FlowId`.
+fn listener_token(id: u64) -> FlowId {
+    FlowId {
+        slot: (id & 0x00ff_ffff) as u32,
+        generation: (id >> 24) as u32,
+    }
+}
+
+fn listener_id(t: FlowId) -> u64 {
+    (u64::from(t.generation) << 24) | u64::from(t.slot)
+}
+
+/// The published sockets a gateway watches.
+#[derive(Default)]
+pub(crate) struct Listeners {
+    /// Registered in the poller, by id.
+    watched: HashMap<u64, PortSpec>,
+    /// Next source port handed to a published-port client.
+    next_port: u16,
+    /// One datagram from a client.
+    buf: Vec<u8>,
+}
+
+impl Listeners {
+    /// Registers newly published sockets and forgets removed ones (their
+    /// sockets closed, which took them out of the epoll set).
+    pub(crate) fn sync(&mut self, flows: &Flows) {
+        let entries: Vec<(u64, PortSpec, RawFd)> = flows.stack.shared.with_ports(|t| {
+            t.entries()
+                .iter()
+                .map(|e| (e.id, e.spec, e.socket.raw_fd()))
+                .collect()
+        });
+        self.watched
+            .retain(|id, _| entries.iter().any(|(e, _, _)| e == id));
+        for (id, spec, fd) in entries {
+            if self.watched.contains_key(&id) {
+                continue;
+            }
+            match flows
+                .stack
+                .poller
+                .add(fd, EventSet::IN, listener_token(id), Source::Listener)
+            {
+                Ok(()) => {
+                    self.watched.insert(id, spec);
+                }
+                Err(e) => log::warn!("cannot watch published port {spec}: {e}"),
+            }
+        }
+    }
+
+    /// A published socket is ready: accept TCP clients or read UDP
+    /// datagrams.
+    pub(crate) fn ready(
+        &mut self,
+        token: FlowId,
+        flows: &mut Flows,
+        cfg: &GatewayConfig,
+        tx: &mut dyn GuestTx,
+    ) {
+        let id = listener_id(token);
+        let Some((spec, socket)) = flows
+            .stack
+            .shared
+            .with_ports(|t| t.get(id).map(|e| (e.spec, e.socket.clone())))
+        else {
+            return;
+        };
+        match &*socket {
+            PublishedSocket::Tcp(listener) => {
+                // Bounded work per event; the rest stays pending.
+                for _ in 0..32 {
+                    match listener.accept() {
+                        Ok((stream, client)) => {
+                            self.accept_tcp(spec, stream, client, flows, cfg, tx)
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            ratelimited!(log::Level::Warn, "published port {spec}: accept: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            PublishedSocket::Udp(sock) => {
+                let mut buf = std::mem::take(&mut self.buf);
+                buf.resize(MAX_DATAGRAM, 0);
+                for _ in 0..64 {
+                    match sock.recv_from(&mut buf) {
+                        Ok((n, peer)) => {
+                            self.udp_from_client(id, spec, &socket, peer, &buf[..n], flows, cfg, tx)
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            log::debug!("published port {spec}: {e}");
+                            break;
+                        }
+                    }
+                }
+                self.buf = buf;
+            }
+        }
+    }
+
+    /// Where the guest sees a client of a published port come from: an
+    /// address and a source port no other flow to `guest` uses.
+    fn inbound_source(
+        &mut self,
+        client: SocketAddr,
+        guest: SocketAddrV4,
+        proto: Proto,
+        flows: &Flows,
+        cfg: &GatewayConfig,
+    ) -> Option<SocketAddrV4> {
+        use PublishSource as P;
+        let ip = match (cfg.publish_source, client.ip()) {
+            (P::Client, IpAddr::V4(v4)) if v4.is_loopback() => {
+                cfg.host_ip.unwrap_or(cfg.gateway_ip)
+            }
+            (P::Client, IpAddr::V4(v4)) if is_routable(v4) && !cfg.in_subnet(v4) => v4,
+            _ => cfg.gateway_ip,
+        };
+        for _ in 0..(61000 - 32768) {
+            self.next_port = if self.next_port < 32768 || self.next_port >= 61000 {
+                32768
+            } else {
+                self.next_port + 1
+            };
+            let local = SocketAddrV4::new(ip, self.next_port);
+            let key = match proto {
+                Proto::Tcp => FlowKey::Tcp(guest, local),
+                _ => FlowKey::PublishedUdp(guest, local),
+            };
+            if !flows.table.contains(&key) {
+                return Some(local);
+            }
+        }
+        None
+    }
+
+    fn accept_tcp(
+        &mut self,
+        spec: PortSpec,
+        stream: std::net::TcpStream,
+        client: SocketAddr,
+        flows: &mut Flows,
+        cfg: &GatewayConfig,
+        tx: &mut dyn GuestTx,
+    ) {
+        if !flows.stack.link.guest_mac.is_unicast() {
+            refuse_client(stream, spec, "no guest is attached yet");
+            return;
+        }
+        let Some(local) = self.inbound_source(client, spec.guest, Proto::Tcp, flows, cfg) else {
+            refuse_client(stream, spec, "no free source port");
+            return;
+        };
+        let limits: TcpLimits = cfg.tcp;
+        // The stream is moved into the flow only once a slot is reserved.
+        let mut stream = Some(stream);
+        let opened = flows.open(tx, |id, cx| {
+            let stream = stream
+                .take()
+                .ok_or_else(|| io::Error::other("client stream already taken"))?;
+            let flow = TcpFlow::open_inbound(id, stream, client, spec.guest, local, limits, cx)?;
+            Ok(Box::new(flow))
+        });
+        match opened {
+            Ok(id) => {
+                log::debug!("published {spec}: client {client} as {local}");
+                flows.stack.shared.audit(json!({
+                    "event": "flow-open", "direction": "inbound", "proto": "tcp",
+                    "client": client.to_string(), "host": spec.host.to_string(),
+                    "guest": spec.guest.to_string(), "source": local.to_string(),
+                }));
+                // Sends the SYN.
+                flows.with(id, tx, |flow, id, cx| flow.guest_room(id, cx));
+            }
+            Err(OpenError::Limit) => {
+                flows.stack.shared.stats.dropped(DropReason::FlowLimit);
+                if let Some(stream) = stream {
+                    refuse_client(stream, spec, "flow limit reached");
+                }
+            }
+            Err(OpenError::Io(e)) => log::warn!("published port {spec}: {e}"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn udp_from_client(
+        &mut self,
+        entry: u64,
+        spec: PortSpec,
+        socket: &Arc<PublishedSocket>,
+        peer: SocketAddr,
+        payload: &[u8],
+        flows: &mut Flows,
+        cfg: &GatewayConfig,
+        tx: &mut dyn GuestTx,
+    ) {
+        let id = match flows.table.lookup(&FlowKey::PublishedClient(entry, peer)) {
+            Some(id) => id,
+            None => {
+                let Some(local) = self.inbound_source(peer, spec.guest, Proto::Udp, flows, cfg)
+                else {
+                    flows.stack.shared.stats.dropped(DropReason::FlowLimit);
+                    return;
+                };
+                let timeout = cfg.udp_timeout;
+                let opened = flows.open(tx, |_, cx| {
+                    Ok(Box::new(PubUdpFlow {
+                        entry,
+                        peer,
+                        guest: spec.guest,
+                        local,
+                        socket: socket.clone(),
+                        last_active: cx.now,
+                        opened: cx.now,
+                        timeout,
+                        bytes_to_guest: 0,
+                        bytes_to_host: 0,
+                    }))
+                });
+                match opened {
+                    Ok(id) => {
+                        flows.stack.shared.audit(json!({
+                            "event": "flow-open", "direction": "inbound", "proto": "udp",
+                            "client": peer.to_string(), "host": spec.host.to_string(),
+                            "guest": spec.guest.to_string(), "source": local.to_string(),
+                        }));
+                        id
+                    }
+                    Err(_) => {
+                        flows.stack.shared.stats.dropped(DropReason::FlowLimit);
+                        return;
+                    }
+                }
+            }
+        };
+        flows.with_as::<PubUdpFlow>(id, tx, |flow, _, cx| flow.client_datagram(payload, cx));
+    }
+}
+
+fn refuse_client(stream: std::net::TcpStream, spec: PortSpec, why: &str) {
+    ratelimited!(
+        log::Level::Info,
+        "published port {spec}: refusing a client: {why}"
+    );
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}

@@ -1,0 +1,824 @@
+//! The gateway: everything between the guest's Ethernet frames and the
+//! host's sockets, with no knowledge of what carries the frames (they come
+//! in as byte slices and go out through [`GuestTx`]), so it is tested
+//! without a VM.
+//!
+//! This file is the demultiplexer: it parses what the guest sends, decides
+//! where it goes, and hands it to a service or a flow:
+//! - ARP for the gateway's addresses and off-link destinations → answered;
+//! - DHCP (UDP 67) → [`crate::services::dhcp`]; DNS to the gateway →
+//!   [`crate::services::dns`] (local names) or forwarded upstream;
+//! - ICMP echo → answered for the gateway and aliases, else a ping flow;
+//! - TCP and UDP → a flow of [`crate::flows`], found by its key or opened.
+
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airlock_api::{FlowInfo, Proto};
+use airlock_common::ratelimited;
+use serde_json::json;
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    HardwareAddress, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, IpCidr, IpProtocol,
+    Ipv4Packet, TcpPacket, UdpPacket,
+};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::flows::ping::{self, PingFlow};
+use crate::flows::published::{Listeners, PublishSource};
+use crate::flows::tcp::{TcpFlow, TcpLimits};
+use crate::flows::udp::{UdpFlow, MAX_DATAGRAM};
+use crate::flows::{
+    is_routable, FlowKey, FlowTable, Flows, GuestPacket, Link, OpenError, Stack, Verdict,
+};
+use crate::host::Target;
+use crate::phy::{GuestTx, IpDevice, NullTx};
+use crate::policy::EgressCheck;
+use crate::poller::{FlowId, Poller, Source};
+use crate::services::dhcp::{DhcpConfig, DhcpServer, LeaseInfo};
+use crate::services::dns::bridge::DnsBridge;
+use crate::services::dns::{self, forward, LocalOutcome, LocalRecords};
+use crate::shared::Shared;
+use crate::stats::DropReason;
+use crate::wire;
+
+/// Everything the gateway needs to know, checked by the config layer.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub gateway_mac: EthernetAddress,
+    pub gateway_ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub guest_ip: Ipv4Addr,
+    /// `host.airlock.internal`: connections go to the host's loopback.
+    pub host_ip: Option<Ipv4Addr>,
+    /// `http.airlock.internal`: the proxy alias, and where it leads.
+    pub proxy_ip: Ipv4Addr,
+    pub proxy: Option<(u16, Target)>,
+    pub mtu: usize,
+    pub dns_upstreams: Vec<SocketAddr>,
+    pub records: Arc<LocalRecords>,
+    /// DNS zones the gateway is authoritative for (`airlock.internal`):
+    /// unknown names in them get NXDOMAIN instead of going upstream.
+    pub local_zones: Vec<String>,
+    pub dhcp: DhcpConfig,
+    /// Where published-port clients appear to come from.
+    pub publish_source: PublishSource,
+    pub max_flows: usize,
+    pub tcp: TcpLimits,
+    pub udp_timeout: Duration,
+}
+
+impl GatewayConfig {
+    fn mask(&self) -> u32 {
+        u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn in_subnet(&self, a: Ipv4Addr) -> bool {
+        u32::from(a) & self.mask() == u32::from(self.gateway_ip) & self.mask()
+    }
+
+    fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.gateway_ip) | !self.mask())
+    }
+
+    /// Addresses the gateway itself answers for.
+    fn is_ours(&self, a: Ipv4Addr) -> bool {
+        a == self.gateway_ip || Some(a) == self.host_ip || a == self.proxy_ip
+    }
+}
+
+pub struct Gateway {
+    cfg: GatewayConfig,
+    flows: Flows,
+    dhcp: DhcpServer,
+    listeners: Listeners,
+    egress: EgressCheck,
+    /// A socket set with no sockets: smoltcp answers segments no flow owns.
+    no_sockets: SocketSet<'static>,
+    events: Vec<(FlowId, Source, EventSet)>,
+    due: Vec<FlowId>,
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish()
+}
+
+impl Gateway {
+    pub fn new(cfg: GatewayConfig, shared: Arc<Shared>) -> io::Result<Gateway> {
+        let epoch = Instant::now();
+        let mut iface_cfg = IfaceConfig::new(HardwareAddress::Ip);
+        iface_cfg.random_seed = random_seed();
+        let mut sink = NullTx::default();
+        let mut dev = IpDevice::new(
+            &mut sink,
+            cfg.gateway_mac,
+            EthernetAddress::BROADCAST,
+            cfg.mtu,
+        );
+        let mut iface = Interface::new(iface_cfg, &mut dev, smoltcp::time::Instant::ZERO);
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(cfg.gateway_ip.into(), cfg.prefix_len));
+        });
+        // Accept segments for every destination: each flow's socket listens
+        // on the exact address the guest connected to.
+        iface.set_any_ip(true);
+        let stack = Stack {
+            iface,
+            poller: Poller::new()?,
+            shared,
+            link: Link {
+                gateway_mac: cfg.gateway_mac,
+                guest_mac: EthernetAddress::BROADCAST,
+                mtu: cfg.mtu,
+                epoch,
+            },
+            scratch: vec![0u8; MAX_DATAGRAM],
+        };
+        let mut gateway = Gateway {
+            dhcp: DhcpServer::new(cfg.dhcp.clone()),
+            flows: Flows {
+                table: FlowTable::new(cfg.max_flows),
+                stack,
+                starved: false,
+            },
+            cfg,
+            listeners: Listeners::default(),
+            egress: EgressCheck::default(),
+            no_sockets: SocketSet::new(Vec::new()),
+            events: Vec::new(),
+            due: Vec::new(),
+        };
+        gateway.listeners.sync(&gateway.flows);
+        Ok(gateway)
+    }
+
+    /// The epoll fd of host sockets (readable when one is ready).
+    pub fn host_fd(&self) -> std::os::unix::io::RawFd {
+        self.flows.stack.poller.epoll_fd()
+    }
+
+    /// The timer fd (readable when a flow deadline passed).
+    pub fn timer_fd(&self) -> std::os::unix::io::RawFd {
+        self.flows.stack.poller.timer_fd()
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.flows.stack.shared
+    }
+
+    fn dropped(&self, why: DropReason) {
+        self.shared().stats.dropped(why);
+    }
+
+    pub fn flow_count(&self) -> usize {
+        self.flows.table.live()
+    }
+
+    /// Every current flow.
+    pub fn flows(&self) -> Vec<FlowInfo> {
+        let now = Instant::now();
+        self.flows.table.iter().map(|(_, f)| f.info(now)).collect()
+    }
+
+    /// The DHCP leases.
+    pub fn leases(&self) -> Vec<LeaseInfo> {
+        self.dhcp.leases(Instant::now())
+    }
+
+    // ---- frames from the guest ---------------------------------------------
+
+    /// Handles one Ethernet frame from the guest. `partial_csum`: the guest
+    /// marked it NEEDS_CSUM (its L4 checksum is not filled in).
+    pub fn guest_frame(&mut self, frame: &[u8], partial_csum: bool, tx: &mut dyn GuestTx) {
+        self.shared().stats.frame_from_guest(frame.len());
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            self.dropped(DropReason::Malformed);
+            return;
+        };
+        let src = eth.src_addr();
+        if src.is_unicast() {
+            self.flows.stack.link.guest_mac = src;
+        }
+        match eth.ethertype() {
+            EthernetProtocol::Arp => self.arp(eth.payload(), tx),
+            EthernetProtocol::Ipv4 => self.ipv4(eth.payload(), partial_csum, tx),
+            _ => self.dropped(DropReason::Unsupported),
+        }
+    }
+
+    fn arp(&mut self, payload: &[u8], tx: &mut dyn GuestTx) {
+        let Ok(repr) = ArpPacket::new_checked(payload).and_then(|p| ArpRepr::parse(&p)) else {
+            self.dropped(DropReason::Malformed);
+            return;
+        };
+        let ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr,
+            source_protocol_addr,
+            target_protocol_addr,
+            ..
+        } = repr
+        else {
+            return;
+        };
+        // Answer for the gateway's own addresses and anything off-link (all
+        // of it is reached through us). Other addresses in the subnet have
+        // no host behind them, and the guest's own address must stay
+        // unanswered (its duplicate-address probes would fail).
+        let answer = target_protocol_addr != source_protocol_addr
+            && (self.cfg.is_ours(target_protocol_addr)
+                || !self.cfg.in_subnet(target_protocol_addr));
+        if answer {
+            let reply = wire::arp_reply(
+                self.cfg.gateway_mac,
+                target_protocol_addr,
+                source_hardware_addr,
+                source_protocol_addr,
+            );
+            self.flows.cx(tx).send_frame(&reply);
+        }
+    }
+
+    fn ipv4(&mut self, payload: &[u8], partial_csum: bool, tx: &mut dyn GuestTx) {
+        let Ok(pkt) = Ipv4Packet::new_checked(payload) else {
+            self.dropped(DropReason::Malformed);
+            return;
+        };
+        if !pkt.verify_checksum() {
+            self.dropped(DropReason::Malformed);
+            return;
+        }
+        if pkt.more_frags() || pkt.frag_offset() != 0 {
+            // The guest's MTU equals ours; fragments mean a guest sending
+            // oversized datagrams. Not reassembled.
+            self.dropped(DropReason::Unsupported);
+            return;
+        }
+        // Strip Ethernet padding: the IP packet is exactly total_len bytes.
+        let total = usize::from(pkt.total_len());
+        let Some(ip_bytes) = payload.get(..total) else {
+            self.dropped(DropReason::Malformed);
+            return;
+        };
+        let (src, dst) = (pkt.src_addr(), pkt.dst_addr());
+        let body = pkt.payload();
+        match pkt.next_header() {
+            IpProtocol::Tcp => self.tcp(ip_bytes, src, dst, body, partial_csum, tx),
+            IpProtocol::Udp => self.udp(ip_bytes, src, dst, body, tx),
+            IpProtocol::Icmp => self.icmp(ip_bytes, src, dst, body, partial_csum, tx),
+            _ => self.dropped(DropReason::Unsupported),
+        }
+    }
+
+    // ---- TCP ------------------------------------------------------------------
+
+    /// Lets smoltcp answer a segment no flow owns (with a RST, unless the
+    /// segment is itself a RST).
+    fn tcp_reset(&mut self, ip_bytes: &[u8], tx: &mut dyn GuestTx) {
+        let stack = &mut self.flows.stack;
+        let now =
+            smoltcp::time::Instant::from_micros(stack.link.epoch.elapsed().as_micros() as i64);
+        let link = stack.link;
+        let mut dev =
+            IpDevice::new(tx, link.gateway_mac, link.guest_mac, link.mtu).with_packet(ip_bytes);
+        stack.iface.poll(now, &mut dev, &mut self.no_sockets);
+    }
+
+    /// Where a new TCP connection from the guest goes, or `None` to refuse.
+    fn tcp_target(&self, dst: Ipv4Addr, port: u16) -> Option<Target> {
+        if dst == self.cfg.gateway_ip {
+            return None;
+        }
+        if Some(dst) == self.cfg.host_ip {
+            return Some(Target::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port))));
+        }
+        if dst == self.cfg.proxy_ip {
+            return match &self.cfg.proxy {
+                Some((p, target)) if *p == port => Some(target.clone()),
+                _ => None,
+            };
+        }
+        if self.cfg.in_subnet(dst) || !is_routable(dst) {
+            return None;
+        }
+        Some(Target::Tcp(SocketAddr::from((dst, port))))
+    }
+
+    fn tcp(
+        &mut self,
+        ip_bytes: &[u8],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        body: &[u8],
+        partial_csum: bool,
+        tx: &mut dyn GuestTx,
+    ) {
+        let Ok(seg) = TcpPacket::new_checked(body) else {
+            self.dropped(DropReason::Malformed);
+            return;
+        };
+        // A partial checksum (NEEDS_CSUM) is the guest's promise, not data
+        // to check; a full one is verified here, as smoltcp does not.
+        if !partial_csum && !seg.verify_checksum(&src.into(), &dst.into()) {
+            self.dropped(DropReason::Malformed);
+            return;
+        }
+        let guest = SocketAddrV4::new(src, seg.src_port());
+        let remote = SocketAddrV4::new(dst, seg.dst_port());
+        let packet = GuestPacket {
+            ip: ip_bytes,
+            payload: body,
+        };
+        if let Some(id) = self.flows.table.lookup(&FlowKey::Tcp(guest, remote)) {
+            self.flows
+                .with(id, tx, |flow, id, cx| flow.guest_packet(id, &packet, cx));
+            return;
+        }
+        if !seg.syn() || seg.ack() {
+            // A segment for no connection: smoltcp answers with RST.
+            self.tcp_reset(ip_bytes, tx);
+            return;
+        }
+        if dst == self.cfg.gateway_ip && seg.dst_port() == 53 {
+            self.tcp_dns(guest, remote, &packet, tx);
+            return;
+        }
+        let Some(target) = self.tcp_target(dst, seg.dst_port()) else {
+            self.dropped(DropReason::NoService);
+            self.shared().stats.flow_refused(Proto::Tcp);
+            self.tcp_reset(ip_bytes, tx);
+            return;
+        };
+        let decision = self
+            .egress
+            .check(&self.flows.stack.shared, Proto::Tcp, guest, remote);
+        if !decision.allowed() {
+            self.tcp_reset(ip_bytes, tx);
+            return;
+        }
+        let limits = self.cfg.tcp;
+        let to = target.clone();
+        let opened = self.flows.open(tx, |id, cx| {
+            Ok(Box::new(TcpFlow::open(id, guest, remote, to, limits, cx)?))
+        });
+        match opened {
+            Ok(id) => {
+                log::debug!("tcp {guest} -> {remote} via {target}");
+                self.shared().audit(json!({
+                    "event": "flow-open", "direction": "outbound", "proto": "tcp",
+                    "guest": guest.to_string(), "remote": remote.to_string(),
+                    "host_side": target.to_string(), "decision": decision.describe(),
+                }));
+                self.flows
+                    .with(id, tx, |flow, id, cx| flow.guest_packet(id, &packet, cx));
+            }
+            Err(OpenError::Limit) => {
+                ratelimited!(
+                    log::Level::Warn,
+                    "flow limit ({}) reached: refusing tcp {guest} -> {remote}",
+                    self.cfg.max_flows,
+                );
+                self.dropped(DropReason::FlowLimit);
+                self.shared().stats.flow_refused(Proto::Tcp);
+                self.tcp_reset(ip_bytes, tx);
+            }
+            Err(OpenError::Io(e)) => {
+                log::debug!("tcp {guest} -> {remote}: cannot connect to {target}: {e}");
+                self.shared().stats.flow_refused(Proto::Tcp);
+                self.tcp_reset(ip_bytes, tx);
+            }
+        }
+    }
+
+    /// A guest's DNS-over-TCP connection to the gateway.
+    fn tcp_dns(
+        &mut self,
+        guest: SocketAddrV4,
+        remote: SocketAddrV4,
+        packet: &GuestPacket,
+        tx: &mut dyn GuestTx,
+    ) {
+        let bridge = DnsBridge::new(
+            self.cfg.records.clone(),
+            self.cfg.dns_upstreams.first().copied(),
+        );
+        let limits = self.cfg.tcp;
+        let opened = self.flows.open(tx, |_, cx| {
+            Ok(Box::new(TcpFlow::open_dns(
+                guest, remote, bridge, limits, cx.now,
+            )?))
+        });
+        match opened {
+            Ok(id) => {
+                self.flows
+                    .with(id, tx, |flow, id, cx| flow.guest_packet(id, packet, cx));
+            }
+            Err(OpenError::Limit) => {
+                self.dropped(DropReason::FlowLimit);
+                self.shared().stats.flow_refused(Proto::Tcp);
+                self.tcp_reset(packet.ip, tx);
+            }
+            Err(OpenError::Io(e)) => {
+                log::debug!("dns/tcp {guest}: {e}");
+                self.tcp_reset(packet.ip, tx);
+            }
+        }
+    }
+
+    // ---- UDP ------------------------------------------------------------------
+
+    fn udp(
+        &mut self,
+        ip_bytes: &[u8],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        body: &[u8],
+        tx: &mut dyn GuestTx,
+    ) {
+        let Ok(dgram) = UdpPacket::new_checked(body) else {
+            self.dropped(DropReason::Malformed);
+            return;
+        };
+        let Some(payload) = dgram
+            .len()
+            .checked_sub(8)
+            .and_then(|n| dgram.payload().get(..usize::from(n)))
+        else {
+            self.dropped(DropReason::Malformed);
+            return;
+        };
+        let guest = SocketAddrV4::new(src, dgram.src_port());
+        let remote = SocketAddrV4::new(dst, dgram.dst_port());
+        let packet = GuestPacket {
+            ip: ip_bytes,
+            payload,
+        };
+        // An answer to a client of a published port, or more of a flow?
+        for key in [
+            FlowKey::PublishedUdp(guest, remote),
+            FlowKey::Udp(guest, remote),
+        ] {
+            if let Some(id) = self.flows.table.lookup(&key) {
+                self.flows
+                    .with(id, tx, |flow, id, cx| flow.guest_packet(id, &packet, cx));
+                return;
+            }
+        }
+        if remote.port() == 67
+            && (dst == self.cfg.gateway_ip || dst.is_broadcast() || dst == self.cfg.broadcast())
+        {
+            self.dhcp_request(payload, tx);
+            return;
+        }
+        if dst == self.cfg.gateway_ip && remote.port() == 53 {
+            self.dns_query(guest, remote, payload, tx);
+            return;
+        }
+        if dst.is_broadcast() || dst.is_multicast() || dst == self.cfg.broadcast() {
+            return; // mDNS, SSDP, NetBIOS …: nobody to deliver to.
+        }
+        let target = if Some(dst) == self.cfg.host_ip {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, remote.port()))
+        } else if self.cfg.is_ours(dst) || self.cfg.in_subnet(dst) || !is_routable(dst) {
+            self.dropped(DropReason::NoService);
+            return;
+        } else {
+            SocketAddr::V4(remote)
+        };
+        let decision = self
+            .egress
+            .check(&self.flows.stack.shared, Proto::Udp, guest, remote);
+        if !decision.allowed() {
+            self.flows
+                .cx(tx)
+                .unreachable(guest, remote, Icmpv4DstUnreachable::CommProhibited);
+            return;
+        }
+        let timeout = self.cfg.udp_timeout;
+        let opened = self.flows.open(tx, |id, cx| {
+            Ok(Box::new(UdpFlow::open(
+                id, guest, remote, target, timeout, cx,
+            )?))
+        });
+        match opened {
+            Ok(id) => {
+                self.shared().audit(json!({
+                    "event": "flow-open", "direction": "outbound", "proto": "udp",
+                    "guest": guest.to_string(), "remote": remote.to_string(),
+                    "host_side": target.to_string(),
+                }));
+                self.flows
+                    .with(id, tx, |flow, id, cx| flow.guest_packet(id, &packet, cx));
+            }
+            Err(OpenError::Limit) => {
+                ratelimited!(
+                    log::Level::Warn,
+                    "flow limit ({}) reached: refusing udp {guest} -> {remote}",
+                    self.cfg.max_flows
+                );
+                self.dropped(DropReason::FlowLimit);
+                self.shared().stats.flow_refused(Proto::Udp);
+                // Say so, as for a denied flow, instead of letting the
+                // guest's socket wait for an answer that never comes.
+                self.flows
+                    .cx(tx)
+                    .unreachable(guest, remote, Icmpv4DstUnreachable::CommProhibited);
+            }
+            Err(OpenError::Io(e)) => {
+                ratelimited!(
+                    log::Level::Warn,
+                    "udp {guest} -> {target}: cannot open a host socket: {e}"
+                );
+                self.shared().stats.flow_refused(Proto::Udp);
+                self.dropped(DropReason::HostSendFailed);
+            }
+        }
+    }
+
+    fn dhcp_request(&mut self, payload: &[u8], tx: &mut dyn GuestTx) {
+        match self.dhcp.handle(payload, Instant::now()) {
+            Ok(Some(reply)) => {
+                let dst_mac = EthernetAddress(reply.dst_mac);
+                self.flows.cx(tx).send_udp(
+                    SocketAddrV4::new(self.cfg.gateway_ip, 67),
+                    SocketAddrV4::new(reply.dst_ip, 68),
+                    &reply.payload,
+                    Some(dst_mac),
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                ratelimited!(
+                    log::Level::Info,
+                    "ignoring DHCP message from the guest: {e}"
+                );
+                self.dropped(DropReason::Malformed);
+            }
+        }
+    }
+
+    fn dns_query(
+        &mut self,
+        guest: SocketAddrV4,
+        gateway: SocketAddrV4,
+        msg: &[u8],
+        tx: &mut dyn GuestTx,
+    ) {
+        let reply = match dns::answer_local(msg, &self.cfg.records) {
+            Ok(LocalOutcome::Answer(reply)) => Some(reply),
+            Ok(LocalOutcome::Forward) => {
+                // Names in our own zone that we don't have never leave the host.
+                let local = dns::parse_query(msg).is_ok_and(|q| {
+                    self.cfg
+                        .local_zones
+                        .iter()
+                        .any(|z| dns::in_zone(&q.name, z))
+                });
+                if local {
+                    dns::error_reply(msg, dns::Rcode::NxDomain)
+                } else if self.cfg.dns_upstreams.is_empty() {
+                    dns::error_reply(msg, dns::Rcode::ServFail)
+                } else {
+                    forward::forward(
+                        &mut self.flows,
+                        guest,
+                        gateway,
+                        msg,
+                        &self.cfg.dns_upstreams,
+                        self.cfg.udp_timeout,
+                        tx,
+                    );
+                    None
+                }
+            }
+            Err(e) => {
+                ratelimited!(log::Level::Info, "malformed DNS query from the guest: {e}");
+                self.dropped(DropReason::Malformed);
+                e.reply_rcode().and_then(|rc| dns::error_reply(msg, rc))
+            }
+        };
+        if let Some(reply) = reply {
+            self.flows.cx(tx).send_udp(gateway, guest, &reply, None);
+        }
+    }
+
+    // ---- ICMP -----------------------------------------------------------------
+
+    fn icmp(
+        &mut self,
+        ip_bytes: &[u8],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        body: &[u8],
+        partial_csum: bool,
+        tx: &mut dyn GuestTx,
+    ) {
+        let mut caps = ChecksumCapabilities::default();
+        if partial_csum {
+            caps.icmpv4 = smoltcp::phy::Checksum::None;
+        }
+        let Ok(repr) = Icmpv4Packet::new_checked(body).and_then(|p| Icmpv4Repr::parse(&p, &caps))
+        else {
+            self.dropped(DropReason::Malformed);
+            return;
+        };
+        let Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no,
+            data,
+        } = repr
+        else {
+            return;
+        };
+        if self.cfg.is_ours(dst) {
+            let reply = Icmpv4Repr::EchoReply {
+                ident,
+                seq_no,
+                data,
+            };
+            let mut cx = self.flows.cx(tx);
+            let frame = wire::icmp_frame(cx.route(dst, src), &reply);
+            cx.send_frame(&frame);
+            return;
+        }
+        if self.cfg.in_subnet(dst) || !is_routable(dst) {
+            return;
+        }
+        let packet = GuestPacket {
+            ip: ip_bytes,
+            payload: body,
+        };
+        if let Some(id) = self.flows.table.lookup(&FlowKey::Ping(src, ident, dst)) {
+            self.flows
+                .with(id, tx, |flow, id, cx| flow.guest_packet(id, &packet, cx));
+            return;
+        }
+        let decision = self.egress.check(
+            &self.flows.stack.shared,
+            Proto::Icmp,
+            SocketAddrV4::new(src, 0),
+            SocketAddrV4::new(dst, 0),
+        );
+        if !decision.allowed() {
+            return;
+        }
+        let timeout = self.cfg.udp_timeout;
+        let opened = self.flows.open(tx, |id, cx| {
+            Ok(Box::new(PingFlow::open(id, src, ident, dst, timeout, cx)?))
+        });
+        match opened {
+            Ok(id) => self
+                .flows
+                .with(id, tx, |flow, id, cx| flow.guest_packet(id, &packet, cx)),
+            Err(OpenError::Limit) => {
+                self.dropped(DropReason::FlowLimit);
+                self.shared().stats.flow_refused(Proto::Icmp);
+            }
+            Err(OpenError::Io(e)) => {
+                self.shared().stats.flow_refused(Proto::Icmp);
+                if ping::not_permitted(&e) {
+                    self.dropped(DropReason::PingNotPermitted);
+                    static ONCE: std::sync::Once = std::sync::Once::new();
+                    ONCE.call_once(|| {
+                        log::warn!(
+                            "ping to outside addresses is unavailable: unprivileged ICMP sockets are \
+                             not permitted for this user (sysctl net.ipv4.ping_group_range); \
+                             echo requests are dropped"
+                        )
+                    });
+                } else {
+                    ratelimited!(
+                        log::Level::Warn,
+                        "icmp to {dst}: cannot open a ping socket: {e}"
+                    );
+                    self.dropped(DropReason::HostSendFailed);
+                }
+            }
+        }
+    }
+
+    // ---- host side and timers ---------------------------------------------
+
+    /// Handles every ready host socket.
+    pub fn host_events(&mut self, tx: &mut dyn GuestTx) -> io::Result<()> {
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        self.flows.stack.poller.ready(&mut events)?;
+        for &(id, source, ev) in &events {
+            if source == Source::Listener {
+                self.listeners.ready(id, &mut self.flows, &self.cfg, tx);
+            } else {
+                self.flows
+                    .with(id, tx, |flow, id, cx| flow.host_event(id, source, ev, cx));
+            }
+        }
+        self.events = events;
+        Ok(())
+    }
+
+    /// Handles every flow whose deadline passed.
+    pub fn timers(&mut self, tx: &mut dyn GuestTx) {
+        let now = Instant::now();
+        let mut due = std::mem::take(&mut self.due);
+        due.clear();
+        self.flows.stack.poller.due(now, &mut due);
+        for &id in &due {
+            if self.flows.table.woken(id, now) {
+                self.flows.with(id, tx, |flow, id, cx| flow.timer(id, cx));
+            } else {
+                // Woken early (the deadline moved): wait for the new one.
+                self.flows.table.schedule(id, &mut self.flows.stack.poller);
+            }
+        }
+        self.due = due;
+        let table = &self.flows.table;
+        self.flows
+            .stack
+            .poller
+            .compact(table.live(), |id, _| table.is_live(*id));
+    }
+
+    /// Whether something was held back for lack of guest buffers: the
+    /// transport calls [`Gateway::guest_room`] once it has room again.
+    pub fn starved(&self) -> bool {
+        self.flows.starved
+    }
+
+    /// The guest has room again: let flows that were held back send, and
+    /// watch paused UDP sockets again (their pending datagrams wake the
+    /// next round).
+    pub fn guest_room(&mut self, tx: &mut dyn GuestTx) {
+        if !std::mem::take(&mut self.flows.starved) {
+            return;
+        }
+        for id in self.flows.table.ids() {
+            if !tx.has_room() {
+                self.flows.starved = true;
+                break;
+            }
+            self.flows
+                .with(id, tx, |flow, id, cx| flow.guest_room(id, cx));
+        }
+    }
+
+    /// Closes every flow (the guest went away): host TCP peers get a RST.
+    pub fn shutdown(&mut self) {
+        let mut sink = NullTx::default();
+        for id in self.flows.table.ids() {
+            self.flows.with(id, &mut sink, |flow, _, cx| {
+                flow.shutdown(cx);
+                Verdict::Done
+            });
+        }
+    }
+
+    /// Ports, the policy or a query changed (control API, SIGHUP): register
+    /// new published sockets, close established flows the policy now
+    /// denies, and answer the control API's questions about this guest.
+    pub fn control(&mut self, tx: &mut dyn GuestTx) {
+        let queries = self.shared().take_notification();
+        self.listeners.sync(&self.flows);
+        let policy = self.shared().policy();
+        let denied: Vec<(FlowId, Proto, String)> = self
+            .flows
+            .table
+            .iter()
+            .filter(|(_, f)| !f.service())
+            .filter_map(|(id, f)| {
+                let (proto, remote) = f.egress()?;
+                let port = (proto != Proto::Icmp).then_some(remote.port());
+                let d = policy.decide(proto, *remote.ip(), port);
+                (!d.allowed()).then(|| (id, proto, d.describe()))
+            })
+            .collect();
+        for (id, proto, why) in denied {
+            log::info!("policy reload closes a {proto} flow: {why}");
+            self.shared().audit(json!({"event": "flow-deny", "reason": "policy-reload", "proto": proto, "decision": why}));
+            self.flows.with(id, tx, |flow, _, cx| {
+                flow.reset(cx);
+                Verdict::Done
+            });
+        }
+        for query in queries {
+            query.answer(self.flows(), self.leases());
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,406 @@
+//! Egress policy: which destinations the guest may open flows to.
+//!
+//! Rules are evaluated in order; the first that matches decides, and the
+//! default (`--egress allow|deny`) applies when none does. A rule names an
+//! IPv4 network, optionally ports and a protocol:
+//!
+//! ```text
+//! 10.0.0.0/8               any protocol, any port
+//! 192.168.1.10:443         one address, one port (TCP or UDP)
+//! 0.0.0.0/0:53/udp         UDP to port 53 anywhere
+//! 172.16.0.0/12:8000-8999/tcp
+//! 203.0.113.7/icmp         ICMP echo to that address
+//! ```
+//!
+//! Rules apply to every flow the guest starts except the gateway's own
+//! services (DHCP, DNS): NAT destinations, the host alias and the proxy
+//! alias alike, as the guest addresses them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+pub use airlock_api::Proto;
+use serde_json::json;
+
+use crate::shared::Shared;
+use crate::stats::DropReason;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        })
+    }
+}
+
+impl FromStr for Action {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "allow" => Ok(Action::Allow),
+            "deny" => Ok(Action::Deny),
+            _ => Err(PolicyError::Action(s.to_owned())),
+        }
+    }
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{0:?} is not an IPv4 network (expected e.g. 10.0.0.0/8 or 192.168.1.10)")]
+    Network(String),
+    #[error("{0:?} is not a port or port range (expected e.g. 443 or 8000-8999)")]
+    Ports(String),
+    #[error("ports make no sense with ICMP in {0:?}")]
+    IcmpPorts(String),
+    #[error("unknown protocol {0:?} (tcp, udp or icmp)")]
+    Proto(String),
+    #[error("unknown action {0:?} (allow or deny)")]
+    Action(String),
+    #[error("{file}:{line}: {source}")]
+    File {
+        file: String,
+        line: usize,
+        #[source]
+        source: Box<PolicyError>,
+    },
+    #[error(
+        "{file}:{line}: expected `allow RULE`, `deny RULE` or `default allow|deny`, got {text:?}"
+    )]
+    Syntax {
+        file: String,
+        line: usize,
+        text: String,
+    },
+    #[error("cannot read egress rules from {0}")]
+    Read(String, #[source] std::sync::Arc<std::io::Error>),
+}
+
+/// One `--allow`/`--deny` rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub action: Action,
+    pub net: Ipv4Addr,
+    pub prefix: u8,
+    pub ports: Option<(u16, u16)>,
+    pub proto: Option<Proto>,
+    /// The rule as written, for messages and the audit log.
+    pub text: String,
+}
+
+impl Rule {
+    pub fn parse(action: Action, text: &str) -> Result<Rule, PolicyError> {
+        let mut rest = text.trim();
+        let mut proto = None;
+        for (suffix, p) in [
+            ("/tcp", Proto::Tcp),
+            ("/udp", Proto::Udp),
+            ("/icmp", Proto::Icmp),
+        ] {
+            if let Some(r) = rest.strip_suffix(suffix) {
+                proto = Some(p);
+                rest = r;
+            }
+        }
+        let (net_part, ports) = match rest.rsplit_once(':') {
+            Some((n, p)) => (n, Some(parse_ports(p)?)),
+            None => (rest, None),
+        };
+        if ports.is_some() && proto == Some(Proto::Icmp) {
+            return Err(PolicyError::IcmpPorts(text.to_owned()));
+        }
+        let (addr, prefix) = match net_part.split_once('/') {
+            Some((a, p)) => (a, p.parse::<u8>().ok().filter(|p| *p <= 32)),
+            None => (net_part, Some(32)),
+        };
+        let (Ok(addr), Some(prefix)) = (addr.parse::<Ipv4Addr>(), prefix) else {
+            return Err(PolicyError::Network(net_part.to_owned()));
+        };
+        Ok(Rule {
+            action,
+            net: Ipv4Addr::from(u32::from(addr) & mask(prefix)),
+            prefix,
+            ports,
+            proto,
+            text: text.trim().to_owned(),
+        })
+    }
+
+    pub fn matches(&self, proto: Proto, dst: Ipv4Addr, port: Option<u16>) -> bool {
+        if self.proto.is_some_and(|p| p != proto) {
+            return false;
+        }
+        if u32::from(dst) & mask(self.prefix) != u32::from(self.net) {
+            return false;
+        }
+        match (self.ports, port) {
+            (None, _) => true,
+            (Some((lo, hi)), Some(p)) => (lo..=hi).contains(&p),
+            (Some(_), None) => false,
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.action, self.text)
+    }
+}
+
+fn mask(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+fn parse_ports(s: &str) -> Result<(u16, u16), PolicyError> {
+    let bad = || PolicyError::Ports(s.to_owned());
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (
+            a.parse::<u16>().map_err(|_| bad())?,
+            b.parse::<u16>().map_err(|_| bad())?,
+        ),
+        None => {
+            let p = s.parse::<u16>().map_err(|_| bad())?;
+            (p, p)
+        }
+    };
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
+/// What the policy said about a flow, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    /// The rule that matched (`None`: the default applied).
+    pub rule: Option<String>,
+}
+
+impl Decision {
+    pub fn allowed(&self) -> bool {
+        self.action == Action::Allow
+    }
+
+    /// `"allow"`, `"deny (rule 2: deny 10.0.0.0/8)"`, `"deny (default)"`.
+    pub fn describe(&self) -> String {
+        match &self.rule {
+            Some(r) => format!("{} ({r})", self.action),
+            None => format!("{} (default)", self.action),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub rules: Vec<Rule>,
+    pub default: Action,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            rules: Vec::new(),
+            default: Action::Allow,
+        }
+    }
+}
+
+impl Policy {
+    pub fn decide(&self, proto: Proto, dst: Ipv4Addr, port: Option<u16>) -> Decision {
+        for (i, r) in self.rules.iter().enumerate() {
+            if r.matches(proto, dst, port) {
+                return Decision {
+                    action: r.action,
+                    rule: Some(format!("rule {}: {r}", i + 1)),
+                };
+            }
+        }
+        Decision {
+            action: self.default,
+            rule: None,
+        }
+    }
+
+    /// Parses a rules file: one `allow RULE`, `deny RULE` or
+    /// `default allow|deny` per line; `#` starts a comment.
+    pub fn parse_file(name: &str, text: &str) -> Result<(Vec<Rule>, Option<Action>), PolicyError> {
+        let mut rules = Vec::new();
+        let mut default = None;
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let wrap = |source: PolicyError| PolicyError::File {
+                file: name.to_owned(),
+                line: i + 1,
+                source: Box::new(source),
+            };
+            let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            match word {
+                "allow" | "deny" => {
+                    let action = word.parse().map_err(wrap)?;
+                    rules.push(Rule::parse(action, rest).map_err(wrap)?);
+                }
+                "default" => default = Some(rest.trim().parse().map_err(wrap)?),
+                _ => {
+                    return Err(PolicyError::Syntax {
+                        file: name.to_owned(),
+                        line: i + 1,
+                        text: line.to_owned(),
+                    })
+                }
+            }
+        }
+        Ok((rules, default))
+    }
+}
+
+/// How often a guest retrying a denied flow is audited: once per flow key
+/// in this window.
+const DENY_AUDIT_WINDOW: Duration = Duration::from_secs(10);
+
+/// Asks the egress policy about new flows, and counts, logs and audits
+/// denials without letting a guest that retries flood the audit log.
+#[derive(Default)]
+pub(crate) struct EgressCheck {
+    /// When a denied flow was last written to the audit log.
+    denied: HashMap<(Proto, SocketAddrV4, SocketAddrV4), Instant>,
+}
+
+impl EgressCheck {
+    pub(crate) fn check(
+        &mut self,
+        shared: &Shared,
+        proto: Proto,
+        guest: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Decision {
+        let port = (proto != Proto::Icmp).then_some(remote.port());
+        let decision = shared.policy().decide(proto, *remote.ip(), port);
+        if !decision.allowed() {
+            shared.stats.dropped(DropReason::Policy);
+            shared.stats.flow_refused(proto);
+            let now = Instant::now();
+            let key = (proto, guest, remote);
+            let recent = self
+                .denied
+                .get(&key)
+                .is_some_and(|t| now.duration_since(*t) < DENY_AUDIT_WINDOW);
+            if !recent {
+                if self.denied.len() > 4096 {
+                    self.denied
+                        .retain(|_, t| now.duration_since(*t) < DENY_AUDIT_WINDOW);
+                }
+                self.denied.insert(key, now);
+                log::info!(
+                    "egress {proto} {guest} -> {remote}: {}",
+                    decision.describe()
+                );
+                shared.audit(json!({
+                    "event": "flow-deny", "proto": proto, "guest": guest.to_string(),
+                    "remote": remote.to_string(), "decision": decision.describe(),
+                }));
+            }
+        }
+        decision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn rule_syntax() {
+        let r = Rule::parse(Action::Deny, "10.1.2.3/8").unwrap();
+        assert_eq!(
+            (r.net, r.prefix, r.ports, r.proto),
+            (ip("10.0.0.0"), 8, None, None)
+        );
+        let r = Rule::parse(Action::Allow, "192.168.1.10:443").unwrap();
+        assert_eq!((r.prefix, r.ports), (32, Some((443, 443))));
+        let r = Rule::parse(Action::Allow, "0.0.0.0/0:53/udp").unwrap();
+        assert_eq!(
+            (r.prefix, r.ports, r.proto),
+            (0, Some((53, 53)), Some(Proto::Udp))
+        );
+        let r = Rule::parse(Action::Allow, "172.16.0.0/12:8000-8999/tcp").unwrap();
+        assert_eq!(r.ports, Some((8000, 8999)));
+        let r = Rule::parse(Action::Deny, "203.0.113.7/icmp").unwrap();
+        assert_eq!(r.proto, Some(Proto::Icmp));
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "host.example",
+            "1.2.3.4:0",
+            "1.2.3.4:9-8",
+            "1.2.3.4:x",
+            "1.2.3.4:80/icmp",
+            "1.2.3.4/sctp",
+        ] {
+            assert!(Rule::parse(Action::Deny, bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn first_match_wins_then_default() {
+        let p = Policy {
+            rules: vec![
+                Rule::parse(Action::Allow, "10.200.0.2:80/tcp").unwrap(),
+                Rule::parse(Action::Deny, "10.200.0.0/16").unwrap(),
+            ],
+            default: Action::Allow,
+        };
+        assert!(p.decide(Proto::Tcp, ip("10.200.0.2"), Some(80)).allowed());
+        let d = p.decide(Proto::Tcp, ip("10.200.0.2"), Some(81));
+        assert_eq!(d.action, Action::Deny);
+        assert_eq!(d.describe(), "deny (rule 2: deny 10.200.0.0/16)");
+        assert!(!p.decide(Proto::Udp, ip("10.200.0.2"), Some(80)).allowed());
+        assert!(!p.decide(Proto::Icmp, ip("10.200.9.9"), None).allowed());
+        let d = p.decide(Proto::Tcp, ip("8.8.8.8"), Some(53));
+        assert_eq!(d.describe(), "allow (default)");
+        let deny_all = Policy {
+            rules: vec![],
+            default: Action::Deny,
+        };
+        assert!(!deny_all
+            .decide(Proto::Tcp, ip("1.1.1.1"), Some(1))
+            .allowed());
+    }
+
+    #[test]
+    fn port_rules_do_not_match_icmp() {
+        let r = Rule::parse(Action::Deny, "0.0.0.0/0:1-65535").unwrap();
+        assert!(!r.matches(Proto::Icmp, ip("1.2.3.4"), None));
+        assert!(r.matches(Proto::Udp, ip("1.2.3.4"), Some(9)));
+    }
+
+    #[test]
+    fn rules_file() {
+        let text = "# comment\ndefault deny\nallow 192.168.127.253:3128/tcp  # the proxy\n\ndeny 10.0.0.0/8\n";
+        let (rules, default) = Policy::parse_file("rules", text).unwrap();
+        assert_eq!(default, Some(Action::Deny));
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].to_string(), "allow 192.168.127.253:3128/tcp");
+        let err = Policy::parse_file("rules", "allow 10.0.0.0/8\npermit 1.2.3.4\n").unwrap_err();
+        assert_eq!(err.to_string(), "rules:2: expected `allow RULE`, `deny RULE` or `default allow|deny`, got \"permit 1.2.3.4\"");
+        let err = Policy::parse_file("f", "deny 300.0.0.1\n").unwrap_err();
+        assert!(err.to_string().starts_with("f:1: "), "{err}");
+    }
+}
