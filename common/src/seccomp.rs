@@ -108,6 +108,14 @@ pub fn compile(list: &str, mode: SeccompMode) -> Result<Option<BpfMap>, SeccompE
         .map_err(|e| SeccompError::Compile(e.to_string()))
 }
 
+/// Whether `list` names only system calls of this architecture and makes
+/// a filter (each daemon's allow-list is checked with this in its tests).
+pub fn check_list(list: &str) -> Result<(), SeccompError> {
+    compile(list, SeccompMode::Kill)?
+        .map(|_| ())
+        .ok_or_else(|| SeccompError::Compile("no filter".into()))
+}
+
 /// Installs the filter for `mode` from `list` on every thread of the process.
 pub fn apply(list: &str, mode: SeccompMode) -> Result<(), SeccompError> {
     let Some(map) = compile(list, mode)? else {

@@ -10,22 +10,17 @@
 //! (fsync, a large read) doesn't hold up the queue.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use airlock_common::ratelimited;
-use airlock_vhost::{Chain, GuestMemory, Session, Vring};
+use airlock_vhost::{Chain, GuestMemory, GuestState, Session, Vring};
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringT};
-use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
-};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
@@ -100,8 +95,7 @@ pub struct FsSession {
     /// Forget the guest's inodes and handles when it leaves (one file
     /// system instance serving frontend after frontend, `--sandbox chroot`).
     reset_on_detach: bool,
-    mem: RwLock<Option<GuestMemory>>,
-    event_idx: AtomicBool,
+    guest: GuestState,
     pool: Option<Pool>,
 }
 
@@ -120,8 +114,7 @@ impl FsSession {
             server: Arc::new(Server::new(fs.clone())),
             fs,
             reset_on_detach,
-            mem: RwLock::new(None),
-            event_idx: AtomicBool::new(false),
+            guest: GuestState::default(),
             pool,
         })
     }
@@ -174,11 +167,10 @@ impl FsSession {
     }
 
     fn process_queue(&self, vring: &Vring, queue: &str) -> io::Result<()> {
-        let Some(mem) = self.mem.read().unwrap_or_else(|e| e.into_inner()).clone() else {
+        let Some(mem) = self.guest.memory() else {
             return Ok(());
         };
-        let event_idx = self.event_idx.load(Ordering::Relaxed);
-        airlock_vhost::drain(vring, &mem, event_idx, queue, |chains| {
+        airlock_vhost::drain(vring, &mem, self.guest.event_idx(), queue, |chains| {
             for chain in chains {
                 match &self.pool {
                     None => Self::serve(&self.server, vring, chain),
@@ -207,24 +199,19 @@ impl VhostUserBackend for FsSession {
     }
 
     fn features(&self) -> u64 {
-        (1 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
-            | (1 << VIRTIO_RING_F_EVENT_IDX)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        airlock_vhost::BASE_FEATURES
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        airlock_vhost::PROTOCOL_FEATURES
     }
 
     fn set_event_idx(&self, enabled: bool) {
-        self.event_idx.store(enabled, Ordering::Relaxed);
+        self.guest.set_event_idx(enabled);
     }
 
     fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
-        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        self.guest.set_memory(mem);
         Ok(())
     }
 
@@ -264,7 +251,7 @@ impl Session for FsSession {
         if let Some(pool) = &self.pool {
             pool.shutdown();
         }
-        self.mem.write().unwrap_or_else(|e| e.into_inner()).take();
+        self.guest.clear();
         if self.reset_on_detach {
             self.fs.destroy();
         }

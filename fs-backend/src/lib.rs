@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_common::audit::{AuditLog, AuditOpenError};
+use airlock_common::daemon::Nofile;
 use airlock_common::listen::ListenError;
 use airlock_vhost::runner::{self, RunError};
 use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig, PassthroughFs};
@@ -120,27 +121,24 @@ fn new_fs(config: &Config, root: &Path, audit: Option<Arc<AuditLog>>) -> io::Res
 /// Runs the daemon until a signal (or, with `--exit-on-disconnect`, the
 /// first frontend's departure) ends it.
 pub fn run(config: Config) -> Result<(), FsError> {
-    match config.rlimit_nofile {
-        Some(0) => {}
-        Some(n) => airlock_common::sys::set_nofile_limit(n).map_err(|e| FsError::Rlimit(n, e))?,
-        None => match airlock_common::sys::raise_nofile_to_hard() {
-            Ok(n) => log::debug!("RLIMIT_NOFILE raised to {n}"),
-            Err(e) => log::warn!("cannot raise RLIMIT_NOFILE: {e}"),
-        },
-    }
+    let nofile = match config.rlimit_nofile {
+        Some(0) => Nofile::Inherited,
+        Some(n) => {
+            airlock_common::sys::set_nofile_limit(n).map_err(|e| FsError::Rlimit(n, e))?;
+            Nofile::Inherited
+        }
+        None => Nofile::RaiseToHard,
+    };
     if config.inode_file_handles == InodeFileHandles::Mandatory {
         handles::check_supported(&config.shared_dir)
             .map_err(|e| FsError::FileHandles(config.shared_dir.display().to_string(), e))?;
     }
-    let audit = config
-        .audit_log
-        .as_deref()
-        .map(AuditLog::open)
-        .transpose()?
-        .map(Arc::new);
-    // The socket is removed at exit through its directory, held open from
-    // before the sandbox hides the path.
-    airlock_common::sandbox::keep_socket_dirs(config.listen.socket_path.as_deref());
+    let audit = airlock_common::daemon::prepare(
+        nofile,
+        config.audit_log.as_deref(),
+        config.listen.socket_path.as_deref(),
+    )?
+    .map(Arc::new);
     let listener = config.listen.bind()?;
     // The sandbox hides $NOTIFY_SOCKET's path (and, in a new network
     // namespace, its abstract name): connect while it is reachable.
@@ -206,13 +204,9 @@ pub fn run(config: Config) -> Result<(), FsError> {
 
 #[cfg(test)]
 mod seccomp_list_tests {
-    use airlock_common::seccomp::{compile, SeccompMode};
-
     #[test]
     fn the_allow_list_compiles() {
         // Every name must be a system call of this architecture.
-        compile(super::SECCOMP_ALLOW_LIST, SeccompMode::Kill)
-            .expect("airlock-fs seccomp.allow")
-            .expect("a filter");
+        airlock_common::seccomp::check_list(super::SECCOMP_ALLOW_LIST).expect("seccomp.allow");
     }
 }

@@ -6,21 +6,17 @@
 
 use std::io;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use airlock_common::ratelimited;
 use airlock_netcore::stats::DropReason;
 use airlock_netcore::{Backlog, Gateway, GatewayConfig, GuestTx, Shared};
-use airlock_vhost::{GuestMemory, Session, Vring, Worker};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use airlock_vhost::{GuestMemory, GuestState, Session, Vring, Worker};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringT};
-use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
-};
-use virtio_bindings::bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
@@ -56,9 +52,8 @@ struct Inner {
 pub struct NetSession {
     inner: Mutex<Inner>,
     shared: Arc<Shared>,
-    mem: RwLock<Option<GuestMemory>>,
+    guest: GuestState,
     acked: AtomicU64,
-    event_idx: AtomicBool,
     offer_csum: bool,
 }
 
@@ -71,9 +66,8 @@ impl NetSession {
                 frame: Vec::with_capacity(virtio_net::MAX_FRAME),
             }),
             shared,
-            mem: RwLock::new(None),
+            guest: GuestState::default(),
             acked: AtomicU64::new(0),
-            event_idx: AtomicBool::new(false),
             offer_csum,
         })
     }
@@ -82,13 +76,9 @@ impl NetSession {
         self.acked.load(Ordering::Relaxed) & (1 << bit) != 0
     }
 
-    fn memory(&self) -> Option<GuestMemory> {
-        self.mem.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
     /// Moves backlog frames into the guest's receive buffers.
     fn flush(&self, inner: &mut Inner, rx: &Vring) -> io::Result<()> {
-        let Some(mem) = self.memory() else {
+        let Some(mem) = self.guest.memory() else {
             return Ok(());
         };
         let mergeable = self.acked(VIRTIO_NET_F_MRG_RXBUF);
@@ -158,10 +148,10 @@ impl NetSession {
         let (Some(rx), Some(tx)) = (vrings.first(), vrings.get(1)) else {
             return Ok(());
         };
-        let Some(mem) = self.memory() else {
+        let Some(mem) = self.guest.memory() else {
             return Ok(());
         };
-        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let event_idx = self.guest.event_idx();
         let shared = self.shared.clone();
         let stats = &shared.stats;
         airlock_vhost::drain(tx, &mem, event_idx, "transmit", |chains| {
@@ -228,12 +218,9 @@ impl VhostUserBackend for NetSession {
     }
 
     fn features(&self) -> u64 {
-        let mut f = (1 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_RING_F_EVENT_IDX)
-            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+        let mut f = airlock_vhost::BASE_FEATURES
             | (1 << VIRTIO_NET_F_MRG_RXBUF)
-            | (1 << VIRTIO_NET_F_MTU)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+            | (1 << VIRTIO_NET_F_MTU);
         if self.offer_csum {
             f |= (1 << VIRTIO_NET_F_CSUM) | (1 << VIRTIO_NET_F_GUEST_CSUM);
         }
@@ -251,17 +238,15 @@ impl VhostUserBackend for NetSession {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        airlock_vhost::PROTOCOL_FEATURES
     }
 
     fn set_event_idx(&self, enabled: bool) {
-        self.event_idx.store(enabled, Ordering::Relaxed);
+        self.guest.set_event_idx(enabled);
     }
 
     fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
-        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        self.guest.set_memory(mem);
         Ok(())
     }
 
@@ -385,7 +370,7 @@ impl Session for NetSession {
         self.shared.detach();
         inner.gateway.shutdown();
         inner.backlog.clear();
-        self.mem.write().unwrap_or_else(|e| e.into_inner()).take();
+        self.guest.clear();
     }
 }
 

@@ -14,7 +14,8 @@ pub mod config;
 pub mod device;
 pub mod virtio_net;
 
-use airlock_common::audit::{AuditLog, AuditOpenError};
+use airlock_common::audit::AuditOpenError;
+use airlock_common::daemon::Nofile;
 use airlock_common::listen::ListenError;
 use airlock_netcore::publish::PublishError;
 use airlock_netcore::{Shared, SharedError};
@@ -56,25 +57,18 @@ pub const SECCOMP_ALLOW_LIST: &str = include_str!("../seccomp.allow");
 /// Runs the daemon until a signal (or, with `--exit-on-disconnect`, the
 /// first frontend's departure) ends it.
 pub fn run(config: Config) -> Result<(), NetError> {
-    airlock_common::sys::apply_nofile_limit(config.rlimit_nofile);
-    let audit = config
-        .audit_log
-        .as_deref()
-        .map(AuditLog::open)
-        .transpose()?;
-    // The private mount namespace, before any thread (threads spawned later
-    // share it) and after the audit log is open (a file open for writing
-    // in the namespace would keep its mount from turning read-only).
-    // The sockets this run creates are removed at exit through their
-    // directories, held open from before the mounts turn read-only.
-    airlock_common::sandbox::keep_socket_dirs(
+    let audit = airlock_common::daemon::prepare(
+        Nofile::Limit(config.rlimit_nofile),
+        config.audit_log.as_deref(),
         config
             .listen
             .socket_path
             .iter()
             .chain(&config.api_socket)
             .map(|p| p.as_path()),
-    );
+    )?;
+    // The private mount namespace, before any thread (threads spawned later
+    // share it).
     airlock_common::sandbox::enter(&config.confine)?;
     airlock_common::signals::install().map_err(NetError::Signals)?;
     let shared = Shared::new(config.gateway.guest_ip, config.policy.clone(), audit)?;
@@ -129,13 +123,9 @@ pub fn run(config: Config) -> Result<(), NetError> {
 
 #[cfg(test)]
 mod seccomp_list_tests {
-    use airlock_common::seccomp::{compile, SeccompMode};
-
     #[test]
     fn the_allow_list_compiles() {
         // Every name must be a system call of this architecture.
-        compile(super::SECCOMP_ALLOW_LIST, SeccompMode::Kill)
-            .expect("airlock-net seccomp.allow")
-            .expect("a filter");
+        airlock_common::seccomp::check_list(super::SECCOMP_ALLOW_LIST).expect("seccomp.allow");
     }
 }

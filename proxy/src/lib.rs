@@ -12,7 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_common::audit::{AuditLog, AuditOpenError};
+use airlock_common::audit::AuditOpenError;
+use airlock_common::daemon::Nofile;
 use airlock_common::report::{EXIT_FAILURE, EXIT_USAGE};
 
 pub mod audit;
@@ -62,22 +63,16 @@ impl RunError {
 
 /// Runs the proxy until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), RunError> {
-    airlock_common::sys::apply_nofile_limit(config.rlimit_nofile);
-    let audit = config
-        .audit_log
-        .as_deref()
-        .map(AuditLog::open)
-        .transpose()?
-        .map(Arc::new);
-    // The private mount namespace before the runtime's threads exist, and
-    // after the audit log is open (a file open for writing inside the
-    // namespace would keep its mount from turning read-only).
-    // Unix sockets are removed at exit through their directories, held
-    // open from before the mounts turn read-only.
-    airlock_common::sandbox::keep_socket_dirs(config.listen.iter().filter_map(|l| match l {
-        config::Listen::Unix(socket) => Some(socket.as_path()),
-        _ => None,
-    }));
+    // The private mount namespace before the runtime's threads exist.
+    let audit = airlock_common::daemon::prepare(
+        Nofile::Limit(config.rlimit_nofile),
+        config.audit_log.as_deref(),
+        config.listen.iter().filter_map(|l| match l {
+            config::Listen::Unix(socket) => Some(socket.as_path()),
+            _ => None,
+        }),
+    )?
+    .map(Arc::new);
     airlock_common::sandbox::enter(&config.confine)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -92,13 +87,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
 
 #[cfg(test)]
 mod seccomp_list_tests {
-    use airlock_common::seccomp::{compile, SeccompMode};
-
     #[test]
     fn the_allow_list_compiles() {
         // Every name must be a system call of this architecture.
-        compile(super::SECCOMP_ALLOW_LIST, SeccompMode::Kill)
-            .expect("airlock-proxy seccomp.allow")
-            .expect("a filter");
+        airlock_common::seccomp::check_list(super::SECCOMP_ALLOW_LIST).expect("seccomp.allow");
     }
 }

@@ -14,8 +14,8 @@ use fuse_backend_rs::abi::fuse_abi::{
 };
 use vm_memory::{Address, ByteValued, GuestAddress};
 
-use super::device::Device;
-use super::virtq::{self, Buffer};
+use airlock_testkit::frontend::device::Device;
+use airlock_testkit::frontend::virtq::{self, Buffer};
 
 /// Errors of the FUSE harness.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +25,7 @@ pub enum Error {
     Queue(#[from] virtq::Error),
     /// Guest memory failed.
     #[error(transparent)]
-    Memory(#[from] super::memory::Error),
+    Memory(#[from] airlock_testkit::frontend::memory::Error),
     /// The daemon answered with an error.
     #[error("{op} failed in the daemon: errno {errno}")]
     Reply {

@@ -5,15 +5,10 @@
 //! as the daemon takes them. Also measures this machine's memcpy and
 //! loopback TCP limits for comparison.
 
-pub mod device;
-pub mod frames;
 pub mod fuse;
 pub mod limits;
-pub mod memory;
 pub mod net;
-pub mod netdev;
 pub mod tcp;
-pub mod virtq;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,7 +18,7 @@ use crate::fs::peers::{self as fs_peers, CacheMode, Peer};
 use crate::procfs;
 use crate::results::{Cost, Failure, GroupRun, Resource, Row, Sample};
 use crate::vm::{self, Guest};
-use device::{Device, Setup};
+use airlock_testkit::frontend::device::{self, Device, Setup};
 use fuse::FuseOp;
 
 /// Errors of the backend group as a whole.

@@ -28,9 +28,9 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::device::{self, Device, Setup};
-use super::frames::{self, GATEWAY_IP, HOST_IP};
-use super::netdev::{self, NetDev};
+use airlock_testkit::frontend::device::{self, Device, Setup};
+use airlock_testkit::frontend::frames::{self, GATEWAY_IP, HOST_IP};
+use airlock_testkit::frontend::netdev::{self, NetDev};
 use super::tcp::{self, Direction};
 use super::Options;
 use crate::machine::binary_version;
@@ -286,26 +286,7 @@ impl Delivered {
 }
 
 fn resolve_gateway(net: &mut NetDev) -> Result<[u8; 6], Error> {
-    let request = frames::arp_request(GATEWAY_IP);
-    for _ in 0..5 {
-        net.send(&request)?;
-        net.flush()?;
-        let deadline = Instant::now() + Duration::from_millis(400);
-        while Instant::now() < deadline {
-            net.wait(Duration::from_millis(50))?;
-            net.reap_tx()?;
-            let mut mac = None;
-            let mut frames = Vec::new();
-            net.recv_frames(&mut frames)?;
-            for f in &frames {
-                mac = mac.or(frames::arp_reply_from(f, GATEWAY_IP));
-            }
-            if let Some(mac) = mac {
-                return Ok(mac);
-            }
-        }
-    }
-    Err(Error::NoArp(GATEWAY_IP))
+    net.resolve(GATEWAY_IP)?.ok_or(Error::NoArp(GATEWAY_IP))
 }
 
 fn cpu(pid: u32) -> Option<Duration> {

@@ -20,8 +20,8 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
 
-use super::frames::{GATEWAY_IP, GUEST_IP, GUEST_MAC, HOST_IP};
-use super::netdev::{self, NetDev};
+use airlock_testkit::frontend::frames::{GATEWAY_IP, GUEST_IP, GUEST_MAC, HOST_IP};
+use airlock_testkit::frontend::netdev::{self, NetDev};
 
 /// Errors of the TCP test.
 #[derive(Debug, thiserror::Error)]

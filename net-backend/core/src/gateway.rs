@@ -11,13 +11,14 @@
 //! - ICMP echo → answered for the gateway and aliases, else a ping flow;
 //! - TCP and UDP → a flow of [`crate::flows`], found by its key or opened.
 
+mod egress;
 #[cfg(test)]
 pub(crate) mod tests;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use airlock_api::{FlowInfo, Proto};
 use airlock_common::ratelimited;
@@ -32,69 +33,23 @@ use smoltcp::wire::{
 use vmm_sys_util::epoll::EventSet;
 
 use crate::flows::ping::{self, PingFlow};
-use crate::flows::published::{Listeners, PublishSource};
-use crate::flows::tcp::{TcpFlow, TcpLimits};
+use crate::config::GatewayConfig;
+use crate::flows::published::Listeners;
+use crate::flows::tcp::TcpFlow;
 use crate::flows::udp::{UdpFlow, MAX_DATAGRAM};
 use crate::flows::{
     is_routable, FlowKey, FlowTable, Flows, GuestPacket, Link, OpenError, Stack, Verdict,
 };
 use crate::host::Target;
 use crate::phy::{GuestTx, IpDevice, NullTx};
-use crate::policy::EgressCheck;
+use egress::EgressCheck;
 use crate::poller::{FlowId, Poller, Source};
-use crate::services::dhcp::{DhcpConfig, DhcpServer, LeaseInfo};
+use crate::services::dhcp::{DhcpServer, LeaseInfo};
 use crate::services::dns::bridge::DnsBridge;
-use crate::services::dns::{self, forward, LocalOutcome, LocalRecords};
+use crate::services::dns::{self, forward, LocalOutcome};
 use crate::shared::Shared;
 use crate::stats::DropReason;
 use crate::wire;
-
-/// Everything the gateway needs to know, checked by the config layer.
-#[derive(Clone, Debug)]
-pub struct GatewayConfig {
-    pub gateway_mac: EthernetAddress,
-    pub gateway_ip: Ipv4Addr,
-    pub prefix_len: u8,
-    pub guest_ip: Ipv4Addr,
-    /// `host.airlock.internal`: connections go to the host's loopback.
-    pub host_ip: Option<Ipv4Addr>,
-    /// `http.airlock.internal`: the proxy alias, and where it leads.
-    pub proxy_ip: Ipv4Addr,
-    pub proxy: Option<(u16, Target)>,
-    pub mtu: usize,
-    pub dns_upstreams: Vec<SocketAddr>,
-    pub records: Arc<LocalRecords>,
-    /// DNS zones the gateway is authoritative for (`airlock.internal`):
-    /// unknown names in them get NXDOMAIN instead of going upstream.
-    pub local_zones: Vec<String>,
-    pub dhcp: DhcpConfig,
-    /// Where published-port clients appear to come from.
-    pub publish_source: PublishSource,
-    pub max_flows: usize,
-    pub tcp: TcpLimits,
-    pub udp_timeout: Duration,
-}
-
-impl GatewayConfig {
-    fn mask(&self) -> u32 {
-        u32::MAX
-            .checked_shl(32 - u32::from(self.prefix_len))
-            .unwrap_or(0)
-    }
-
-    pub(crate) fn in_subnet(&self, a: Ipv4Addr) -> bool {
-        u32::from(a) & self.mask() == u32::from(self.gateway_ip) & self.mask()
-    }
-
-    fn broadcast(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.gateway_ip) | !self.mask())
-    }
-
-    /// Addresses the gateway itself answers for.
-    fn is_ours(&self, a: Ipv4Addr) -> bool {
-        a == self.gateway_ip || Some(a) == self.host_ip || a == self.proxy_ip
-    }
-}
 
 pub struct Gateway {
     cfg: GatewayConfig,

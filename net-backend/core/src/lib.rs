@@ -16,6 +16,7 @@
 //! - [`policy`], [`publish`], [`stats`], [`host`]: egress rules, published
 //!   sockets, counters, host-side stream sockets.
 
+pub mod config;
 mod flows;
 pub mod gateway;
 pub mod host;
@@ -30,7 +31,8 @@ mod wire;
 
 pub use flows::published::PublishSource;
 pub use flows::tcp::TcpLimits;
-pub use gateway::{Gateway, GatewayConfig};
+pub use config::GatewayConfig;
+pub use gateway::Gateway;
 pub use phy::{Backlog, GuestTx};
 pub use shared::{GuestView, PolicySource, Shared, SharedError};
 pub use smoltcp::wire::EthernetAddress;

@@ -418,6 +418,41 @@ impl Flows {
     }
 }
 
+/// The life of a flow that expires when idle: `timeout` after the last
+/// packet either way.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Idle {
+    pub last_active: Instant,
+    timeout: Duration,
+}
+
+impl Idle {
+    pub(crate) fn new(now: Instant, timeout: Duration) -> Idle {
+        Idle {
+            last_active: now,
+            timeout,
+        }
+    }
+
+    pub(crate) fn touch(&mut self, now: Instant) {
+        self.last_active = now;
+    }
+
+    /// When it expires unless something happens.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        Some(self.last_active + self.timeout)
+    }
+
+    /// What its timer says at `now`.
+    pub(crate) fn verdict(&self, now: Instant) -> Verdict {
+        if self.last_active + self.timeout <= now {
+            Verdict::Done
+        } else {
+            Verdict::Keep
+        }
+    }
+}
+
 /// Age in milliseconds of something opened at `opened`.
 pub(crate) fn age_ms(opened: Instant, now: Instant) -> u64 {
     now.saturating_duration_since(opened).as_millis() as u64

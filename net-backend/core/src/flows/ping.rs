@@ -16,7 +16,7 @@ use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr};
 use socket2::{Domain, Protocol, Socket, Type};
 use vmm_sys_util::epoll::EventSet;
 
-use super::{age_ms, Cx, Flow, FlowKey, GuestPacket, Verdict};
+use super::{age_ms, Cx, Flow, FlowKey, GuestPacket, Idle, Verdict};
 use crate::poller::{FlowId, Poller, Source};
 use crate::stats::DropReason;
 use crate::wire;
@@ -29,9 +29,8 @@ pub(crate) struct PingFlow {
     pub ident: u16,
     pub remote: Ipv4Addr,
     sock: Socket,
-    last_active: Instant,
+    idle: Idle,
     opened: Instant,
-    timeout: Duration,
 }
 
 /// Whether the failure to create a ping socket means "not permitted"
@@ -59,16 +58,15 @@ impl PingFlow {
             ident,
             remote,
             sock,
-            last_active: now,
+            idle: Idle::new(now, timeout),
             opened: now,
-            timeout,
         })
     }
 
     /// Sends an echo request: `message` is the ICMP message (header +
     /// data); the kernel sets the identifier and checksum.
     fn send(&mut self, message: &[u8], now: Instant) -> io::Result<()> {
-        self.last_active = now;
+        self.idle.touch(now);
         self.sock.send(message).map(|_| ())
     }
 
@@ -79,7 +77,7 @@ impl PingFlow {
         let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
         match self.sock.recv(uninit) {
             Ok(n) => {
-                self.last_active = now;
+                self.idle.touch(now);
                 Ok(Some(n))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
@@ -147,15 +145,11 @@ impl Flow for PingFlow {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        Some(self.last_active + self.timeout)
+        self.idle.deadline()
     }
 
     fn timer(&mut self, _id: FlowId, cx: &mut Cx) -> Verdict {
-        if self.last_active + self.timeout <= cx.now {
-            Verdict::Done
-        } else {
-            Verdict::Keep
-        }
+        self.idle.verdict(cx.now)
     }
 
     fn egress(&self) -> Option<(Proto, SocketAddrV4)> {

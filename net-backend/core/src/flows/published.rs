@@ -27,8 +27,10 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::tcp::{TcpFlow, TcpLimits};
 use super::udp::MAX_DATAGRAM;
-use super::{age_ms, is_routable, Cx, Flow, FlowKey, Flows, GuestPacket, OpenError, Verdict};
-use crate::gateway::GatewayConfig;
+use super::{
+    age_ms, is_routable, Cx, Flow, FlowKey, Flows, GuestPacket, Idle, OpenError, Verdict,
+};
+use crate::config::GatewayConfig;
 use crate::phy::GuestTx;
 use crate::poller::{FlowId, Poller, Source};
 use crate::publish::PublishedSocket;
@@ -53,9 +55,8 @@ pub(crate) struct PubUdpFlow {
     /// The source the guest sees (and answers to).
     local: SocketAddrV4,
     socket: Arc<PublishedSocket>,
-    last_active: Instant,
+    idle: Idle,
     opened: Instant,
-    timeout: Duration,
     bytes_to_guest: u64,
     bytes_to_host: u64,
 }
@@ -63,7 +64,7 @@ pub(crate) struct PubUdpFlow {
 impl PubUdpFlow {
     /// A datagram from the client, into the guest.
     fn client_datagram(&mut self, payload: &[u8], cx: &mut Cx) -> Verdict {
-        self.last_active = cx.now;
+        self.idle.touch(cx.now);
         self.bytes_to_guest += payload.len() as u64;
         cx.send_udp(self.local, self.guest, payload, None);
         Verdict::Keep
@@ -94,7 +95,7 @@ impl Flow for PubUdpFlow {
 
     /// The guest answers the client.
     fn guest_packet(&mut self, _id: FlowId, packet: &GuestPacket, cx: &mut Cx) -> Verdict {
-        self.last_active = cx.now;
+        self.idle.touch(cx.now);
         self.bytes_to_host += packet.payload.len() as u64;
         if let PublishedSocket::Udp(sock) = &*self.socket {
             if let Err(e) = sock.send_to(packet.payload, self.peer) {
@@ -111,15 +112,11 @@ impl Flow for PubUdpFlow {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        Some(self.last_active + self.timeout)
+        self.idle.deadline()
     }
 
     fn timer(&mut self, _id: FlowId, cx: &mut Cx) -> Verdict {
-        if self.last_active + self.timeout <= cx.now {
-            Verdict::Done
-        } else {
-            Verdict::Keep
-        }
+        self.idle.verdict(cx.now)
     }
 
     fn close(&mut self, _poller: &Poller) {}
@@ -346,9 +343,8 @@ impl Listeners {
                         guest: spec.guest,
                         local,
                         socket: socket.clone(),
-                        last_active: cx.now,
+                        idle: Idle::new(cx.now, timeout),
                         opened: cx.now,
-                        timeout,
                         bytes_to_guest: 0,
                         bytes_to_host: 0,
                     }))

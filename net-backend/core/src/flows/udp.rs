@@ -13,7 +13,7 @@ use airlock_api::{Direction, FlowInfo, Proto};
 use smoltcp::wire::Icmpv4DstUnreachable;
 use vmm_sys_util::epoll::EventSet;
 
-use super::{age_ms, Cx, Flow, FlowKey, GuestPacket, Verdict};
+use super::{age_ms, Cx, Flow, FlowKey, GuestPacket, Idle, Verdict};
 use crate::poller::{FlowId, Poller, Source};
 use crate::stats::DropReason;
 
@@ -37,7 +37,7 @@ pub(crate) struct HostUdp {
     sock: UdpSocket,
     /// Where it is connected.
     pub target: SocketAddr,
-    pub last_active: Instant,
+    pub idle: Idle,
     pub opened: Instant,
     pub bytes_to_host: u64,
     pub bytes_to_guest: u64,
@@ -50,9 +50,10 @@ impl HostUdp {
     pub(crate) fn open(
         id: FlowId,
         target: SocketAddr,
-        now: Instant,
-        poller: &Poller,
+        timeout: Duration,
+        cx: &Cx,
     ) -> io::Result<HostUdp> {
+        let (now, poller) = (cx.now, &cx.stack.poller);
         let bind: SocketAddr = match target {
             SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -64,7 +65,7 @@ impl HostUdp {
         Ok(HostUdp {
             sock,
             target,
-            last_active: now,
+            idle: Idle::new(now, timeout),
             opened: now,
             bytes_to_host: 0,
             bytes_to_guest: 0,
@@ -74,7 +75,7 @@ impl HostUdp {
 
     /// Sends a guest datagram to the target.
     pub(crate) fn send(&mut self, payload: &[u8], now: Instant) -> io::Result<()> {
-        self.last_active = now;
+        self.idle.touch(now);
         match self.sock.send(payload) {
             Ok(_) => {
                 self.bytes_to_host += payload.len() as u64;
@@ -92,7 +93,7 @@ impl HostUdp {
     pub(crate) fn recv(&mut self, buf: &mut [u8], now: Instant) -> io::Result<Received> {
         match self.sock.recv(buf) {
             Ok(n) => {
-                self.last_active = now;
+                self.idle.touch(now);
                 self.bytes_to_guest += n as u64;
                 Ok(Received::Datagram(n))
             }
@@ -173,7 +174,6 @@ pub(crate) struct UdpFlow {
     /// The endpoint the guest addressed; replies appear to come from it.
     pub remote: SocketAddrV4,
     host: HostUdp,
-    timeout: Duration,
 }
 
 impl UdpFlow {
@@ -188,8 +188,7 @@ impl UdpFlow {
         Ok(UdpFlow {
             guest,
             remote,
-            host: HostUdp::open(id, target, cx.now, &cx.stack.poller)?,
-            timeout,
+            host: HostUdp::open(id, target, timeout, cx)?,
         })
     }
 }
@@ -236,15 +235,11 @@ impl Flow for UdpFlow {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        Some(self.host.last_active + self.timeout)
+        self.host.idle.deadline()
     }
 
     fn timer(&mut self, _id: FlowId, cx: &mut Cx) -> Verdict {
-        if self.host.last_active + self.timeout <= cx.now {
-            Verdict::Done
-        } else {
-            Verdict::Keep
-        }
+        self.host.idle.verdict(cx.now)
     }
 
     fn guest_room(&mut self, id: FlowId, cx: &mut Cx) -> Verdict {

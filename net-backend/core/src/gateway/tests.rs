@@ -14,7 +14,8 @@ use smoltcp::wire::{
     TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
-use super::{Gateway, GatewayConfig};
+use super::Gateway;
+use crate::config::GatewayConfig;
 use crate::flows::published::PublishSource;
 use crate::flows::tcp::TcpLimits;
 use crate::host::Target;

@@ -30,7 +30,6 @@ pub(crate) struct DnsForwardFlow {
     upstream_index: usize,
     /// When the oldest query still without an answer left.
     unanswered_since: Option<Instant>,
-    timeout: Duration,
 }
 
 impl DnsForwardFlow {
@@ -98,15 +97,11 @@ impl Flow for DnsForwardFlow {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        Some(self.host.last_active + self.timeout)
+        self.host.idle.deadline()
     }
 
     fn timer(&mut self, _id: FlowId, cx: &mut Cx) -> Verdict {
-        if self.host.last_active + self.timeout <= cx.now {
-            Verdict::Done
-        } else {
-            Verdict::Keep
-        }
+        self.host.idle.verdict(cx.now)
     }
 
     fn guest_room(&mut self, id: FlowId, cx: &mut Cx) -> Verdict {
@@ -148,10 +143,9 @@ pub(crate) fn forward(
                 Ok(Box::new(DnsForwardFlow {
                     guest,
                     gateway,
-                    host: HostUdp::open(id, first, cx.now, &cx.stack.poller)?,
+                    host: HostUdp::open(id, first, timeout, cx)?,
                     upstream_index: 0,
                     unanswered_since: None,
-                    timeout,
                 }))
             });
             match opened {

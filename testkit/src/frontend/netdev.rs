@@ -4,11 +4,12 @@
 //! a whole frame of up to 64 KiB).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vm_memory::{Address, GuestAddress};
 
 use super::device::Device;
+use super::frames;
 use super::virtq::{self, wait_any, Buffer};
 
 /// Errors of the driver.
@@ -221,6 +222,27 @@ impl NetDev {
     /// Whether a transmit buffer is free.
     pub fn tx_room(&self) -> bool {
         !self.tx_free.is_empty()
+    }
+
+    /// Asks for `ip`'s MAC (ARP), up to five times 400 ms; `None` if it
+    /// never answered.
+    pub fn resolve(&mut self, ip: [u8; 4]) -> Result<Option<[u8; 6]>, Error> {
+        let request = frames::arp_request(ip);
+        for _ in 0..5 {
+            self.send(&request)?;
+            self.flush()?;
+            let deadline = Instant::now() + Duration::from_millis(400);
+            while Instant::now() < deadline {
+                self.wait(Duration::from_millis(50))?;
+                self.reap_tx()?;
+                let mut received = Vec::new();
+                self.recv_frames(&mut received)?;
+                if let Some(mac) = received.iter().find_map(|f| frames::arp_reply_from(f, ip)) {
+                    return Ok(Some(mac));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Waits up to `timeout` for a notification on either queue.
