@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// How long the daemon may take to accept, read or answer.
+/// How long the daemon may take to accept, read or answer, by default.
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest response read (the flow table of a busy guest is the biggest).
 const MAX_RESPONSE: u64 = 64 << 20;
@@ -33,6 +33,8 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
+    #[error("airlock-net on {} did not answer within {} s", .path.display(), .timeout.as_secs())]
+    TimedOut { path: PathBuf, timeout: Duration },
     #[error("airlock-net sent a malformed HTTP response: {0}")]
     Malformed(String),
     /// The daemon answered with an error status.
@@ -51,13 +53,21 @@ pub struct Reply {
 #[derive(Debug, Clone)]
 pub struct Client {
     path: PathBuf,
+    timeout: Duration,
 }
 
 impl Client {
     pub fn new(path: &Path) -> Client {
         Client {
             path: path.to_owned(),
+            timeout: TIMEOUT,
         }
+    }
+
+    /// How long the daemon may take to accept, read or answer.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
     }
 
     pub fn get(&self, target: &str) -> Result<Reply, ClientError> {
@@ -83,12 +93,23 @@ impl Client {
                 path: self.path.clone(),
                 source,
             })?;
-        let io_err = |source| ClientError::Io {
-            path: self.path.clone(),
-            source,
+        let io_err = |source: io::Error| match source.kind() {
+            // A read or write timeout: EAGAIN on a socket with SO_RCVTIMEO.
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::TimedOut {
+                path: self.path.clone(),
+                timeout: self.timeout,
+            },
+            _ => ClientError::Io {
+                path: self.path.clone(),
+                source,
+            },
         };
-        stream.set_read_timeout(Some(TIMEOUT)).map_err(io_err)?;
-        stream.set_write_timeout(Some(TIMEOUT)).map_err(io_err)?;
+        stream
+            .set_read_timeout(Some(self.timeout))
+            .map_err(io_err)?;
+        stream
+            .set_write_timeout(Some(self.timeout))
+            .map_err(io_err)?;
         stream
             .write_all(&encode_request(method, target, body))
             .map_err(io_err)?;

@@ -10,6 +10,7 @@ pub mod render;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use airlock_api::{
     parse_publish as parse_spec, ExposeRequest, FlowInfo, Lease, PortEntry, PortSpec, Proto,
@@ -51,6 +52,10 @@ pub struct Cli {
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// How long airlock-net may take to answer a request.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), global = true)]
+    pub timeout: u64,
 
     #[command(subcommand)]
     pub command: Command,
@@ -107,6 +112,15 @@ pub enum CliError {
         #[source]
         source: ClientError,
     },
+    #[error("cannot unpublish {failed} (part of {spec}); the ports unpublished before it were published again")]
+    PartialUnpublish {
+        spec: String,
+        failed: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("cannot unpublish {spec}: {} {} not published; nothing was unpublished", .missing.join(", "), if .missing.len() == 1 { "is" } else { "are" })]
+    NotPublished { spec: String, missing: Vec<String> },
     #[error("unexpected answer from airlock-net to {0}")]
     Decode(&'static str, #[source] serde_json::Error),
 }
@@ -157,7 +171,7 @@ pub fn parse_unpublish(spec: &str) -> Result<Vec<(SocketAddr, Proto)>, UsageErro
 
 /// Runs `cli`; returns what to print on stdout.
 pub fn run(cli: &Cli) -> Result<String, CliError> {
-    let client = Client::new(&cli.api_socket);
+    let client = Client::new(&cli.api_socket).with_timeout(Duration::from_secs(cli.timeout));
     match &cli.command {
         Command::Publish { spec } => publish(&client, spec, cli.json),
         Command::Unpublish { spec } => unpublish(&client, spec, cli.json),
@@ -246,16 +260,72 @@ fn publish(client: &Client, spec: &str, json: bool) -> Result<String, CliError> 
 
 fn unpublish(client: &Client, spec: &str, json: bool) -> Result<String, CliError> {
     let targets = parse_unpublish(spec)?;
+    // A range is all or none, like publish: every port must be published
+    // before any is removed. (One port: the daemon's own answer says it.)
+    let published: Vec<PortEntry> = if targets.len() == 1 {
+        Vec::new()
+    } else {
+        let reply = client.get(ALL)?;
+        serde_json::from_slice(&reply.body).map_err(|e| CliError::Decode(ALL, e))?
+    };
+    let find = |host: &SocketAddr, proto: Proto| {
+        published.iter().find(|e| {
+            e.protocol == proto.to_string() && e.local.parse::<SocketAddr>().ok() == Some(*host)
+        })
+    };
+    let missing: Vec<String> = targets
+        .iter()
+        .filter(|(host, proto)| targets.len() > 1 && find(host, *proto).is_none())
+        .map(|(host, proto)| format!("{host}/{proto}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(CliError::NotPublished {
+            spec: spec.to_owned(),
+            missing,
+        });
+    }
     let mut done: Vec<PortEntry> = Vec::new();
-    for (host, proto) in targets {
-        let reply = client.post(
-            UNEXPOSE,
-            &UnexposeRequest {
-                local: host.to_string(),
-                protocol: protocol(proto),
-            },
-        )?;
-        done.push(serde_json::from_slice(&reply.body).map_err(|e| CliError::Decode(UNEXPOSE, e))?);
+    for (host, proto) in &targets {
+        let removed = client
+            .post(
+                UNEXPOSE,
+                &UnexposeRequest {
+                    local: host.to_string(),
+                    protocol: protocol(*proto),
+                },
+            )
+            .map_err(CliError::Client)
+            .and_then(|r| {
+                serde_json::from_slice(&r.body).map_err(|e| CliError::Decode(UNEXPOSE, e))
+            });
+        match removed {
+            Ok(e) => done.push(e),
+            Err(err) => {
+                // Put back what this command removed.
+                for e in &done {
+                    let _ = client.post(
+                        EXPOSE,
+                        &ExposeRequest {
+                            local: e.local.clone(),
+                            remote: e.remote.clone(),
+                            protocol: Some(e.protocol.clone()),
+                        },
+                    );
+                }
+                if done.is_empty() {
+                    return Err(err);
+                }
+                let source = match err {
+                    CliError::Client(c) => c,
+                    other => return Err(other),
+                };
+                return Err(CliError::PartialUnpublish {
+                    spec: spec.to_owned(),
+                    failed: format!("{host}/{proto}"),
+                    source,
+                });
+            }
+        }
     }
     Ok(report(&done, "unpublished", json))
 }

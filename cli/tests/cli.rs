@@ -238,3 +238,68 @@ fn clear_errors_and_exit_codes() {
         "{help}"
     );
 }
+
+/// Three consecutive ports free on 127.0.0.1 right now.
+fn free_run_of_three() -> u16 {
+    for _ in 0..100 {
+        let first = free_port();
+        if first > 65533 {
+            continue;
+        }
+        if (first..first + 3).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return first;
+        }
+    }
+    panic!("no three consecutive free ports");
+}
+
+#[test]
+fn unpublishing_a_range_with_a_gap_removes_nothing() {
+    let net = Net::start();
+    let first = free_run_of_three();
+    stdout(&net.airlock(&["publish", &format!("{first}:80")]));
+    stdout(&net.airlock(&["publish", &format!("{}:82", first + 2)]));
+    let err = failure(
+        &net.airlock(&["unpublish", &format!("{first}-{}", first + 2)]),
+        1,
+    );
+    assert!(
+        err.contains(&format!(
+            "127.0.0.1:{}/tcp is not published; nothing was unpublished",
+            first + 1
+        )),
+        "{err}"
+    );
+    // Both ends are still published and bound.
+    let table = stdout(&net.airlock(&["ports"]));
+    for p in [first, first + 2] {
+        assert!(table.contains(&format!("127.0.0.1:{p} ")), "{p}: {table}");
+        assert!(TcpListener::bind(("127.0.0.1", p)).is_err(), "{p} unbound");
+    }
+    // A range that is all published goes at once.
+    stdout(&net.airlock(&["publish", &format!("{}:81", first + 1)]));
+    let out = stdout(&net.airlock(&["unpublish", &format!("{first}-{}", first + 2)]));
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert_eq!(stdout(&net.airlock(&["ports"])), "no published ports\n");
+}
+
+#[test]
+fn a_daemon_that_never_answers_is_a_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("silent.api");
+    // Accepts, reads, never answers.
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let _held = std::thread::spawn(move || {
+        let conns: Vec<_> = listener.incoming().take(1).collect();
+        std::thread::sleep(std::time::Duration::from_secs(10));
+        drop(conns);
+    });
+    let err = failure(&airlock(Some(&path), &["--timeout", "1", "ports"]), 1);
+    assert_eq!(
+        err,
+        format!(
+            "error: airlock-net on {} did not answer within 1 s\n",
+            path.display()
+        )
+    );
+}

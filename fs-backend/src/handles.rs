@@ -20,7 +20,7 @@ struct FileHandleBuf {
 
 /// Fails unless `dir`'s file system can produce file handles and this
 /// process can open them (which needs CAP_DAC_READ_SEARCH).
-pub fn check_supported(dir: &Path) -> io::Result<()> {
+pub(crate) fn check_supported(dir: &Path) -> io::Result<()> {
     let path = CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut fh = FileHandleBuf {

@@ -12,7 +12,7 @@ pub mod args;
 pub mod config;
 pub mod device;
 pub mod filesystem;
-pub mod handles;
+mod handles;
 pub mod idmap;
 pub mod sandbox;
 

@@ -7,7 +7,7 @@
 //! | `POST /services/forwarder/expose` `{"local":"127.0.0.1:8080","remote":"192.168.127.2:80","protocol":"tcp"}` | 200 | the published entry |
 //! | `POST /services/forwarder/unexpose` `{"local":"127.0.0.1:8080","protocol":"tcp"}` | 200 | the removed entry |
 //! | `GET /services/forwarder/all` | 200 | `[{"local":…,"remote":…,"protocol":…}]`, sorted by local, then protocol |
-//! | `GET /stats` | 200 | the gateway's counters ([`Snapshot`]) |
+//! | `GET /stats` | 200 | the gateway's counters ([`airlock_api::Stats`]) |
 //! | `GET /flows` | 200 | the current guest's flows ([`FlowInfo`]) |
 //! | `GET /leases` | 200 | `[{"mac":"52:54:00:…","ip":…,"hostname":…,"expires_in":SECONDS}]` |
 //!
@@ -30,7 +30,7 @@
 
 pub mod http;
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -53,8 +53,12 @@ use http::{Request, Response};
 pub const MAX_CONNECTIONS: usize = 16;
 /// How long a write to a client may block.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the "too many connections" answer may take.
-const BUSY_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a connection over the limit may take to send its request and
+/// read the 503.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Connections over the limit answered at once; past this they are only
+/// closed.
+const MAX_REFUSING: usize = 8;
 /// How long the data path may take to say what its guest has.
 const GUEST_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed `accept` (e.g. out of file descriptors).
@@ -411,6 +415,7 @@ impl Drop for Slot {
 
 fn accept_loop<C: Control>(listener: UnixListener, api: Arc<Api<C>>) {
     let active = Arc::new(AtomicUsize::new(0));
+    let refusing = Arc::new(AtomicUsize::new(0));
     loop {
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
@@ -421,9 +426,25 @@ fn accept_loop<C: Control>(listener: UnixListener, api: Arc<Api<C>>) {
                 continue;
             }
         };
-        // Only this thread adds, so the check cannot race past the limit.
+        // Only this thread adds, so the checks cannot race past the limits.
         if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-            busy(stream);
+            airlock_common::ratelimited!(
+                log::Level::Warn,
+                "control API: more than {MAX_CONNECTIONS} connections; refusing one"
+            );
+            if refusing.load(Ordering::SeqCst) < MAX_REFUSING {
+                refusing.fetch_add(1, Ordering::SeqCst);
+                let slot = Slot(refusing.clone());
+                let spawned = thread::Builder::new()
+                    .name("api-busy".into())
+                    .spawn(move || {
+                        let _slot = slot;
+                        busy(stream);
+                    });
+                if let Err(e) = spawned {
+                    log::debug!("control API: cannot start a refusal thread: {e}");
+                }
+            }
             continue;
         }
         active.fetch_add(1, Ordering::SeqCst);
@@ -444,18 +465,37 @@ fn accept_loop<C: Control>(listener: UnixListener, api: Arc<Api<C>>) {
     }
 }
 
-/// Answers 503 to a connection over the limit and closes it.
+/// Answers 503 to a connection over the limit. Its request is read first
+/// (up to the head's size limit, for at most [`BUSY_TIMEOUT`]): closing a
+/// Unix socket with unread data resets it, and the client would see
+/// "connection reset" instead of the answer.
 fn busy(mut stream: UnixStream) {
-    airlock_common::ratelimited!(
-        log::Level::Warn,
-        "control API: more than {MAX_CONNECTIONS} connections; refusing one"
-    );
-    let _ = stream.set_write_timeout(Some(BUSY_WRITE_TIMEOUT));
+    let _ = stream.set_read_timeout(Some(BUSY_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(BUSY_TIMEOUT));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while head.len() < http::MAX_HEAD && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
     let response = Response::error(
         503,
-        &format!("too many control API connections (at most {MAX_CONNECTIONS})"),
+        &format!("too many control API connections (at most {MAX_CONNECTIONS}); try again"),
     );
-    let _ = stream.write_all(&response.to_bytes(false, false));
+    if stream.write_all(&response.to_bytes(false, false)).is_ok() {
+        // Whatever else it sends (a body) is read until it closes, so the
+        // close does not reset the answer away.
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        while std::time::Instant::now() < deadline {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
 }
 
 fn serve<C: Control>(mut stream: UnixStream, api: &Api<C>) {

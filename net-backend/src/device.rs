@@ -218,9 +218,8 @@ impl VhostUserBackend for NetSession {
     }
 
     fn features(&self) -> u64 {
-        let mut f = airlock_vhost::BASE_FEATURES
-            | (1 << VIRTIO_NET_F_MRG_RXBUF)
-            | (1 << VIRTIO_NET_F_MTU);
+        let mut f =
+            airlock_vhost::BASE_FEATURES | (1 << VIRTIO_NET_F_MRG_RXBUF) | (1 << VIRTIO_NET_F_MTU);
         if self.offer_csum {
             f |= (1 << VIRTIO_NET_F_CSUM) | (1 << VIRTIO_NET_F_GUEST_CSUM);
         }

@@ -2,7 +2,7 @@
 //! The gateway itself — frames in, host sockets out — is
 //! [`airlock_netcore`]; this crate is what carries its frames and runs it:
 //!
-//! - [`device`] / [`virtio_net`]: the virtqueues (frames to and from guest
+//! - [`device`] / `virtio_net`: the virtqueues (frames to and from guest
 //!   memory) and the vhost-user backend;
 //! - [`args`], [`config`]: the command line;
 //! - [`api`]: the control API (`--api-socket`): ports at runtime, stats,
@@ -12,7 +12,7 @@ pub mod api;
 pub mod args;
 pub mod config;
 pub mod device;
-pub mod virtio_net;
+mod virtio_net;
 
 use airlock_common::audit::AuditOpenError;
 use airlock_common::daemon::Nofile;

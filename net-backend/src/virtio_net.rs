@@ -12,18 +12,18 @@ use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{GuestMemoryLoadGuard, GuestMemoryMmap};
 
 /// `struct virtio_net_hdr_v1` (with `num_buffers`): 12 bytes.
-pub const HDR_LEN: usize = 12;
+pub(crate) const HDR_LEN: usize = 12;
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the L4 checksum is partial.
-pub const F_NEEDS_CSUM: u8 = 1;
+pub(crate) const F_NEEDS_CSUM: u8 = 1;
 /// `VIRTIO_NET_HDR_F_DATA_VALID`: the L4 checksum need not be checked.
-pub const F_DATA_VALID: u8 = 2;
+pub(crate) const F_DATA_VALID: u8 = 2;
 /// Largest frame accepted from the guest (an MTU of 65535 plus Ethernet).
-pub const MAX_FRAME: usize = 65_535 + 14;
+pub(crate) const MAX_FRAME: usize = 65_535 + 14;
 
-pub type Chain = DescriptorChain<GuestMemoryLoadGuard<GuestMemoryMmap<()>>>;
+pub(crate) type Chain = DescriptorChain<GuestMemoryLoadGuard<GuestMemoryMmap<()>>>;
 
 #[derive(Debug, thiserror::Error)]
-pub enum FrameError {
+pub(crate) enum FrameError {
     #[error("descriptor chain is not readable guest memory")]
     Chain(#[source] virtio_queue::Error),
     #[error("frame of {0} bytes is shorter than the virtio-net header")]
@@ -35,7 +35,7 @@ pub enum FrameError {
 }
 
 /// Copies the frame in a TX chain into `buf`; returns the header flags.
-pub fn read_frame(chain: Chain, buf: &mut Vec<u8>) -> Result<u8, FrameError> {
+pub(crate) fn read_frame(chain: Chain, buf: &mut Vec<u8>) -> Result<u8, FrameError> {
     let mem = chain.memory();
     let mut reader = virtio_queue::Reader::new(mem, chain.clone()).map_err(FrameError::Chain)?;
     let total = reader.available_bytes();
@@ -55,7 +55,7 @@ pub fn read_frame(chain: Chain, buf: &mut Vec<u8>) -> Result<u8, FrameError> {
 
 /// Result of trying to place one frame in the guest's receive buffers.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Placed {
+pub(crate) enum Placed {
     /// Written; `buffers` chains used.
     Done { buffers: usize },
     /// Not enough buffers posted yet; nothing was consumed.
@@ -75,7 +75,7 @@ fn writable_len(chain: &Chain) -> usize {
 /// Writes `frame` (with a virtio-net header) into the guest's RX queue and
 /// publishes the buffers it used with [`publish_used`]: all of a frame's
 /// buffers at once.
-pub fn place_frame<Q: QueueT + QueueOwnedT>(
+pub(crate) fn place_frame<Q: QueueT + QueueOwnedT>(
     queue: &mut Q,
     mem: GuestMemoryLoadGuard<GuestMemoryMmap<()>>,
     frame: &[u8],
@@ -98,7 +98,7 @@ pub fn place_frame<Q: QueueT + QueueOwnedT>(
 /// buffers to be there already — publishing them one by one (what
 /// `add_used` does) made it drop the frame as "missing buffers"
 /// (`rx_length_errors`), and TCP to the guest stalled on retransmissions.
-pub fn publish_used<Q: QueueT, M: vm_memory::GuestMemory>(
+pub(crate) fn publish_used<Q: QueueT, M: vm_memory::GuestMemory>(
     queue: &mut Q,
     mem: &M,
     used: &[(u16, u32)],
@@ -144,7 +144,7 @@ pub fn publish_used<Q: QueueT, M: vm_memory::GuestMemory>(
 /// EVENT_IDX, else the avail ring's NO_INTERRUPT flag). Used instead of
 /// the queue's own `needs_notification`, which only counts entries added
 /// through `add_used`.
-pub fn guest_wants_interrupt<Q: QueueT, M: vm_memory::GuestMemory>(
+pub(crate) fn guest_wants_interrupt<Q: QueueT, M: vm_memory::GuestMemory>(
     queue: &Q,
     mem: &M,
     old: u16,

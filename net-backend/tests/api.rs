@@ -618,6 +618,29 @@ fn connections_past_the_limit_get_503() {
     d.assert_running();
 }
 
+/// A client over the limit that reads to the end of the stream (as
+/// `Connection: close` clients do) gets the whole 503 and a clean end, not
+/// a reset: its request is read before the answer.
+#[test]
+fn a_refused_client_reads_to_the_end_without_a_reset() {
+    let mut d = Daemon::start();
+    let idle: Vec<UnixStream> = (0..16).map(|_| d.connect()).collect();
+    for _ in 0..5 {
+        let mut s = d.connect();
+        s.write_all(b"GET /stats HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut raw = Vec::new();
+        s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+        s.read_to_end(&mut raw)
+            .unwrap_or_else(|e| panic!("reading to the end: {e} after {raw:?}"));
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+        assert!(text.contains("too many control API connections"), "{text}");
+    }
+    drop(idle);
+    d.assert_running();
+}
+
 #[test]
 fn socket_life_cycle_stale_live_and_removed_on_exit() {
     // A stale socket (its owner gone) is replaced.

@@ -84,7 +84,8 @@ fn a_frontend_without_a_vm_reaches_the_host_through_the_gateway() {
     host.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let port = host.local_addr().unwrap().port();
-    net.send(&frames::udp(gw, 40000, HOST_IP, port, 100)).unwrap();
+    net.send(&frames::udp(gw, 40000, HOST_IP, port, 100))
+        .unwrap();
     net.flush().unwrap();
     let mut buf = [0u8; 2048];
     let (n, from) = host

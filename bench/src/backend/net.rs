@@ -28,9 +28,6 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use airlock_testkit::frontend::device::{self, Device, Setup};
-use airlock_testkit::frontend::frames::{self, GATEWAY_IP, HOST_IP};
-use airlock_testkit::frontend::netdev::{self, NetDev};
 use super::tcp::{self, Direction};
 use super::Options;
 use crate::machine::binary_version;
@@ -38,6 +35,9 @@ use crate::machine::PeerInfo;
 use crate::procfs;
 use crate::results::{Cost, Failure, GroupRun, Resource, Row, Sample};
 use crate::vm::{sibling_binary, Guest};
+use airlock_testkit::frontend::device::{self, Device, Setup};
+use airlock_testkit::frontend::frames::{self, GATEWAY_IP, HOST_IP};
+use airlock_testkit::frontend::netdev::{self, NetDev};
 
 /// Errors of the network harness.
 #[derive(Debug, thiserror::Error)]

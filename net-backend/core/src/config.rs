@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use smoltcp::wire::EthernetAddress;
 
-use crate::flows::published::PublishSource;
 use crate::flows::tcp::TcpLimits;
 use crate::host::Target;
 use crate::services::dhcp::DhcpConfig;
@@ -60,3 +59,12 @@ impl GatewayConfig {
     }
 }
 
+/// Where the guest sees published connections come from.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum PublishSource {
+    /// The gateway's address (like Docker's userland proxy).
+    #[default]
+    Gateway,
+    /// The client's own address (loopback clients: the host alias).
+    Client,
+}

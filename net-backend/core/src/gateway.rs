@@ -32,8 +32,8 @@ use smoltcp::wire::{
 };
 use vmm_sys_util::epoll::EventSet;
 
-use crate::flows::ping::{self, PingFlow};
 use crate::config::GatewayConfig;
+use crate::flows::ping::{self, PingFlow};
 use crate::flows::published::Listeners;
 use crate::flows::tcp::TcpFlow;
 use crate::flows::udp::{UdpFlow, MAX_DATAGRAM};
@@ -42,7 +42,6 @@ use crate::flows::{
 };
 use crate::host::Target;
 use crate::phy::{GuestTx, IpDevice, NullTx};
-use egress::EgressCheck;
 use crate::poller::{FlowId, Poller, Source};
 use crate::services::dhcp::{DhcpServer, LeaseInfo};
 use crate::services::dns::bridge::DnsBridge;
@@ -50,6 +49,7 @@ use crate::services::dns::{self, forward, LocalOutcome};
 use crate::shared::Shared;
 use crate::stats::DropReason;
 use crate::wire;
+use egress::EgressCheck;
 
 pub struct Gateway {
     cfg: GatewayConfig,
@@ -137,7 +137,8 @@ impl Gateway {
         self.shared().stats.dropped(why);
     }
 
-    pub fn flow_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn flow_count(&self) -> usize {
         self.flows.table.live()
     }
 

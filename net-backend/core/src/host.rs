@@ -25,14 +25,14 @@ impl std::fmt::Display for Target {
     }
 }
 
-pub enum HostStream {
+pub(crate) enum HostStream {
     Tcp(TcpStream),
     Unix(UnixStream),
 }
 
 /// Starts a non-blocking connect to `target`. `Ok` means the connect is in
 /// progress (or done); completion shows as writability.
-pub fn connect(target: &Target) -> io::Result<HostStream> {
+pub(crate) fn connect(target: &Target) -> io::Result<HostStream> {
     let (domain, addr) = match target {
         Target::Tcp(a) => (Domain::for_address(*a), SockAddr::from(*a)),
         Target::Unix(p) => (Domain::UNIX, SockAddr::unix(p)?),
@@ -57,14 +57,14 @@ pub fn connect(target: &Target) -> io::Result<HostStream> {
 
 impl HostStream {
     /// The pending connect's outcome (SO_ERROR).
-    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+    pub(crate) fn take_error(&self) -> io::Result<Option<io::Error>> {
         match self {
             HostStream::Tcp(s) => s.take_error(),
             HostStream::Unix(s) => s.take_error(),
         }
     }
 
-    pub fn shutdown_write(&self) -> io::Result<()> {
+    pub(crate) fn shutdown_write(&self) -> io::Result<()> {
         match self {
             HostStream::Tcp(s) => s.shutdown(Shutdown::Write),
             HostStream::Unix(s) => s.shutdown(Shutdown::Write),
@@ -72,16 +72,9 @@ impl HostStream {
     }
 
     /// Makes the coming close send a RST instead of a FIN (TCP only).
-    pub fn set_reset_on_close(&self) {
+    pub(crate) fn set_reset_on_close(&self) {
         if let HostStream::Tcp(s) = self {
             let _ = socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO));
-        }
-    }
-
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        match self {
-            HostStream::Tcp(s) => s.local_addr().ok(),
-            HostStream::Unix(_) => None,
         }
     }
 }

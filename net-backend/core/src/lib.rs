@@ -29,9 +29,8 @@ pub mod shared;
 pub mod stats;
 mod wire;
 
-pub use flows::published::PublishSource;
+pub use config::{GatewayConfig, PublishSource};
 pub use flows::tcp::TcpLimits;
-pub use config::GatewayConfig;
 pub use gateway::Gateway;
 pub use phy::{Backlog, GuestTx};
 pub use shared::{GuestView, PolicySource, Shared, SharedError};

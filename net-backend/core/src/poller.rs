@@ -14,14 +14,14 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 /// Names a flow slot across reuse: a slot index plus a generation, so an
 /// event or timer for a closed flow never reaches the slot's next tenant.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FlowId {
+pub(crate) struct FlowId {
     pub slot: u32,
     pub generation: u32,
 }
 
 /// Which socket of a flow an event is for.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// The flow's main host socket.
     Host,
     /// A second socket (the upstream resolver of a DNS-over-TCP flow).
@@ -50,11 +50,11 @@ impl Source {
 }
 
 /// Epoll token layout: generation (32 bits) | slot (24 bits) | source (8 bits).
-pub fn token(id: FlowId, src: Source) -> u64 {
+pub(crate) fn token(id: FlowId, src: Source) -> u64 {
     (u64::from(id.generation) << 32) | (u64::from(id.slot & 0x00ff_ffff) << 8) | src.bits()
 }
 
-pub fn untoken(t: u64) -> Option<(FlowId, Source)> {
+pub(crate) fn untoken(t: u64) -> Option<(FlowId, Source)> {
     let src = Source::from_bits(t & 0xff)?;
     Some((
         FlowId {
@@ -66,9 +66,9 @@ pub fn untoken(t: u64) -> Option<(FlowId, Source)> {
 }
 
 /// Largest slot index a token can carry.
-pub const MAX_SLOTS: usize = 0x00ff_ffff;
+pub(crate) const MAX_SLOTS: usize = 0x00ff_ffff;
 
-pub struct Poller {
+pub(crate) struct Poller {
     epoll: Epoll,
     timer: OwnedFd,
     heap: BinaryHeap<Reverse<(Instant, FlowId)>>,
@@ -76,7 +76,7 @@ pub struct Poller {
 }
 
 impl Poller {
-    pub fn new() -> io::Result<Poller> {
+    pub(crate) fn new() -> io::Result<Poller> {
         // SAFETY: timerfd_create has no memory preconditions; the result is
         // checked before use.
         let fd = unsafe {
@@ -97,15 +97,21 @@ impl Poller {
         })
     }
 
-    pub fn epoll_fd(&self) -> RawFd {
+    pub(crate) fn epoll_fd(&self) -> RawFd {
         self.epoll.as_raw_fd()
     }
 
-    pub fn timer_fd(&self) -> RawFd {
+    pub(crate) fn timer_fd(&self) -> RawFd {
         self.timer.as_raw_fd()
     }
 
-    pub fn add(&self, fd: RawFd, events: EventSet, id: FlowId, src: Source) -> io::Result<()> {
+    pub(crate) fn add(
+        &self,
+        fd: RawFd,
+        events: EventSet,
+        id: FlowId,
+        src: Source,
+    ) -> io::Result<()> {
         self.epoll.ctl(
             ControlOperation::Add,
             fd,
@@ -113,7 +119,13 @@ impl Poller {
         )
     }
 
-    pub fn modify(&self, fd: RawFd, events: EventSet, id: FlowId, src: Source) -> io::Result<()> {
+    pub(crate) fn modify(
+        &self,
+        fd: RawFd,
+        events: EventSet,
+        id: FlowId,
+        src: Source,
+    ) -> io::Result<()> {
         self.epoll.ctl(
             ControlOperation::Modify,
             fd,
@@ -121,7 +133,7 @@ impl Poller {
         )
     }
 
-    pub fn remove(&self, fd: RawFd) {
+    pub(crate) fn remove(&self, fd: RawFd) {
         let _ = self
             .epoll
             .ctl(ControlOperation::Delete, fd, EpollEvent::default());
@@ -131,7 +143,7 @@ impl Poller {
     /// set is level-triggered, so sockets left ready (not read yet) show up
     /// again on the next call; reading more batches here would return the
     /// same sockets forever.
-    pub fn ready(&self, out: &mut Vec<(FlowId, Source, EventSet)>) -> io::Result<()> {
+    pub(crate) fn ready(&self, out: &mut Vec<(FlowId, Source, EventSet)>) -> io::Result<()> {
         let mut events = [EpollEvent::default(); 128];
         let n = loop {
             match self.epoll.wait(0, &mut events) {
@@ -150,7 +162,7 @@ impl Poller {
 
     /// Asks to be woken for `id` at `when`. Older requests for the same flow
     /// stay queued; callers check the flow's current deadline when woken.
-    pub fn schedule(&mut self, when: Instant, id: FlowId) {
+    pub(crate) fn schedule(&mut self, when: Instant, id: FlowId) {
         self.heap.push(Reverse((when, id)));
         if self.armed.is_none_or(|a| when < a) {
             self.arm(when);
@@ -158,7 +170,7 @@ impl Poller {
     }
 
     /// Pops every request due at `now`.
-    pub fn due(&mut self, now: Instant, out: &mut Vec<FlowId>) {
+    pub(crate) fn due(&mut self, now: Instant, out: &mut Vec<FlowId>) {
         self.drain_timerfd();
         while let Some(Reverse((when, id))) = self.heap.peek().copied() {
             if when > now {
@@ -175,7 +187,7 @@ impl Poller {
 
     /// Drops queued requests for flows that no longer want them, when stale
     /// entries outnumber live ones (keeps the heap bounded).
-    pub fn compact(&mut self, live: usize, keep: impl Fn(&FlowId, Instant) -> bool) {
+    pub(crate) fn compact(&mut self, live: usize, keep: impl Fn(&FlowId, Instant) -> bool) {
         if self.heap.len() > 64 + 4 * live {
             let old = std::mem::take(&mut self.heap);
             self.heap = old

@@ -31,13 +31,13 @@ pub enum PublishError {
 }
 
 /// A bound published socket.
-pub enum PublishedSocket {
+pub(crate) enum PublishedSocket {
     Tcp(TcpListener),
     Udp(UdpSocket),
 }
 
 impl PublishedSocket {
-    pub fn raw_fd(&self) -> std::os::unix::io::RawFd {
+    pub(crate) fn raw_fd(&self) -> std::os::unix::io::RawFd {
         use std::os::unix::io::AsRawFd;
         match self {
             PublishedSocket::Tcp(l) => l.as_raw_fd(),
@@ -47,7 +47,7 @@ impl PublishedSocket {
 }
 
 /// A published port with its socket and a process-unique id.
-pub struct Published {
+pub(crate) struct Published {
     pub id: u64,
     pub spec: PortSpec,
     pub socket: Arc<PublishedSocket>,
@@ -55,7 +55,7 @@ pub struct Published {
 
 /// Every published port of the process.
 #[derive(Default)]
-pub struct PortTable {
+pub(crate) struct PortTable {
     entries: Vec<Published>,
     next_id: u64,
 }
@@ -83,7 +83,7 @@ fn bind(spec: &PortSpec) -> Result<PublishedSocket, PublishError> {
 
 impl PortTable {
     /// Binds and adds `specs`, all or none.
-    pub fn expose(&mut self, specs: &[PortSpec]) -> Result<(), PublishError> {
+    pub(crate) fn expose(&mut self, specs: &[PortSpec]) -> Result<(), PublishError> {
         for s in specs {
             if self
                 .entries
@@ -109,7 +109,11 @@ impl PortTable {
     }
 
     /// Removes (and closes) the port bound at `host` for `proto`.
-    pub fn unexpose(&mut self, host: SocketAddr, proto: Proto) -> Result<PortSpec, PublishError> {
+    pub(crate) fn unexpose(
+        &mut self,
+        host: SocketAddr,
+        proto: Proto,
+    ) -> Result<PortSpec, PublishError> {
         let i = self
             .entries
             .iter()
@@ -118,15 +122,15 @@ impl PortTable {
         Ok(self.entries.remove(i).spec)
     }
 
-    pub fn specs(&self) -> Vec<PortSpec> {
+    pub(crate) fn specs(&self) -> Vec<PortSpec> {
         self.entries.iter().map(|e| e.spec).collect()
     }
 
-    pub fn entries(&self) -> &[Published] {
+    pub(crate) fn entries(&self) -> &[Published] {
         &self.entries
     }
 
-    pub fn get(&self, id: u64) -> Option<&Published> {
+    pub(crate) fn get(&self, id: u64) -> Option<&Published> {
         self.entries.iter().find(|e| e.id == id)
     }
 }

@@ -185,7 +185,7 @@ impl Shared {
     }
 
     /// Runs `f` with the port table locked (the session's worker).
-    pub fn with_ports<R>(&self, f: impl FnOnce(&PortTable) -> R) -> R {
+    pub(crate) fn with_ports<R>(&self, f: impl FnOnce(&PortTable) -> R) -> R {
         f(&self.ports.lock().unwrap_or_else(|e| e.into_inner()))
     }
 

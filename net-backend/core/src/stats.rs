@@ -116,7 +116,7 @@ impl Stats {
         add(&self.flows(p).refused, 1);
     }
 
-    pub fn drop_count(&self, why: DropReason) -> u64 {
+    pub(crate) fn drop_count(&self, why: DropReason) -> u64 {
         self.drops[why as usize].load(Ordering::Relaxed)
     }
 

@@ -10,16 +10,21 @@ use smoltcp::wire::{
 };
 
 /// Length of an Ethernet II header.
-pub const ETH_HEADER: usize = 14;
+pub(crate) const ETH_HEADER: usize = 14;
 /// Length of an IPv4 header without options.
-pub const IPV4_HEADER: usize = 20;
+pub(crate) const IPV4_HEADER: usize = 20;
 /// Length of a UDP header.
-pub const UDP_HEADER: usize = 8;
+pub(crate) const UDP_HEADER: usize = 8;
 /// Default TTL of packets the gateway originates.
-pub const TTL: u8 = 64;
+pub(crate) const TTL: u8 = 64;
 
 /// Writes an Ethernet header into the first 14 bytes of `buf`.
-pub fn write_eth(buf: &mut [u8], src: EthernetAddress, dst: EthernetAddress, ty: EthernetProtocol) {
+pub(crate) fn write_eth(
+    buf: &mut [u8],
+    src: EthernetAddress,
+    dst: EthernetAddress,
+    ty: EthernetProtocol,
+) {
     let mut frame = EthernetFrame::new_unchecked(buf);
     EthernetRepr {
         src_addr: src,
@@ -30,7 +35,7 @@ pub fn write_eth(buf: &mut [u8], src: EthernetAddress, dst: EthernetAddress, ty:
 }
 
 /// An ARP reply frame telling `target` that `sender_ip` is at `sender_mac`.
-pub fn arp_reply(
+pub(crate) fn arp_reply(
     sender_mac: EthernetAddress,
     sender_ip: Ipv4Addr,
     target_mac: EthernetAddress,
@@ -51,7 +56,7 @@ pub fn arp_reply(
 
 /// Addresses of a frame to the guest.
 #[derive(Clone, Copy, Debug)]
-pub struct Route {
+pub(crate) struct Route {
     pub src_mac: EthernetAddress,
     pub dst_mac: EthernetAddress,
     pub src_ip: Ipv4Addr,
@@ -69,14 +74,14 @@ fn checksums(offload: bool) -> ChecksumCapabilities {
 }
 
 /// Total frame length of a UDP datagram with `payload_len` bytes.
-pub fn udp_frame_len(payload_len: usize) -> usize {
+pub(crate) fn udp_frame_len(payload_len: usize) -> usize {
     ETH_HEADER + IPV4_HEADER + UDP_HEADER + payload_len
 }
 
 /// Writes an Ethernet + IPv4 + UDP frame into `buf` (exactly
 /// [`udp_frame_len`] bytes). With `offload`, the UDP checksum is left zero
 /// (legal for IPv4, and the guest is told the data is valid).
-pub fn write_udp(
+pub(crate) fn write_udp(
     buf: &mut [u8],
     route: Route,
     src_port: u16,
@@ -108,7 +113,7 @@ pub fn write_udp(
 }
 
 /// An Ethernet + IPv4 + ICMP frame.
-pub fn icmp_frame(route: Route, repr: &Icmpv4Repr) -> Vec<u8> {
+pub(crate) fn icmp_frame(route: Route, repr: &Icmpv4Repr) -> Vec<u8> {
     let ip_repr = Ipv4Repr {
         src_addr: route.src_ip,
         dst_addr: route.dst_ip,

@@ -27,24 +27,12 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::tcp::{TcpFlow, TcpLimits};
 use super::udp::MAX_DATAGRAM;
-use super::{
-    age_ms, is_routable, Cx, Flow, FlowKey, Flows, GuestPacket, Idle, OpenError, Verdict,
-};
-use crate::config::GatewayConfig;
+use super::{age_ms, is_routable, Cx, Flow, FlowKey, Flows, GuestPacket, Idle, OpenError, Verdict};
+use crate::config::{GatewayConfig, PublishSource};
 use crate::phy::GuestTx;
 use crate::poller::{FlowId, Poller, Source};
 use crate::publish::PublishedSocket;
 use crate::stats::DropReason;
-
-/// Where the guest sees published connections come from.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub enum PublishSource {
-    /// The gateway's address (like Docker's userland proxy).
-    #[default]
-    Gateway,
-    /// The client's own address (loopback clients: the host alias).
-    Client,
-}
 
 /// A UDP client of a published port, as mapped into the guest.
 pub(crate) struct PubUdpFlow {

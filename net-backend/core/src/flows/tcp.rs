@@ -137,7 +137,7 @@ impl TcpFlow {
     /// Creates the flow for a guest SYN from `guest` to `remote`, connecting
     /// the host side to `target`. The caller then feeds the SYN with
     /// [`TcpFlow::ingress`].
-    pub fn open(
+    pub(crate) fn open(
         id: FlowId,
         guest: SocketAddrV4,
         remote: SocketAddrV4,
@@ -160,7 +160,7 @@ impl TcpFlow {
     }
 
     /// Creates the flow for a guest's DNS-over-TCP connection to the gateway.
-    pub fn open_dns(
+    pub(crate) fn open_dns(
         guest: SocketAddrV4,
         remote: SocketAddrV4,
         bridge: DnsBridge,
@@ -177,7 +177,7 @@ impl TcpFlow {
     /// `stream` is connected; the guest side is opened from `local` (the
     /// address the guest will see) to `guest`.
     #[allow(clippy::too_many_arguments)]
-    pub fn open_inbound(
+    pub(crate) fn open_inbound(
         id: FlowId,
         stream: std::net::TcpStream,
         client: std::net::SocketAddr,
@@ -223,7 +223,7 @@ impl TcpFlow {
         self.sockets.get_mut::<tcp::Socket>(self.handle)
     }
 
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         self.sockets.get::<tcp::Socket>(self.handle).state()
     }
 

@@ -16,7 +16,7 @@ use smoltcp::wire::{
 
 use super::Gateway;
 use crate::config::GatewayConfig;
-use crate::flows::published::PublishSource;
+use crate::config::PublishSource;
 use crate::flows::tcp::TcpLimits;
 use crate::host::Target;
 use crate::phy::GuestTx;

@@ -46,52 +46,52 @@ const FLAG_BROADCAST: u16 = 0x8000;
 /// Byte offsets of the fixed BOOTP fields.
 mod field {
     use std::ops::Range;
-    pub const OP: usize = 0;
-    pub const HLEN: usize = 2;
-    pub const XID: Range<usize> = 4..8;
-    pub const FLAGS: Range<usize> = 10..12;
-    pub const CIADDR: Range<usize> = 12..16;
-    pub const GIADDR: Range<usize> = 24..28;
-    pub const CHADDR: Range<usize> = 28..44;
-    pub const SNAME: Range<usize> = 44..108;
-    pub const FILE: Range<usize> = 108..236;
-    pub const COOKIE: Range<usize> = 236..240;
-    pub const OPTIONS: usize = 240;
+    pub(super) const OP: usize = 0;
+    pub(super) const HLEN: usize = 2;
+    pub(super) const XID: Range<usize> = 4..8;
+    pub(super) const FLAGS: Range<usize> = 10..12;
+    pub(super) const CIADDR: Range<usize> = 12..16;
+    pub(super) const GIADDR: Range<usize> = 24..28;
+    pub(super) const CHADDR: Range<usize> = 28..44;
+    pub(super) const SNAME: Range<usize> = 44..108;
+    pub(super) const FILE: Range<usize> = 108..236;
+    pub(super) const COOKIE: Range<usize> = 236..240;
+    pub(super) const OPTIONS: usize = 240;
 }
 
 /// DHCP option codes used here.
 mod opt {
-    pub const PAD: u8 = 0;
-    pub const SUBNET_MASK: u8 = 1;
-    pub const ROUTER: u8 = 3;
-    pub const DNS_SERVERS: u8 = 6;
-    pub const HOST_NAME: u8 = 12;
-    pub const DOMAIN_NAME: u8 = 15;
-    pub const INTERFACE_MTU: u8 = 26;
-    pub const REQUESTED_IP: u8 = 50;
-    pub const LEASE_TIME: u8 = 51;
-    pub const OVERLOAD: u8 = 52;
-    pub const MESSAGE_TYPE: u8 = 53;
-    pub const SERVER_ID: u8 = 54;
-    pub const MESSAGE: u8 = 56;
-    pub const MAX_MESSAGE_SIZE: u8 = 57;
-    pub const RENEWAL_TIME: u8 = 58;
-    pub const REBINDING_TIME: u8 = 59;
-    pub const CLIENT_ID: u8 = 61;
-    pub const DOMAIN_SEARCH: u8 = 119;
-    pub const END: u8 = 255;
+    pub(super) const PAD: u8 = 0;
+    pub(super) const SUBNET_MASK: u8 = 1;
+    pub(super) const ROUTER: u8 = 3;
+    pub(super) const DNS_SERVERS: u8 = 6;
+    pub(super) const HOST_NAME: u8 = 12;
+    pub(super) const DOMAIN_NAME: u8 = 15;
+    pub(super) const INTERFACE_MTU: u8 = 26;
+    pub(super) const REQUESTED_IP: u8 = 50;
+    pub(super) const LEASE_TIME: u8 = 51;
+    pub(super) const OVERLOAD: u8 = 52;
+    pub(super) const MESSAGE_TYPE: u8 = 53;
+    pub(super) const SERVER_ID: u8 = 54;
+    pub(super) const MESSAGE: u8 = 56;
+    pub(super) const MAX_MESSAGE_SIZE: u8 = 57;
+    pub(super) const RENEWAL_TIME: u8 = 58;
+    pub(super) const REBINDING_TIME: u8 = 59;
+    pub(super) const CLIENT_ID: u8 = 61;
+    pub(super) const DOMAIN_SEARCH: u8 = 119;
+    pub(super) const END: u8 = 255;
 }
 
 /// DHCP message types (option 53).
 mod msg {
-    pub const DISCOVER: u8 = 1;
-    pub const OFFER: u8 = 2;
-    pub const REQUEST: u8 = 3;
-    pub const DECLINE: u8 = 4;
-    pub const ACK: u8 = 5;
-    pub const NAK: u8 = 6;
-    pub const RELEASE: u8 = 7;
-    pub const INFORM: u8 = 8;
+    pub(super) const DISCOVER: u8 = 1;
+    pub(super) const OFFER: u8 = 2;
+    pub(super) const REQUEST: u8 = 3;
+    pub(super) const DECLINE: u8 = 4;
+    pub(super) const ACK: u8 = 5;
+    pub(super) const NAK: u8 = 6;
+    pub(super) const RELEASE: u8 = 7;
+    pub(super) const INFORM: u8 = 8;
 }
 
 /// Smallest BOOTP message; shorter replies are padded (RFC 1542 §2.1).

@@ -30,7 +30,7 @@ pub(crate) struct DnsBridge {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum BridgeError {
+pub(crate) enum BridgeError {
     #[error("bad DNS message from the guest")]
     Dns(#[from] DnsError),
     #[error("no upstream resolver configured")]
@@ -47,7 +47,7 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 impl DnsBridge {
-    pub fn new(records: Arc<LocalRecords>, upstream_addr: Option<SocketAddr>) -> Self {
+    pub(crate) fn new(records: Arc<LocalRecords>, upstream_addr: Option<SocketAddr>) -> Self {
         DnsBridge {
             session: DnsTcpSession::new(records),
             upstream_addr,
@@ -61,11 +61,11 @@ impl DnsBridge {
     }
 
     /// Whether the bridge takes more bytes from the guest now.
-    pub fn wants_guest_bytes(&self) -> bool {
+    pub(crate) fn wants_guest_bytes(&self) -> bool {
         self.to_upstream.len() < LIMIT && self.to_guest.len() < LIMIT
     }
 
-    pub fn guest_bytes(&mut self, bytes: &[u8]) -> Result<(), BridgeError> {
+    pub(crate) fn guest_bytes(&mut self, bytes: &[u8]) -> Result<(), BridgeError> {
         let actions = self.session.from_guest(bytes)?;
         self.to_guest.extend_from_slice(&actions.to_guest);
         self.to_upstream.extend_from_slice(&actions.to_upstream);
@@ -73,7 +73,7 @@ impl DnsBridge {
     }
 
     /// Nothing buffered and no query waiting for the upstream.
-    pub fn idle(&self) -> bool {
+    pub(crate) fn idle(&self) -> bool {
         self.to_guest.is_empty()
             && self.to_upstream.is_empty()
             && (self.session.outstanding() == 0 || self.upstream_eof)
@@ -81,7 +81,7 @@ impl DnsBridge {
 
     /// Connects, writes and reads the upstream as far as it goes; returns
     /// whether anything moved.
-    pub fn drive(&mut self, id: FlowId, poller: &Poller) -> Result<bool, BridgeError> {
+    pub(crate) fn drive(&mut self, id: FlowId, poller: &Poller) -> Result<bool, BridgeError> {
         let mut progress = false;
         if self.upstream.is_none() && !self.to_upstream.is_empty() {
             let addr = self.upstream_addr.ok_or(BridgeError::NoUpstream)?;
@@ -147,7 +147,7 @@ impl DnsBridge {
         Ok(progress)
     }
 
-    pub fn close(&mut self, poller: &Poller) {
+    pub(crate) fn close(&mut self, poller: &Poller) {
         if let Some(up) = self.upstream.take() {
             poller.remove(up.as_raw_fd());
         }

@@ -16,23 +16,23 @@ const MAX_POINTERS: usize = 64;
 
 /// Header flag bits.
 pub(super) mod flag {
-    pub const QR: u16 = 0x8000;
-    pub const OPCODE_MASK: u16 = 0x7800;
-    pub const AA: u16 = 0x0400;
-    pub const TC: u16 = 0x0200;
-    pub const RD: u16 = 0x0100;
-    pub const RA: u16 = 0x0080;
-    pub const CD: u16 = 0x0010;
+    pub(crate) const QR: u16 = 0x8000;
+    pub(crate) const OPCODE_MASK: u16 = 0x7800;
+    pub(crate) const AA: u16 = 0x0400;
+    pub(crate) const TC: u16 = 0x0200;
+    pub(crate) const RD: u16 = 0x0100;
+    pub(crate) const RA: u16 = 0x0080;
+    pub(crate) const CD: u16 = 0x0010;
 }
 
 /// Record types and classes used here.
 pub(super) mod rr {
-    pub const TYPE_A: u16 = 1;
-    pub const TYPE_PTR: u16 = 12;
-    pub const TYPE_OPT: u16 = 41;
-    pub const TYPE_ANY: u16 = 255;
-    pub const CLASS_IN: u16 = 1;
-    pub const CLASS_ANY: u16 = 255;
+    pub(crate) const TYPE_A: u16 = 1;
+    pub(crate) const TYPE_PTR: u16 = 12;
+    pub(crate) const TYPE_OPT: u16 = 41;
+    pub(crate) const TYPE_ANY: u16 = 255;
+    pub(crate) const CLASS_IN: u16 = 1;
+    pub(crate) const CLASS_ANY: u16 = 255;
 }
 
 /// The fixed 12-byte header.
@@ -48,7 +48,7 @@ pub(super) struct Header {
 
 impl Header {
     /// Reads the header, or `None` if `msg` is shorter than 12 bytes.
-    pub fn parse(msg: &[u8]) -> Option<Self> {
+    pub(super) fn parse(msg: &[u8]) -> Option<Self> {
         Some(Self {
             id: be16(msg, 0)?,
             flags: be16(msg, 2)?,
@@ -60,12 +60,12 @@ impl Header {
     }
 
     /// The 4-bit opcode.
-    pub fn opcode(&self) -> u8 {
+    pub(super) fn opcode(&self) -> u8 {
         ((self.flags & flag::OPCODE_MASK) >> 11) as u8
     }
 
     /// Appends the header in wire form.
-    pub fn write(&self, out: &mut Vec<u8>) {
+    pub(super) fn write(&self, out: &mut Vec<u8>) {
         for v in [
             self.id,
             self.flags,
