@@ -261,16 +261,22 @@ impl TcpFlow {
         }
     }
 
-    /// Resets the guest side and drops the host side.
-    fn fail(&mut self, why: End, cx: &mut Cx) {
+    /// Drops the host side with a RST (and a DNS flow's upstream) and
+    /// aborts the guest side's socket.
+    fn abort(&mut self, poller: &Poller) {
         if let Some(host) = self.host.take() {
-            cx.stack.poller.remove(host.as_raw_fd());
+            poller.remove(host.as_raw_fd());
             host.set_reset_on_close();
         }
         if let Some(b) = self.dns.as_mut() {
-            b.close(&cx.stack.poller);
+            b.close(poller);
         }
         self.socket().abort();
+    }
+
+    /// Resets both sides: the guest gets a RST now.
+    fn fail(&mut self, why: End, cx: &mut Cx) {
+        self.abort(&cx.stack.poller);
         self.poll(cx, None);
         self.end = Some(why);
     }
@@ -608,16 +614,10 @@ impl Flow for TcpFlow {
         self.fail(End::Reset, cx);
     }
 
-    /// Closes both sides at once: the host peer gets a RST.
+    /// Closes both sides at once (the guest is gone): the host peer gets a
+    /// RST.
     fn shutdown(&mut self, cx: &mut Cx) {
-        if let Some(host) = self.host.take() {
-            cx.stack.poller.remove(host.as_raw_fd());
-            host.set_reset_on_close();
-        }
-        if let Some(b) = self.dns.as_mut() {
-            b.close(&cx.stack.poller);
-        }
-        self.socket().abort();
+        self.abort(&cx.stack.poller);
         self.end.get_or_insert(End::Reset);
     }
 
