@@ -54,6 +54,7 @@ pub struct Config {
     pub thread_pool_size: usize,
     pub rlimit_nofile: Option<u64>,
     pub audit_log: Option<PathBuf>,
+    pub notify_socket: Option<PathBuf>,
     pub sandbox: Sandbox,
     pub seccomp: SeccompMode,
     pub exit_on_disconnect: bool,
@@ -237,6 +238,7 @@ impl TryFrom<Args> for Config {
             thread_pool_size: a.thread_pool_size.unwrap_or(0),
             rlimit_nofile: a.rlimit_nofile,
             audit_log: a.audit_log,
+            notify_socket: a.notify_socket,
             sandbox: pick(a.sandbox, legacy.sandbox, "sandbox")?.unwrap_or(
                 if airlock_common::sandbox::is_root() {
                     Sandbox::Namespace

@@ -7,6 +7,7 @@
 //! - [`device`]: the virtqueues and the FUSE server;
 //! - [`idmap`]: `--translate-uid/--translate-gid` rules;
 //! - [`sandbox`]: `--sandbox namespace|chroot|none`;
+//! - [`notify`]: `--notify-socket`, host changes to the guest's watchers;
 
 pub mod args;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod device;
 pub mod filesystem;
 mod handles;
 pub mod idmap;
+pub mod notify;
 pub mod sandbox;
 
 use std::io;
@@ -64,6 +66,8 @@ pub enum FsError {
     Capabilities(#[source] io::Error),
     #[error("cannot set up signal handling")]
     Signals(#[source] io::Error),
+    #[error(transparent)]
+    Notify(#[from] notify::NotifyError),
     #[error(transparent)]
     Run(#[from] RunError),
 }
@@ -136,10 +140,26 @@ pub fn run(config: Config) -> Result<(), FsError> {
     let audit = airlock_common::daemon::prepare(
         nofile,
         config.audit_log.as_deref(),
-        config.listen.socket_path.as_deref(),
+        config
+            .listen
+            .socket_path
+            .iter()
+            .chain(&config.notify_socket)
+            .map(PathBuf::as_path),
     )?
     .map(Arc::new);
     let listener = config.listen.bind()?;
+    let notify_listener = match &config.notify_socket {
+        Some(path) => {
+            let l = airlock_common::listen::bind_path(path, config.listen.socket_group.as_deref())?;
+            let path = path.clone();
+            airlock_common::signals::at_exit(move || {
+                let _ = airlock_common::sandbox::remove_socket(&path);
+            });
+            Some(l)
+        }
+        None => None,
+    };
     // The sandbox hides $NOTIFY_SOCKET's path (and, in a new network
     // namespace, its abstract name): connect while it is reachable.
     if let Err(e) = airlock_common::notify::connect_early() {
@@ -175,6 +195,11 @@ pub fn run(config: Config) -> Result<(), FsError> {
     // Signals are taken by a thread of their own, started only now so it
     // shares the confinement above.
     airlock_common::signals::install().map_err(FsError::Signals)?;
+    // After the capability drop: the fanotify group is then unprivileged,
+    // which is what tells the guest's own changes from the host's.
+    if let (Some(l), Some(path)) = (notify_listener, &config.notify_socket) {
+        notify::start(l, &root, path)?;
+    }
     airlock_common::seccomp::apply(SECCOMP_ALLOW_LIST, config.seccomp)?;
     log::info!(
         "sharing {} (cache {:?}, sandbox {:?}{}{})",

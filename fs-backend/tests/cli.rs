@@ -131,6 +131,7 @@ fn help_documents_every_option() {
         "--thread-pool-size",
         "--rlimit-nofile",
         "--audit-log",
+        "--notify-socket",
         "--exit-on-disconnect",
         "--log-level",
         "--syslog",
