@@ -143,6 +143,28 @@ pub fn net_device_args(socket: &Path, mac: &str, reconnect: bool) -> Vec<OsStrin
     ]
 }
 
+/// Arguments attaching a virtio-serial port named `name` whose host side
+/// is the Unix socket `socket`, served by airlock-fs' `--notify-socket`
+/// (QEMU connects as a client; `reconnect=1` lets QEMU start before the
+/// socket exists and come back to a restarted daemon). The guest helper
+/// `airlock-guest watch` finds the port by its name.
+pub fn notify_device_args(socket: &Path, name: &str) -> Vec<OsString> {
+    let chardev = unique_id("notifychr");
+    let bus = unique_id("vser");
+    vec![
+        "-chardev".into(),
+        format!(
+            "socket,id={chardev},path={},reconnect=1",
+            option_path(socket)
+        )
+        .into(),
+        "-device".into(),
+        format!("virtio-serial-pci,id={bus}").into(),
+        "-device".into(),
+        format!("virtserialport,bus={bus}.0,chardev={chardev},name={name}").into(),
+    ]
+}
+
 /// Files of one boot, chosen by the rig.
 pub(crate) struct BootFiles {
     pub kernel: PathBuf,
@@ -709,5 +731,28 @@ mod tests {
 
         let plain = net_device_args(Path::new("/tmp/n.sock"), "52:54:00:12:34:56", false);
         assert!(!strings(&plain)[1].contains("reconnect"));
+    }
+
+    #[test]
+    fn notify_device_args_put_the_named_port_on_its_own_bus() {
+        let args = notify_device_args(Path::new("/tmp/notify.sock"), "org.airlock.notify");
+        let args = strings(&args);
+        assert_eq!(
+            (args[0], args[2], args[4]),
+            ("-chardev", "-device", "-device")
+        );
+        assert!(
+            args[1].ends_with(",path=/tmp/notify.sock,reconnect=1"),
+            "{}",
+            args[1]
+        );
+        assert!(args[3].starts_with("virtio-serial-pci,"), "{}", args[3]);
+        assert!(args[5].starts_with("virtserialport,"), "{}", args[5]);
+        assert_eq!(option(args[5], "chardev"), option(args[1], "id"));
+        assert_eq!(
+            option(args[5], "bus"),
+            format!("{}.0", option(args[3], "id"))
+        );
+        assert_eq!(option(args[5], "name"), "org.airlock.notify");
     }
 }

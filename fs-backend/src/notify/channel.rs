@@ -34,6 +34,9 @@ pub struct Channel {
     written: usize,
     /// Whether a helper said HELLO.
     ready: bool,
+    /// The nonce of that HELLO: a helper repeats its HELLO until answered,
+    /// and a repeat must not restart the session.
+    nonce: Option<u64>,
     /// Sequence number of the last event encoded (0: none since WELCOME).
     sent: u64,
     /// Highest sequence number acknowledged.
@@ -54,6 +57,7 @@ impl Channel {
             out: Vec::new(),
             written: 0,
             ready: false,
+            nonce: None,
             sent: 0,
             acked: 0,
         }
@@ -65,8 +69,12 @@ impl Channel {
         self.decoder.push(bytes);
         for message in self.decoder.by_ref() {
             match message {
+                Ok(Message::Hello { nonce, .. }) if self.nonce == Some(nonce) => {
+                    log::debug!("notify: repeated HELLO ignored");
+                }
                 Ok(Message::Hello { version, nonce }) if version >= 1 => {
                     got.lost_events |= self.ready && self.acked < self.sent;
+                    self.nonce = Some(nonce);
                     got.welcomed = true;
                     self.ready = true;
                     self.sent = 0;
@@ -255,6 +263,18 @@ mod tests {
             })
         );
         assert_eq!(read.len(), 2, "{read:?}");
+    }
+
+    #[test]
+    fn a_repeated_hello_does_not_restart_the_session() {
+        let mut c = Channel::new();
+        c.receive(&hello(9));
+        c.send(Flags::CHANGED, b"a");
+        let got = c.receive(&hello(9));
+        assert_eq!(got, Received::default());
+        assert_eq!(c.in_flight(), 1);
+        let read = guest_reads(&mut c, 9);
+        assert_eq!(read.len(), 2, "one WELCOME, one event: {read:?}");
     }
 
     #[test]
