@@ -76,6 +76,20 @@ impl Daemon {
             .unwrap()
     }
 
+    /// The fanotify marks airlock-fs holds (`/proc/PID/fdinfo`).
+    fn marks(&self) -> usize {
+        let dir = format!("/proc/{}/fdinfo", self.child.id());
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+            .map(|info| {
+                info.lines()
+                    .filter(|l| l.starts_with("fanotify ino:"))
+                    .count()
+            })
+            .sum()
+    }
+
     fn helper(&self) -> Helper {
         Helper::connect(&self.notify)
     }
@@ -294,12 +308,19 @@ fn directories_that_leave_the_share_or_are_symlinks_report_nothing() {
     let (dir, share) = setup();
     let outside = dir.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
-    host(&share, "mkdir leaving && ln -s ../outside link");
+    host(&share, "mkdir -p leaving/a/b && ln -s ../outside link");
     let d = Daemon::start(dir.path(), &share, &[]);
     let mut h = d.helper();
     h.hello(1);
+    // The share's root and leaving, leaving/a, leaving/a/b.
+    assert_eq!(d.marks(), 4);
     host(&share, "mv leaving ../outside/left");
     h.expect("leaving", Flags::REMOVED);
+    // Their marks went with them (airlock-fs runs as root here, with the
+    // CAP_DAC_READ_SEARCH that opening them by handle needs).
+    if unsafe_is_root() {
+        assert_eq!(d.marks(), 1);
+    }
     host(
         dir.path(),
         "echo x > outside/left/f && echo y > outside/g && echo z > share/link/h",

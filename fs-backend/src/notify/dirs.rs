@@ -120,7 +120,8 @@ pub fn open_by_key(mount: BorrowedFd<'_>, key: &[u8]) -> io::Result<OwnedFd> {
         libc::open_by_handle_at(
             mount.as_raw_fd(),
             buf.as_mut_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            // Not O_PATH: fanotify_mark refuses an O_PATH descriptor.
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
         )
     })?;
     // SAFETY: a new descriptor owned by nobody else.
