@@ -44,7 +44,7 @@ pub enum Command {
 
 #[derive(clap::Args, Debug, Clone)]
 #[command(after_help = "Examples:\n  airlock-guest watch --mount /mnt/share\n  \
-airlock-guest watch --tag share        # the virtio-fs mount of tag `share`, from /proc/self/mountinfo")]
+airlock-guest watch --tag share     # wherever the virtio-fs tag `share` is mounted")]
 pub struct WatchArgs {
     /// Where the share is mounted in the guest.
     #[arg(

@@ -68,3 +68,8 @@ fn airlock_cli_help_is_documented() {
         &["publish", "unpublish", "ports", "stats", "flows", "leases"],
     );
 }
+
+#[test]
+fn airlock_guest_help_is_documented() {
+    check_with("airlock-guest", &["watch"]);
+}

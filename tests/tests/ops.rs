@@ -244,6 +244,8 @@ fn rig_overrides(daemon: &str, dir: &Path) -> Vec<String> {
                 p("fs.sock"),
                 "--shared-dir".into(),
                 p("share"),
+                "--notify-socket".into(),
+                p("notify.sock"),
             ]
         }
         "airlock-net" => {
@@ -436,6 +438,33 @@ fn verify_units(destdir: &Path, prefix: &str) {
             out.status
         );
     }
+}
+
+/// The guest helper's unit (`dist/guest/`, installed in guests, not by
+/// `scripts/install`) verifies, with its ExecStart pointing at the built
+/// binary.
+#[test]
+fn guest_unit_verifies() {
+    let unit = read(&dist("guest/airlock-guest@.service"));
+    assert!(unit.contains("ExecStart=/usr/local/bin/airlock-guest watch --tag %i"));
+    let bin = Rig::bin("airlock-guest");
+    let dir = tempfile::tempdir().unwrap();
+    let instance = dir.path().join("airlock-guest@share.service");
+    fs::write(
+        &instance,
+        unit.replace("/usr/local/bin/airlock-guest", &bin.display().to_string()),
+    )
+    .unwrap();
+    let out = run(Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&instance)
+        .env("SYSTEMD_LOG_COLOR", "0"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify airlock-guest@share.service ({}):\n{stderr}",
+        out.status
+    );
 }
 
 #[test]
