@@ -158,6 +158,7 @@ impl Pending {
             }
         });
         self.rescans.retain(|r| !is_under(r, dir));
+        self.compact();
         if self.rescans.len() >= MAX_RESCANS {
             let merged = self
                 .rescans
@@ -168,6 +169,20 @@ impl Pending {
         }
         self.rescans.push(dir.into());
         self.push(dir, Flags::RESCAN, now);
+    }
+
+    /// Drops the entries folded into RESCANs once they outnumber the live
+    /// ones: nothing may pile up while no helper takes entries.
+    fn compact(&mut self) {
+        if self.entries.len() <= 2 * self.index.len() + 64 {
+            return;
+        }
+        self.entries.retain(|e| e.live);
+        for (i, e) in self.entries.iter().enumerate() {
+            if let Some(pos) = self.index.get_mut(&e.path) {
+                *pos = self.base + i as u64;
+            }
+        }
     }
 
     /// When the oldest entry becomes ready, if any waits.
@@ -268,6 +283,29 @@ mod tests {
         }
         let out = drain(&mut q, t0 + COALESCE);
         assert_eq!(out, vec![("".into(), Flags::RESCAN)]);
+    }
+
+    #[test]
+    fn folded_entries_do_not_pile_up_while_nothing_is_taken() {
+        let t0 = Instant::now();
+        let mut q = Pending::new(10);
+        // Each round overflows one level higher than the last (a/a/…/b/x*),
+        // so each fold takes the previous RESCAN and ten entries with it.
+        for depth in (1..200).rev() {
+            let dir = vec!["a"; depth].join("/");
+            for i in 0..12 {
+                q.add(format!("{dir}/b/x{i}").as_bytes(), Flags::CHANGED, t0);
+            }
+            assert!(
+                q.entries.len() <= 2 * q.len() + 64 + 12,
+                "{}",
+                q.entries.len()
+            );
+        }
+        // Order and contents survive compaction.
+        let out = drain(&mut q, t0 + COALESCE);
+        assert!(!out.is_empty() && out.len() <= 10 + MAX_RESCANS);
+        assert!(q.is_empty() && q.entries.is_empty());
     }
 
     #[test]
