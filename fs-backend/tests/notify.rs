@@ -414,7 +414,9 @@ fn changes_wait_for_a_helper_and_a_new_connection_replaces_the_old() {
     let (dir, share) = setup();
     let d = Daemon::start(dir.path(), &share, &[]);
     let mut first = d.helper();
-    // Connected, no HELLO yet: a change waits for one, it is not lost.
+    // Accepted (what arrived before the connection was taken belongs to no
+    // guest), no HELLO yet: a change waits for one, it is not lost.
+    d.wait_log("notify: connected on");
     host(&share, "echo 1 > early");
     first.hello(1);
     first.expect("early", Flags::CREATED);
