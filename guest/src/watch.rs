@@ -43,6 +43,8 @@ pub enum WatchError {
     NoProc,
     #[error("--port must not be empty")]
     EmptyPort,
+    #[error("give the share as --mount DIR or --tag TAG")]
+    NoMount,
     #[error("cannot list {0}")]
     Sys(PathBuf, #[source] io::Error),
     #[error("port {0} is already open (another airlock-guest runs?)")]
@@ -61,8 +63,7 @@ impl TryFrom<WatchArgs> for WatchConfig {
         let mount = match (a.mount, a.tag) {
             (Some(dir), _) => MountSpec::Dir(dir),
             (None, Some(tag)) => MountSpec::Tag(tag),
-            // clap requires one of them.
-            (None, None) => MountSpec::Tag(String::new()),
+            (None, None) => return Err(WatchError::NoMount),
         };
         Ok(WatchConfig {
             mount,

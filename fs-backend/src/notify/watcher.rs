@@ -211,7 +211,12 @@ impl Watcher {
     }
 
     fn disconnect(&mut self, why: &str) {
-        log::info!("notify: connection closed ({why})");
+        log::info!(
+            "notify: connection closed ({why}); so far {} changes sent, {} events caused by the \
+             guest itself not sent back",
+            self.sent,
+            self.own_events
+        );
         self.conn = None;
         self.channel = Channel::new();
     }
@@ -533,15 +538,5 @@ fn poll_fd(fd: i32, events: libc::c_short) -> libc::pollfd {
         fd,
         events,
         revents: 0,
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        log::debug!(
-            "notify: {} changes sent, {} caused by the guest not echoed",
-            self.sent,
-            self.own_events
-        );
     }
 }
