@@ -18,7 +18,7 @@
 pub mod publish;
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -97,12 +97,13 @@ impl From<PortSpec> for PortEntry {
     }
 }
 
-/// One DHCP lease as `GET /leases` shows it.
+/// One DHCP lease (DHCPv4 or DHCPv6) as `GET /leases` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     /// `52:54:00:12:34:56`.
     pub mac: String,
-    pub ip: Ipv4Addr,
+    /// An IPv4 address, or an IPv6 one for a DHCPv6 lease.
+    pub ip: IpAddr,
     pub hostname: Option<String>,
     /// Seconds until the lease expires.
     pub expires_in: u64,

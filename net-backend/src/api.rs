@@ -588,7 +588,7 @@ mod tests {
         fn leases(&self) -> Option<Vec<Lease>> {
             let lease = airlock_netcore::services::dhcp::LeaseInfo {
                 mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
-                ip: Ipv4Addr::new(192, 168, 127, 2),
+                ip: Ipv4Addr::new(192, 168, 127, 2).into(),
                 hostname: Some("guest".into()),
                 expires_in: Duration::from_millis(3_599_700),
             };

@@ -26,6 +26,11 @@ and ICMP echo flow the guest opens leaves the host as an ordinary socket of this
 Guest-visible addresses (defaults, all derived from --subnet): gateway 192.168.127.1 \
 (DHCP, DNS), guest 192.168.127.2, host.airlock.internal 192.168.127.254 (the host's \
 127.0.0.1), http.airlock.internal 192.168.127.253 (--proxy-target).\n\n\
+IPv6 (unless --no-ipv6): the guest's /64 is a unique local prefix derived from --subnet \
+(fd61:6972:c0a8:7f00::/64 for the default) or --subnet6. The gateway, PREFIX::1, sends \
+Router Advertisements (SLAAC, default route, MTU, DNS) and answers DHCPv6; \
+host.airlock.internal is also PREFIX::fe (the host's ::1) and http.airlock.internal \
+PREFIX::fd.\n\n\
 After QEMU disconnects, all of that guest's flows are closed and airlock-net waits for \
 the next QEMU on the same socket (QEMU's `reconnect=1` reattaches a running guest).",
     after_help = "Example:\n  airlock-net --socket-path /run/vm1/net.sock\n  \
@@ -62,6 +67,16 @@ pub struct Args {
     #[arg(long)]
     pub no_host_alias: bool,
 
+    /// The guest's IPv6 prefix, a /64 [default: fd61:6972:AABB:CCDD::/64,
+    /// where AA.BB.CC.DD is the network address of --subnet].
+    #[arg(long, value_name = "PREFIX/64")]
+    pub subnet6: Option<String>,
+
+    /// No IPv6: no Router Advertisements, no DHCPv6, and every IPv6 frame
+    /// from the guest dropped.
+    #[arg(long, conflicts_with = "subnet6")]
+    pub no_ipv6: bool,
+
     /// The address of http.airlock.internal, the proxy alias
     /// [default: second-to-last usable address of --subnet].
     #[arg(long, value_name = "IP")]
@@ -81,12 +96,13 @@ pub struct Args {
     #[arg(long, value_name = "MAC", default_value = "5a:94:ef:e4:0c:dd")]
     pub gateway_mac: String,
 
-    /// MTU offered to the guest by DHCP (option 26); the guest's
-    /// virtio-net device should match (QEMU: host_mtu=…).
+    /// MTU offered to the guest by DHCP (option 26) and Router
+    /// Advertisements; the guest's virtio-net device should match (QEMU:
+    /// host_mtu=…).
     #[arg(long, value_name = "BYTES", default_value_t = 65520)]
     pub mtu: u16,
 
-    /// How long a DHCP lease lasts.
+    /// How long a DHCP (and DHCPv6) lease lasts.
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     pub lease_time: u64,
 
@@ -100,7 +116,8 @@ pub struct Args {
     #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
 
-    /// An extra name the gateway's DNS answers: NAME=IP (repeatable).
+    /// An extra name the gateway's DNS answers: NAME=IP, an IPv4 (A) or
+    /// IPv6 (AAAA) address (repeatable; a name may have one of each).
     #[arg(long, value_name = "NAME=IP")]
     pub dns_record: Vec<String>,
 
@@ -151,7 +168,8 @@ pub struct Args {
     pub publish_source: PublishSourceArg,
 
     /// Allow flows the guest opens to NET[:PORTS][/PROTO] (e.g.
-    /// 10.0.0.0/8, 1.2.3.4:443/tcp, 0.0.0.0/0:53/udp). Rules (--allow,
+    /// 10.0.0.0/8, 1.2.3.4:443/tcp, 0.0.0.0/0:53/udp; IPv6 as 2001:db8::/32
+    /// or, with ports, [2001:db8::/32]:443/tcp). Rules (--allow,
     /// --deny, then --egress-rules) are checked in order; the first match
     /// decides. They apply to every flow the guest starts except DHCP and
     /// DNS to the gateway, including the host and proxy aliases.

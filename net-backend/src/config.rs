@@ -1,7 +1,7 @@
 //! From the command line to a checked [`Config`]: addresses derived from the
 //! subnet and validated, names and sizes parsed.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use airlock_api::{PortSpec, SpecError};
 use airlock_common::listen::ListenArgs;
 use airlock_common::logging::LogArgs;
+use airlock_netcore::config::Ipv6Config;
 use airlock_netcore::host::Target;
 use airlock_netcore::policy::{Action, PolicyError, Rule};
 use airlock_netcore::services::dhcp::DhcpConfig;
@@ -21,6 +22,8 @@ use crate::args::Args;
 pub enum ConfigError {
     #[error("invalid --subnet {0:?}: expected an IPv4 CIDR such as 192.168.127.0/24 with a prefix of at most /29")]
     Subnet(String),
+    #[error("invalid --subnet6 {0:?}: expected an IPv6 /64 prefix such as fd00:1:2:3::/64")]
+    Subnet6(String),
     #[error("--{0} {1} is not a usable address in subnet {2}")]
     OutsideSubnet(&'static str, Ipv4Addr, String),
     #[error("--{0} and --{1} are both {2}: each address must be distinct")]
@@ -31,7 +34,7 @@ pub enum ConfigError {
     Mtu(u16),
     #[error("invalid --dns-upstream {0:?}: expected IP or IP:PORT ([IPv6]:PORT)")]
     Upstream(String),
-    #[error("invalid --dns-record {0:?}: expected NAME=IPv4")]
+    #[error("invalid --dns-record {0:?}: expected NAME=IP (IPv4 or IPv6)")]
     Record(String),
     #[error("invalid DNS name {0:?}")]
     Name(String, #[source] dns::DnsError),
@@ -82,6 +85,22 @@ fn parse_subnet(s: &str) -> Option<(Ipv4Addr, u8)> {
     }
     let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
     Some((Ipv4Addr::from(u32::from(addr) & mask), prefix))
+}
+
+/// `PREFIX/64`: a unicast, non-link-local /64 (host bits cleared).
+fn parse_subnet6(s: &str) -> Option<Ipv6Addr> {
+    let (addr, prefix) = s.split_once('/')?;
+    let addr: Ipv6Addr = addr.parse().ok()?;
+    if prefix != "64" || addr.is_multicast() || addr.is_unicast_link_local() || addr.is_loopback() {
+        return None;
+    }
+    Some(Ipv6Addr::from(u128::from(addr) & !u128::from(u64::MAX)))
+}
+
+/// The default IPv6 prefix for the IPv4 network `net`: the unique local
+/// prefix fd61:6972::/32 ("air") followed by the 32 bits of `net`.
+pub fn default_prefix6(net: Ipv4Addr) -> Ipv6Addr {
+    Ipv6Addr::from((0xfd61_6972u128 << 96) | (u128::from(u32::from(net)) << 64))
 }
 
 fn parse_mac(s: &str) -> Option<EthernetAddress> {
@@ -172,21 +191,48 @@ impl TryFrom<Args> for Config {
             return Err(ConfigError::Timeout("udp-timeout"));
         }
 
+        let ipv6 = if a.no_ipv6 {
+            None
+        } else {
+            let prefix = match &a.subnet6 {
+                Some(s) => parse_subnet6(s).ok_or_else(|| ConfigError::Subnet6(s.clone()))?,
+                None => default_prefix6(network),
+            };
+            let at = |iid: u64| Ipv6Addr::from(u128::from(prefix) | u128::from(iid));
+            Some(Ipv6Config {
+                prefix,
+                gateway: at(1),
+                host: (!a.no_host_alias).then(|| at(0xfe)),
+                proxy: at(0xfd),
+                lease_time: Duration::from_secs(a.lease_time.max(60)),
+            })
+        };
+
         let mut records = LocalRecords::new();
-        let mut add = |name: &str, ip: Ipv4Addr| {
+        let mut add = |name: &str, ip: IpAddr| {
             records
                 .insert(name, ip)
                 .map_err(|e| ConfigError::Name(name.to_owned(), e))
         };
-        add(&a.gateway_name, gateway_ip)?;
-        if !a.no_host_alias {
-            add(&a.host_name, host_ip)?;
+        let v6 = ipv6.as_ref();
+        add(&a.gateway_name, gateway_ip.into())?;
+        if let Some(v6) = v6 {
+            add(&a.gateway_name, v6.gateway.into())?;
         }
-        add(&a.proxy_name, proxy_ip)?;
+        if !a.no_host_alias {
+            add(&a.host_name, host_ip.into())?;
+            if let Some(h) = v6.and_then(|v6| v6.host) {
+                add(&a.host_name, h.into())?;
+            }
+        }
+        add(&a.proxy_name, proxy_ip.into())?;
+        if let Some(v6) = v6 {
+            add(&a.proxy_name, v6.proxy.into())?;
+        }
         for r in &a.dns_record {
             let (name, ip) = r
                 .split_once('=')
-                .and_then(|(n, ip)| Some((n, ip.parse::<Ipv4Addr>().ok()?)))
+                .and_then(|(n, ip)| Some((n, ip.parse::<IpAddr>().ok()?)))
                 .ok_or_else(|| ConfigError::Record(r.clone()))?;
             add(name, ip)?;
         }
@@ -294,6 +340,7 @@ impl TryFrom<Args> for Config {
                     connect_timeout: Duration::from_secs(a.tcp_connect_timeout),
                 },
                 udp_timeout: Duration::from_secs(a.udp_timeout),
+                ipv6,
             },
             rlimit_nofile: a.rlimit_nofile.unwrap_or(a.max_flows as u64 + 1024),
             confine: a.confine,
@@ -506,7 +553,7 @@ mod control_tests {
         assert!(!p
             .decide(
                 airlock_api::Proto::Tcp,
-                Ipv4Addr::new(10, 1, 2, 3),
+                Ipv4Addr::new(10, 1, 2, 3).into(),
                 Some(80)
             )
             .allowed());

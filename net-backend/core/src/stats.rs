@@ -11,7 +11,8 @@ use airlock_api::{FlowCount, FlowCounts, Proto, Stats as Snapshot, Traffic};
 pub enum DropReason {
     /// A frame from the guest that does not parse (bad lengths, checksums).
     Malformed,
-    /// EtherType or IP protocol the gateway does not handle (IPv6, …).
+    /// EtherType or IP protocol the gateway does not handle (IPv6 with
+    /// `--no-ipv6`, …).
     Unsupported,
     /// Larger than the negotiated MTU or the receive buffer.
     Oversize,
@@ -27,10 +28,15 @@ pub enum DropReason {
     PingNotPermitted,
     /// Traffic to a gateway service that does not exist.
     NoService,
+    /// The guest used a source address that is not its own (the gateway's,
+    /// an alias's, multicast, or unspecified where that is not allowed).
+    SourceAddress,
+    /// An IPv6 fragment (not reassembled).
+    Fragment,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Malformed,
         DropReason::Unsupported,
         DropReason::Oversize,
@@ -40,6 +46,8 @@ impl DropReason {
         DropReason::Policy,
         DropReason::PingNotPermitted,
         DropReason::NoService,
+        DropReason::SourceAddress,
+        DropReason::Fragment,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +61,8 @@ impl DropReason {
             DropReason::Policy => "policy",
             DropReason::PingNotPermitted => "ping_not_permitted",
             DropReason::NoService => "no_service",
+            DropReason::SourceAddress => "source_address",
+            DropReason::Fragment => "fragment",
         }
     }
 }

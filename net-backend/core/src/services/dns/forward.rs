@@ -4,16 +4,17 @@
 //! second without an answer moves the flow to the next upstream.
 
 use std::any::Any;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use airlock_api::{Direction, FlowInfo, Proto};
 use airlock_common::ratelimited;
-use smoltcp::wire::Icmpv4DstUnreachable;
 use vmm_sys_util::epoll::EventSet;
 
 use crate::flows::udp::HostUdp;
-use crate::flows::{age_ms, Cx, Flow, FlowKey, Flows, GuestPacket, OpenError, Verdict};
+use crate::flows::{
+    age_ms, Cx, Flow, FlowKey, Flows, GuestPacket, OpenError, Unreachable, Verdict,
+};
 use crate::phy::GuestTx;
 use crate::poller::{FlowId, Poller, Source};
 use crate::stats::DropReason;
@@ -23,9 +24,9 @@ use crate::stats::DropReason;
 const FAILOVER_AFTER: Duration = Duration::from_secs(1);
 
 pub(crate) struct DnsForwardFlow {
-    guest: SocketAddrV4,
+    guest: SocketAddr,
     /// The gateway's DNS endpoint as the guest addressed it.
-    gateway: SocketAddrV4,
+    gateway: SocketAddr,
     host: HostUdp,
     upstream_index: usize,
     /// When the oldest query still without an answer left.
@@ -51,11 +52,7 @@ impl DnsForwardFlow {
         if let Err(e) = self.host.send(msg, cx.now) {
             log::debug!("dns {} -> {}: {e}", self.guest, self.host.target);
             if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                cx.unreachable(
-                    self.guest,
-                    self.gateway,
-                    Icmpv4DstUnreachable::PortUnreachable,
-                );
+                cx.unreachable(self.guest, self.gateway, Unreachable::Port);
             } else {
                 cx.dropped(DropReason::HostSendFailed);
             }
@@ -126,8 +123,8 @@ impl Flow for DnsForwardFlow {
 /// `gateway` endpoint) to the upstream resolvers.
 pub(crate) fn forward(
     flows: &mut Flows,
-    guest: SocketAddrV4,
-    gateway: SocketAddrV4,
+    guest: SocketAddr,
+    gateway: SocketAddr,
     msg: &[u8],
     upstreams: &[SocketAddr],
     timeout: Duration,

@@ -21,7 +21,7 @@ mod resolv;
 mod tcp;
 mod wire;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use resolv::{parse_resolv_conf, parse_resolv_conf_with};
 pub use tcp::{tcp_frame, DnsTcpSession, TcpActions, TcpFramer};
@@ -143,13 +143,14 @@ impl Rcode {
 }
 
 /// Names the gateway answers itself (e.g. `host.airlock.internal`), each
-/// mapped to one IPv4 address. Names are matched case-insensitively and a
+/// mapped to at most one IPv4 address (A) and one IPv6 address (AAAA).
+/// Names are matched case-insensitively and a
 /// trailing dot is ignored. Insertion order is kept: it orders the PTR
 /// records of an address that has several names, so insert the canonical
 /// name first. Meant for a handful of names (lookups scan the list).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LocalRecords {
-    entries: Vec<(String, Ipv4Addr)>,
+    entries: Vec<(String, IpAddr)>,
 }
 
 impl LocalRecords {
@@ -158,39 +159,65 @@ impl LocalRecords {
         Self::default()
     }
 
-    /// Adds `name → ip`, replacing the address if the name exists. The name
-    /// must be a host name: labels of 1–63 letters, digits, `-` or `_`, at
-    /// most 253 characters, an optional trailing dot.
-    pub fn insert(&mut self, name: &str, ip: Ipv4Addr) -> Result<(), DnsError> {
+    /// Adds `name → ip`, replacing the name's address of that family if it
+    /// has one. The name must be a host name: labels of 1–63 letters,
+    /// digits, `-` or `_`, at most 253 characters, an optional trailing dot.
+    pub fn insert(&mut self, name: &str, ip: impl Into<IpAddr>) -> Result<(), DnsError> {
+        let ip = ip.into();
         let name = normalize_name(name)?;
-        match self.entries.iter_mut().find(|(n, _)| *n == name) {
+        match self
+            .entries
+            .iter_mut()
+            .find(|(n, a)| *n == name && a.is_ipv4() == ip.is_ipv4())
+        {
             Some(entry) => entry.1 = ip,
             None => self.entries.push((name, ip)),
         }
         Ok(())
     }
 
-    /// Removes a name, returning its address if it was present.
+    /// Removes a name (both its addresses), returning its IPv4 address if
+    /// it had one.
     pub fn remove(&mut self, name: &str) -> Option<Ipv4Addr> {
         let name = trim_dot(name);
-        let at = self
-            .entries
-            .iter()
-            .position(|(n, _)| n.eq_ignore_ascii_case(name))?;
-        Some(self.entries.remove(at).1)
+        let v4 = self.lookup(name);
+        self.entries.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        v4
     }
 
-    /// The address of `name`, matched case-insensitively, trailing dot ignored.
-    pub fn lookup(&self, name: &str) -> Option<Ipv4Addr> {
+    fn addresses<'a>(&'a self, name: &'a str) -> impl Iterator<Item = IpAddr> + 'a {
         let name = trim_dot(name);
         self.entries
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, ip)| *ip)
     }
 
+    /// Whether `name` is a local name (of either family).
+    pub fn contains(&self, name: &str) -> bool {
+        self.addresses(name).next().is_some()
+    }
+
+    /// The IPv4 address of `name`, matched case-insensitively, trailing dot
+    /// ignored.
+    pub fn lookup(&self, name: &str) -> Option<Ipv4Addr> {
+        self.addresses(name).find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+    }
+
+    /// The IPv6 address of `name`.
+    pub fn lookup6(&self, name: &str) -> Option<Ipv6Addr> {
+        self.addresses(name).find_map(|ip| match ip {
+            IpAddr::V6(v6) => Some(v6),
+            IpAddr::V4(_) => None,
+        })
+    }
+
     /// The names that map to `ip`, in insertion order.
-    pub fn names_for(&self, ip: Ipv4Addr) -> impl Iterator<Item = &str> + '_ {
+    pub fn names_for(&self, ip: impl Into<IpAddr>) -> impl Iterator<Item = &str> + '_ {
+        let ip = ip.into();
         self.entries
             .iter()
             .filter(move |(_, a)| *a == ip)
@@ -198,12 +225,12 @@ impl LocalRecords {
     }
 
     /// All records as (lowercase name without trailing dot, address), in
-    /// insertion order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, Ipv4Addr)> + '_ {
+    /// insertion order (a name with both families appears twice).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, IpAddr)> + '_ {
         self.entries.iter().map(|(n, ip)| (n.as_str(), *ip))
     }
 
-    /// Number of names.
+    /// Number of records (a name with both families counts twice).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -383,6 +410,7 @@ pub enum LocalOutcome {
 /// A resource record in a local answer; the owner is always the question name.
 enum Record {
     A(Ipv4Addr),
+    Aaaa(Ipv6Addr),
     Ptr(Vec<u8>),
 }
 
@@ -390,11 +418,12 @@ enum Record {
 /// transport: replies are limited to 512 bytes, or to the client's EDNS
 /// size, and set TC when larger).
 ///
-/// - A (or ANY) for a local name → the address, TTL 60.
-/// - Any other type for a local name → NOERROR without answers (NODATA),
-///   no SOA.
-/// - PTR for `d.c.b.a.in-addr.arpa` of a local address → every name of that
-///   address, in insertion order.
+/// - A or AAAA (or ANY: both) for a local name → its address of that
+///   family, TTL 60.
+/// - Any other type for a local name, or a family it has no address of →
+///   NOERROR without answers (NODATA), no SOA.
+/// - PTR for `d.c.b.a.in-addr.arpa` or the `ip6.arpa` name of a local
+///   address → every name of that address, in insertion order.
 /// - Anything else, including classes other than IN/ANY → [`LocalOutcome::Forward`].
 ///
 /// The reply echoes the id, the question (original case) and RD and CD;
@@ -417,13 +446,20 @@ fn answer_local_within(
     if q.qclass != rr::CLASS_IN && q.qclass != rr::CLASS_ANY {
         return Ok(LocalOutcome::Forward);
     }
-    let answers = if let Some(ip) = records.lookup(&q.name) {
-        match q.qtype {
-            rr::TYPE_A | rr::TYPE_ANY => vec![Record::A(ip)],
-            _ => Vec::new(),
+    let answers = if records.contains(&q.name) {
+        let mut answers = Vec::new();
+        if matches!(q.qtype, rr::TYPE_A | rr::TYPE_ANY) {
+            answers.extend(records.lookup(&q.name).map(Record::A));
         }
+        if matches!(q.qtype, rr::TYPE_AAAA | rr::TYPE_ANY) {
+            answers.extend(records.lookup6(&q.name).map(Record::Aaaa));
+        }
+        answers
     } else if q.qtype == rr::TYPE_PTR {
-        let names: Vec<Record> = reverse_v4(&q.name)
+        let ip = reverse_v4(&q.name)
+            .map(IpAddr::V4)
+            .or_else(|| reverse_v6(&q.name).map(IpAddr::V6));
+        let names: Vec<Record> = ip
             .map(|ip| records.names_for(ip).map(ptr_record).collect())
             .unwrap_or_default();
         if names.is_empty() {
@@ -486,6 +522,26 @@ fn reverse_v4(name: &str) -> Option<Ipv4Addr> {
         *slot = part.parse().ok()?;
     }
     parts.next().is_none().then_some(Ipv4Addr::from(octets))
+}
+
+/// The address of a reverse name `b.a.9.8. … .ip6.arpa` (32 nibbles,
+/// least significant first).
+fn reverse_v6(name: &str) -> Option<Ipv6Addr> {
+    let prefix = name.strip_suffix(".ip6.arpa")?;
+    let mut value = 0u128;
+    let mut count = 0;
+    for (i, part) in prefix.split('.').enumerate() {
+        let nibble = match part.as_bytes() {
+            [c] => char::from(*c).to_digit(16)?,
+            _ => return None,
+        };
+        if i >= 32 {
+            return None;
+        }
+        value |= u128::from(nibble) << (4 * i);
+        count += 1;
+    }
+    (count == 32).then_some(Ipv6Addr::from(value))
 }
 
 /// The reply size a UDP client accepts.
@@ -567,6 +623,7 @@ fn build_reply(
         answer_bytes.extend_from_slice(&[0xc0, HEADER_LEN as u8]);
         let (rtype, rdata): (u16, &[u8]) = match record {
             Record::A(ip) => (rr::TYPE_A, &ip.octets()[..]),
+            Record::Aaaa(ip) => (rr::TYPE_AAAA, &ip.octets()[..]),
             Record::Ptr(name) => (rr::TYPE_PTR, name),
         };
         answer_bytes.extend_from_slice(&rtype.to_be_bytes());

@@ -378,7 +378,7 @@ fn case_insensitive_and_0x20_echo() {
     assert_eq!(recs.lookup("MIXED.EXAMPLE."), Some(GATEWAY));
     assert_eq!(
         recs.iter().collect::<Vec<_>>(),
-        vec![("mixed.example", GATEWAY)]
+        vec![("mixed.example", GATEWAY.into())]
     );
     let q = query(3, "MIXED.example", 1, None);
     assert_eq!(answer(&q, &recs).answers.len(), 1);
