@@ -499,3 +499,6 @@ impl Dhcpv6Server {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -326,3 +326,6 @@ impl Router {
         m
     }
 }
+
+#[cfg(test)]
+mod tests;

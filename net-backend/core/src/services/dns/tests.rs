@@ -758,3 +758,49 @@ fn random_input_never_panics() {
         "mutations kept too few queries valid: {answered}"
     );
 }
+
+#[test]
+fn aaaa_any_and_ip6_ptr_for_local_names() {
+    let v6: Ipv6Addr = "fd61:6972:c0a8:7f00::fe".parse().unwrap();
+    let mut recs = records();
+    recs.insert("host.airlock.internal", v6).unwrap();
+    // A name has one address per family: the IPv4 one stays.
+    assert_eq!(recs.lookup("host.airlock.internal"), Some(HOST));
+    assert_eq!(recs.lookup6("HOST.airlock.internal."), Some(v6));
+    let r = answer(&query(1, "host.airlock.internal", 28, None), &recs);
+    assert_eq!(r.answers.len(), 1);
+    assert_eq!(
+        (r.answers[0].1, r.answers[0].3.clone()),
+        (28, v6.octets().to_vec())
+    );
+    let r = answer(&query(2, "host.airlock.internal", 255, None), &recs);
+    let types: Vec<u16> = r.answers.iter().map(|a| a.1).collect();
+    assert_eq!(types, vec![1, 28], "ANY: both families");
+    // A name without an IPv6 address: NODATA for AAAA, not a forward.
+    let r = answer(&query(3, "gateway.airlock.internal", 28, None), &recs);
+    assert_eq!((r.flags & 0xf, r.answers.len()), (0, 0));
+    // The ip6.arpa name of the address.
+    let nibbles: String = format!("{:032x}", u128::from(v6))
+        .chars()
+        .rev()
+        .map(|c| format!("{c}."))
+        .collect();
+    let r = answer(&query(4, &format!("{nibbles}ip6.arpa"), 12, None), &recs);
+    assert_eq!(r.answers.len(), 1);
+    assert_eq!(
+        r.answers[0].3,
+        b"\x04host\x07airlock\x08internal\x00".to_vec()
+    );
+    // A malformed or foreign reverse name is forwarded.
+    for name in [
+        "f.ip6.arpa",
+        "x.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa",
+    ] {
+        assert_eq!(
+            answer_local(&query(5, name, 12, None), &recs),
+            Ok(LocalOutcome::Forward)
+        );
+    }
+    recs.remove("host.airlock.internal");
+    assert_eq!(recs.lookup6("host.airlock.internal"), None);
+}
