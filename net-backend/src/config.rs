@@ -497,6 +497,52 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_prefix_is_derived_from_the_subnet_or_given_or_off() {
+        let c = parse(&[]).unwrap();
+        let v6 = c.gateway.ipv6.clone().unwrap();
+        assert_eq!(
+            v6.prefix,
+            "fd61:6972:c0a8:7f00::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            v6.gateway,
+            "fd61:6972:c0a8:7f00::1".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(v6.host, Some("fd61:6972:c0a8:7f00::fe".parse().unwrap()));
+        assert_eq!(
+            v6.proxy,
+            "fd61:6972:c0a8:7f00::fd".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(c.gateway.records.lookup6("host.airlock.internal"), v6.host);
+        assert_eq!(
+            c.gateway.records.lookup6("gateway.airlock.internal"),
+            Some(v6.gateway)
+        );
+        let c = parse(&["--subnet", "10.9.0.0/16"]).unwrap();
+        assert_eq!(
+            c.gateway.ipv6.unwrap().prefix,
+            "fd61:6972:a09::".parse::<Ipv6Addr>().unwrap()
+        );
+        let c = parse(&["--subnet6", "2001:db8:1:2:3::/64", "--no-host-alias"]).unwrap();
+        let v6 = c.gateway.ipv6.unwrap();
+        assert_eq!(v6.prefix, "2001:db8:1:2::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.host, None);
+        let c = parse(&["--no-ipv6", "--dns-record", "db.test=fd00::7"]).unwrap();
+        assert!(c.gateway.ipv6.is_none());
+        assert_eq!(c.gateway.records.lookup6("gateway.airlock.internal"), None);
+        assert_eq!(
+            c.gateway.records.lookup6("db.test"),
+            Some("fd00::7".parse().unwrap())
+        );
+        for bad in ["fd00::/48", "fe80::/64", "ff02::/64", "nonsense", "fd00::"] {
+            assert!(
+                matches!(parse(&["--subnet6", bad]), Err(ConfigError::Subnet6(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn resolv_conf_is_the_default_upstream_source() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("resolv.conf");
