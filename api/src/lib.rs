@@ -22,7 +22,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-pub use publish::{parse_publish, PortSpec, SpecError};
+pub use publish::{guest_ipv6, parse_publish, PortSpec, SpecError, GUEST_IPV6};
 
 /// `POST`: publish a port (gvisor-tap-vsock's forwarder API).
 pub const EXPOSE: &str = "/services/forwarder/expose";

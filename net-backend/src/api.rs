@@ -31,7 +31,7 @@
 pub mod http;
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -109,6 +109,9 @@ pub struct GuestNet {
     pub prefix_len: u8,
     /// The gateway's own addresses (gateway, host and proxy aliases).
     pub own: Vec<Ipv4Addr>,
+    /// The guest's IPv6 /64 and the gateway's own addresses in it, unless
+    /// IPv6 is off.
+    pub ipv6: Option<(Ipv6Addr, Vec<Ipv6Addr>)>,
 }
 
 impl GuestNet {
@@ -120,17 +123,31 @@ impl GuestNet {
             network: Ipv4Addr::from(u32::from(g.gateway_ip) & mask(g.prefix_len)),
             prefix_len: g.prefix_len,
             own,
+            ipv6: g.ipv6.as_ref().map(|v6| {
+                let mut own = vec![v6.gateway, v6.proxy];
+                own.extend(v6.host);
+                (v6.prefix, own)
+            }),
         }
     }
 
-    /// Parses `remote`: `IP:PORT`, or `:PORT` for the guest's address.
-    fn remote(&self, remote: &str) -> Result<SocketAddrV4, String> {
+    /// Parses `remote`: `IP:PORT`, `:PORT` for the guest's IPv4 address,
+    /// `[IPv6]:PORT` in the guest's prefix, or `[::]:PORT` for the guest's
+    /// own IPv6 address (as the gateway learns it).
+    fn remote(&self, remote: &str) -> Result<SocketAddr, String> {
         let bad = || {
             format!(
                 "invalid remote {remote:?}: expected IP:PORT in the guest subnet, e.g. {}:80",
                 self.guest_ip
             )
         };
+        if remote.starts_with('[') {
+            let addr = remote.parse::<SocketAddrV6>().map_err(|_| bad())?;
+            if addr.port() == 0 {
+                return Err(bad());
+            }
+            return self.remote6(*addr.ip(), addr.port());
+        }
         let (host, port) = remote.rsplit_once(':').ok_or_else(bad)?;
         let port = parse_port(port).ok_or_else(bad)?;
         let ip = if host.is_empty() {
@@ -152,7 +169,27 @@ impl GuestNet {
                 "remote {ip} is one of the gateway's own addresses, not the guest's"
             ));
         }
-        Ok(SocketAddrV4::new(ip, port))
+        Ok(SocketAddr::V4(SocketAddrV4::new(ip, port)))
+    }
+
+    fn remote6(&self, ip: Ipv6Addr, port: u16) -> Result<SocketAddr, String> {
+        let Some((prefix, own)) = &self.ipv6 else {
+            return Err(format!(
+                "remote [{ip}]:{port}: IPv6 is off (--no-ipv6), the guest has no IPv6 address"
+            ));
+        };
+        if ip == airlock_api::GUEST_IPV6 {
+            return Ok(airlock_api::guest_ipv6(port));
+        }
+        if u128::from(ip) >> 64 != u128::from(*prefix) >> 64 {
+            return Err(format!("remote {ip} is not a guest address in {prefix}/64"));
+        }
+        if own.contains(&ip) {
+            return Err(format!(
+                "remote {ip} is one of the gateway's own addresses, not the guest's"
+            ));
+        }
+        Ok(SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)))
     }
 }
 
@@ -598,6 +635,10 @@ mod tests {
 
     fn net() -> GuestNet {
         GuestNet {
+            ipv6: Some((
+                "fd61:6972:c0a8:7f00::".parse().unwrap(),
+                vec!["fd61:6972:c0a8:7f00::1".parse().unwrap()],
+            )),
             guest_ip: Ipv4Addr::new(192, 168, 127, 2),
             network: Ipv4Addr::new(192, 168, 127, 0),
             prefix_len: 24,
@@ -642,6 +683,40 @@ mod tests {
     const EXPOSE: &str = "/services/forwarder/expose";
     const UNEXPOSE: &str = "/services/forwarder/unexpose";
     const ALL: &str = "/services/forwarder/all";
+
+    #[test]
+    fn ipv6_targets_are_the_guest_or_an_address_in_its_prefix() {
+        let api = api();
+        let (s, v) = call(
+            &api,
+            "POST",
+            EXPOSE,
+            r#"{"local":"[::1]:8080","remote":"[::]:80"}"#,
+        );
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            v,
+            serde_json::json!({"local":"[::1]:8080","remote":"[::]:80","protocol":"tcp"})
+        );
+        let (s, v) = call(
+            &api,
+            "POST",
+            EXPOSE,
+            r#"{"local":"[::1]:8081","remote":"[fd61:6972:c0a8:7f00::2]:81","protocol":"udp"}"#,
+        );
+        assert_eq!(s, 200, "{v}");
+        let mut off = net();
+        off.ipv6 = None;
+        let api = Api::new(Arc::new(Fake::default()), off);
+        let (s, e) = error(
+            &api,
+            "POST",
+            EXPOSE,
+            r#"{"local":"[::1]:8080","remote":"[::]:80"}"#,
+        );
+        assert_eq!(s, 400);
+        assert!(e.contains("IPv6 is off"), "{e}");
+    }
 
     #[test]
     fn expose_list_unexpose_like_gvproxy() {
@@ -769,7 +844,15 @@ mod tests {
                 "invalid remote",
             ),
             (r#"{"local":":8080","remote":":0"}"#, "invalid remote"),
-            (r#"{"local":":8080","remote":"[::1]:80"}"#, "invalid remote"),
+            (
+                r#"{"local":":8080","remote":"[::1]:80"}"#,
+                "not a guest address in fd61:6972:c0a8:7f00::/64",
+            ),
+            (
+                r#"{"local":":8080","remote":"[fd61:6972:c0a8:7f00::1]:80"}"#,
+                "gateway's own",
+            ),
+            (r#"{"local":":8080","remote":"[::]:0"}"#, "invalid remote"),
             (
                 r#"{"local":":8080","remote":"10.0.0.2:80"}"#,
                 "not a guest address",

@@ -154,10 +154,14 @@ pub struct Args {
     pub udp_timeout: u64,
 
     /// Publish a port: connections (or datagrams) to the host address are
-    /// carried to the guest. [BIND_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp],
-    /// ranges as 8000-8010:8000-8010, repeatable. BIND_ADDR defaults to
-    /// 127.0.0.1 (this host only — Docker's default is every interface): use
-    /// 0.0.0.0:8080:80 or [::]:8080:80 to accept connections from the network.
+    /// carried to the guest.
+    /// [BIND_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp|/tcp6|/udp6], ranges as
+    /// 8000-8010:8000-8010, repeatable. BIND_ADDR defaults to 127.0.0.1
+    /// (this host only — Docker's default is every interface): use
+    /// 0.0.0.0:8080:80 or [::]:8080:80 to accept connections from the
+    /// network. The guest is reached over IPv4 whatever BIND_ADDR's family;
+    /// /tcp6 and /udp6 reach it over IPv6, at the address it configured in
+    /// its prefix.
     #[arg(long, short = 'p', value_name = "SPEC")]
     pub publish: Vec<String>,
 

@@ -48,6 +48,10 @@ pub enum ConfigError {
     Timeout(&'static str),
     #[error(transparent)]
     Publish(#[from] SpecError),
+    #[error(
+        "--publish {0:?} reaches the guest over IPv6 (/tcp6, /udp6), but IPv6 is off (--no-ipv6)"
+    )]
+    PublishIpv6Off(String),
     #[error("invalid --{0} {1:?}")]
     Rule(&'static str, String, #[source] PolicyError),
     #[error("invalid --egress {0:?}: allow or deny")]
@@ -284,7 +288,11 @@ impl TryFrom<Args> for Config {
 
         let mut publish_specs = Vec::new();
         for p in &a.publish {
-            publish_specs.extend(airlock_api::parse_publish(p, guest_ip)?);
+            let specs = airlock_api::parse_publish(p, guest_ip)?;
+            if a.no_ipv6 && specs.iter().any(|s| s.guest.is_ipv6()) {
+                return Err(ConfigError::PublishIpv6Off(p.clone()));
+            }
+            publish_specs.extend(specs);
         }
         let mut cli_rules = Vec::new();
         for (action, r) in &a.rules {
@@ -609,6 +617,12 @@ mod control_tests {
     fn publish_and_rule_errors() {
         let c = parse(&["-p", "8080:80", "--publish", "0.0.0.0:5353:53/udp"]).unwrap();
         assert_eq!(c.publish.len(), 2);
+        let c = parse(&["-p", "[::1]:8080:80/tcp6"]).unwrap();
+        assert_eq!(c.publish[0].guest, airlock_api::guest_ipv6(80));
+        assert!(matches!(
+            parse(&["-p", "8080:80/tcp6", "--no-ipv6"]),
+            Err(ConfigError::PublishIpv6Off(_))
+        ));
         assert!(matches!(
             parse(&["-p", "nope"]),
             Err(ConfigError::Publish(_))

@@ -32,6 +32,8 @@ const A6: &str = "fd77:200::1";
 const B6: &str = "fd77:200::2";
 /// Published on A's `[::1]`: the guest's httpd (over IPv4 in the guest).
 const PUBLISHED_PORT: u16 = 18080;
+/// Published on A's `[::1]` with `/tcp6`: the same httpd over IPv6.
+const PUBLISHED6_PORT: u16 = 18081;
 /// The egress policy refuses B on this port.
 const DENIED_PORT: u16 = 81;
 const VM_TIMEOUT: Duration = Duration::from_secs(180);
@@ -121,6 +123,8 @@ fn ipv6_slaac_dns_host_alias_outside_policy_and_publishing() {
         format!("[{B6}]:{DENIED_PORT}/tcp"),
         "--publish".to_owned(),
         format!("[::1]:{PUBLISHED_PORT}:80"),
+        "--publish".to_owned(),
+        format!("[::1]:{PUBLISHED6_PORT}:80/tcp6"),
     ];
     let (daemon, socket, api) = start_net(&mut rig, &a, &args);
     let (http_port, udp_port, host_port) = (
@@ -237,19 +241,33 @@ echo "host said $line"
         "leases: {leases}"
     );
 
-    // A port published on A's [::1] reaches the guest's httpd.
-    let body = a.run(|| -> std::io::Result<String> {
-        let mut s = TcpStream::connect((Ipv6Addr::LOCALHOST, PUBLISHED_PORT))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        s.write_all(b"GET /hello.txt HTTP/1.0\r\n\r\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        Ok(text)
-    });
-    let body = body.unwrap_or_else(|e| panic!("published [::1]:{PUBLISHED_PORT}: {e}"));
+    // Ports published on A's [::1] reach the guest's httpd: over IPv4,
+    // and with /tcp6 over IPv6, at the guest's own address.
+    for port in [PUBLISHED_PORT, PUBLISHED6_PORT] {
+        let body = a.run(|| -> std::io::Result<String> {
+            let mut s = TcpStream::connect((Ipv6Addr::LOCALHOST, port))?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            s.write_all(b"GET /hello.txt HTTP/1.0\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        });
+        let body = body.unwrap_or_else(|e| panic!("published [::1]:{port}: {e}"));
+        assert!(
+            body.ends_with("hello from the guest over [::1]\n"),
+            "{port}: {body}"
+        );
+    }
+    let audit_text = std::fs::read_to_string(&audit).unwrap();
+    let inbound: Vec<serde_json::Value> = audit_text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["event"] == "flow-open" && v["direction"] == "inbound")
+        .collect();
+    let guests: Vec<&str> = inbound.iter().filter_map(|v| v["guest"].as_str()).collect();
     assert!(
-        body.ends_with("hello from the guest over [::1]\n"),
-        "{body}"
+        guests.contains(&"192.168.127.2:80") && guests.contains(&format!("[{GUEST6}]:80").as_str()),
+        "inbound flows: {guests:?}"
     );
 
     vm.send_line("done");

@@ -24,6 +24,7 @@ mod chain;
 mod dhcp;
 mod dns;
 mod frame;
+mod ipv6;
 pub mod seeds;
 
 pub use api::fuzz_api;
@@ -31,6 +32,7 @@ pub use chain::{fuzz_net_chain, run as run_net_chain};
 pub use dhcp::fuzz_dhcp;
 pub use dns::fuzz_dns;
 pub use frame::{fuzz_net_frame, run as run_net_frame, Received};
+pub use ipv6::{fuzz_ipv6_services, run as run_ipv6_services};
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};

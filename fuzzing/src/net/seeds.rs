@@ -28,6 +28,9 @@ pub fn all() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     for (name, bytes) in api() {
         out.push(("api", name, bytes));
     }
+    for (name, bytes) in ipv6_services() {
+        out.push(("ipv6_services", name, bytes));
+    }
     out
 }
 
@@ -699,5 +702,59 @@ fn api() -> Vec<(&'static str, Vec<u8>)> {
         ("session-byte-by-byte", one_byte_reads),
         ("session", whole),
         ("errors", errors),
+    ]
+}
+
+// ---- ipv6_services --------------------------------------------------------------------
+
+/// `ipv6_services` inputs: a captured dhcpcd Solicit (Rapid Commit) then a
+/// Request for what it was offered, an Information-request, and the Router
+/// and Neighbor Solicitations a Linux guest sends.
+fn ipv6_services() -> Vec<(&'static str, Vec<u8>)> {
+    let solicit = hex("011288ad0001000e0001000132a7f5e45254001234560003000c0012345600000000000000000006000a00170018002700520053000800020000000e0000");
+    let ll = "fe80::5054:ff:fe12:3456"
+        .parse::<Ipv6Addr>()
+        .unwrap_or(Ipv6Addr::UNSPECIFIED);
+    let rs = hex("850071b5000000000101525400123456");
+    let mut ns = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    ns.extend_from_slice(&super::GW6.octets());
+    ns.extend_from_slice(&[1, 1]);
+    ns.extend_from_slice(&GUEST_MAC);
+    // A raw DHCPv6 message from the guest's MAC, a second later.
+    let raw = |msg: &[u8]| {
+        let mut b = vec![0, 1, 0, 0x56];
+        b.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+        b.extend_from_slice(msg);
+        b
+    };
+    let ndp = |msg: &[u8]| {
+        let mut b = vec![0, 1, 2];
+        b.extend_from_slice(&ll.octets());
+        b.push(255);
+        b.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+        b.extend_from_slice(msg);
+        b
+    };
+    // Solicit without Rapid Commit (option 14 dropped), then the Request.
+    let plain_solicit = solicit[..solicit.len() - 4].to_vec();
+    let mut request = plain_solicit.clone();
+    request[0] = 3;
+    request.extend_from_slice(&[0, 2, 0, 10, 0, 3, 0, 1, 0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xdd]);
+    let info = hex("0b0000010001000a000300015254001234560006000400170018");
+    let mut both = vec![1];
+    both.extend(raw(&plain_solicit));
+    both.extend(raw(&request));
+    let mut first = vec![1];
+    first.extend(raw(&solicit));
+    let mut information = vec![0];
+    information.extend(raw(&info));
+    let mut discovery = vec![0];
+    discovery.extend(ndp(&rs));
+    discovery.extend(ndp(&ns));
+    vec![
+        ("solicit-rapid-commit", first),
+        ("solicit-then-request", both),
+        ("information-request", information),
+        ("router-and-neighbor-solicitation", discovery),
     ]
 }

@@ -276,7 +276,10 @@ impl Listeners {
             refuse_client(stream, spec, "no guest is attached yet");
             return;
         }
-        let guest = SocketAddr::V4(spec.guest);
+        let Some(guest) = guest_target(spec, flows) else {
+            refuse_client(stream, spec, "the guest has no IPv6 address yet");
+            return;
+        };
         let Some(local) = self.inbound_source(client, guest, Proto::Tcp, flows, cfg) else {
             refuse_client(stream, spec, "no free source port");
             return;
@@ -297,7 +300,7 @@ impl Listeners {
                 flows.stack.shared.audit(json!({
                     "event": "flow-open", "direction": "inbound", "proto": "tcp",
                     "client": client.to_string(), "host": spec.host.to_string(),
-                    "guest": spec.guest.to_string(), "source": local.to_string(),
+                    "guest": guest.to_string(), "source": local.to_string(),
                 }));
                 // Sends the SYN.
                 flows.with(id, tx, |flow, id, cx| flow.guest_room(id, cx));
@@ -327,7 +330,14 @@ impl Listeners {
         let id = match flows.table.lookup(&FlowKey::PublishedClient(entry, peer)) {
             Some(id) => id,
             None => {
-                let guest = SocketAddr::V4(spec.guest);
+                let Some(guest) = guest_target(spec, flows) else {
+                    ratelimited!(
+                        log::Level::Info,
+                        "published port {spec}: dropping a datagram: the guest has no IPv6 address yet"
+                    );
+                    flows.stack.shared.stats.dropped(DropReason::NoService);
+                    return;
+                };
                 let Some(local) = self.inbound_source(peer, guest, Proto::Udp, flows, cfg) else {
                     flows.stack.shared.stats.dropped(DropReason::FlowLimit);
                     return;
@@ -351,7 +361,7 @@ impl Listeners {
                         flows.stack.shared.audit(json!({
                             "event": "flow-open", "direction": "inbound", "proto": "udp",
                             "client": peer.to_string(), "host": spec.host.to_string(),
-                            "guest": spec.guest.to_string(), "source": local.to_string(),
+                            "guest": guest.to_string(), "source": local.to_string(),
                         }));
                         id
                     }
@@ -363,6 +373,20 @@ impl Listeners {
             }
         };
         flows.with_as::<PubUdpFlow>(id, tx, |flow, _, cx| flow.client_datagram(payload, cx));
+    }
+}
+
+/// Where a published port's client goes in the guest: its address, or for
+/// [`airlock_api::GUEST_IPV6`] the IPv6 address the guest took (`None`
+/// until the gateway has seen it).
+fn guest_target(spec: PortSpec, flows: &Flows) -> Option<SocketAddr> {
+    match spec.guest {
+        SocketAddr::V6(g) if *g.ip() == airlock_api::GUEST_IPV6 => flows
+            .stack
+            .link
+            .guest_ip6
+            .map(|ip| SocketAddr::new(ip.into(), g.port())),
+        other => Some(other),
     }
 }
 
