@@ -95,7 +95,11 @@ pub fn run(config: Config) -> Result<(), NetError> {
     });
     let listener = config.listen.bind()?;
     // Everything is bound and open: read-only mounts, --user, seccomp.
+    let serving_as = config.confine.switch_to().map(str::to_owned);
     airlock_common::sandbox::confine(&config.confine)?;
+    if let Some(user) = serving_as {
+        warn_unreachable_as_user(&config, &user);
+    }
     airlock_common::seccomp::apply(SECCOMP_ALLOW_LIST, config.seccomp)?;
     let g = &config.gateway;
     log::info!(
@@ -119,6 +123,49 @@ pub fn run(config: Config) -> Result<(), NetError> {
         NetSession::new(config.gateway.clone(), shared.clone(), config.offer_csum)
     })?;
     Ok(())
+}
+
+/// Paths airlock-net opens again once it serves as another user: the proxy
+/// target's socket (at each proxied flow) and the egress rules (on SIGHUP).
+/// Says so at startup if `user` (which this process now is) may not,
+/// rather than at the first flow or reload.
+fn warn_unreachable_as_user(config: &Config, user: &str) {
+    let mut wanted: Vec<(&std::path::Path, libc::c_int, String, &str)> = Vec::new();
+    if let Some((_, airlock_netcore::host::Target::Unix(path))) = &config.gateway.proxy {
+        wanted.push((
+            path,
+            libc::W_OK,
+            format!("--proxy-target unix:{}", path.display()),
+            "proxied connections will fail (airlock-proxy started as root gives its \
+             sockets to the user it serves as: run both daemons as the same --user)",
+        ));
+    }
+    if let Some(file) = &config.policy.file {
+        wanted.push((
+            file,
+            libc::R_OK,
+            format!("--egress-rules {}", file.display()),
+            "SIGHUP will keep the rules read at startup",
+        ));
+    }
+    for (path, mode, what, consequence) in wanted {
+        let Ok(c_path) = airlock_common::sandbox::cstr(path) else {
+            continue;
+        };
+        // SAFETY: `c_path` is NUL-terminated. access(2) checks the real
+        // uid, which the user switch has set.
+        if unsafe { libc::access(c_path.as_ptr(), mode) } == 0 {
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        // A proxy that is not up yet is found at the first proxied flow.
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            log::warn!(
+                "{what}: user {user} may not reach it ({e}); it and every directory above \
+                 it must be open to that user, or {consequence}"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

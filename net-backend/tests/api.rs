@@ -641,10 +641,36 @@ fn a_refused_client_reads_to_the_end_without_a_reset() {
     d.assert_running();
 }
 
+/// Whether this test runs as root (the daemon then serves as nobody).
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+const NOBODY: u32 = 65534;
+
+/// SIGTERM to `d`; waits for its exit status 0.
+fn terminate(d: &mut Daemon) {
+    let pid = d.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = d.child.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", d.log());
+}
+
 #[test]
 fn socket_life_cycle_stale_live_and_removed_on_exit() {
     // A stale socket (its owner gone) is replaced.
     let dir = tempfile::tempdir().unwrap();
+    // The directory belongs to the user the daemon serves as (nobody, when
+    // started as root), as a service's runtime directory does: it may
+    // remove its socket there at exit.
+    if is_root() {
+        std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    }
     let api = dir.path().join("api.sock");
     drop(UnixListener::bind(&api).unwrap());
     assert!(std::fs::symlink_metadata(&api)
@@ -677,15 +703,27 @@ fn socket_life_cycle_stale_live_and_removed_on_exit() {
     d.assert_running();
 
     // SIGTERM: the daemon exits and removes its socket.
-    let pid = d.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = d.child.wait().unwrap();
-    assert!(status.success(), "{status:?}\n{}", d.log());
+    terminate(&mut d);
     assert!(!api.exists(), "API socket left behind");
+
+    // In a directory only root may change, a daemon serving as nobody
+    // cannot remove its socket: it says so, and the next start replaces it.
+    if is_root() {
+        let mut d = Daemon::start();
+        terminate(&mut d);
+        assert!(d.api.exists());
+        assert!(
+            d.log().contains(&format!(
+                "leaving {}: this process (uid {NOBODY}) may not remove files from its directory",
+                d.api.display()
+            )),
+            "{}",
+            d.log()
+        );
+        let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
+        let mut again = Daemon::start_in(dir, d.api.clone());
+        again.assert_running();
+    }
 }
 
 /// The static `--publish` ports show up in the API like runtime ones.
