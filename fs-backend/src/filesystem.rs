@@ -101,6 +101,9 @@ fn errno_name(e: &io::Error) -> String {
         Some(libc::ENODATA) => "ENODATA",
         Some(libc::ENOTSUP) => "ENOTSUP",
         Some(libc::EDQUOT) => "EDQUOT",
+        Some(libc::EMFILE) => "EMFILE",
+        Some(libc::ENFILE) => "ENFILE",
+        Some(libc::ENOMEM) => "ENOMEM",
         Some(n) => return format!("errno {n}"),
         None => return e.to_string(),
     };
