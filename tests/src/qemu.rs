@@ -136,7 +136,9 @@ pub fn net_device_args(socket: &Path, mac: &str, reconnect: bool) -> Vec<OsStrin
         // romfile=: no iPXE option ROM, which only costs boot time here.
         // vectors=0: QEMU 7.2 under TCG segfaults in vhost_net_start when
         // MSI-X is on (vhost-user-net turns off guest notifier masking, and
-        // unmasking then takes the KVM irqfd path with no KVM); INTx works.
+        // unmasking then takes the KVM irqfd path, whose table is NULL
+        // without KVM; fixed in QEMU 8.0, docs/qemu-7.2-tcg-msix.md); INTx
+        // works.
         // host_mtu: the device advertises the MTU the gateway offers.
         format!("virtio-net-pci,netdev={netdev},mac={mac},romfile=,vectors=0,host_mtu=65520")
             .into(),
