@@ -25,9 +25,12 @@ pub const MACHINE: &str = "q35";
 /// warnings and worse (panics still show). `cryptomgr.notests` skips the
 /// crypto self-tests (~0.3 s under TCG); `mitigations=off` because TCG's
 /// `-cpu max` looks vulnerable to everything and page-table isolation makes
-/// every guest system call slower.
+/// every guest system call slower. `no_timer_check`: at boot the kernel
+/// checks that the IO-APIC delivers timer ticks within a few busy-wait
+/// loops; a TCG guest on a busy host misses that window and panics ("IO-APIC
+/// + timer doesn't work!"), so the check is off, as for most virtual machines.
 pub const KERNEL_CMDLINE: &str =
-    "console=ttyS0 quiet loglevel=4 panic=-1 cryptomgr.notests mitigations=off";
+    "console=ttyS0 quiet loglevel=4 panic=-1 cryptomgr.notests mitigations=off no_timer_check";
 /// The line the guest's init prints on ttyS1 after the script: `AIRLOCK-EXIT <status>`.
 pub const EXIT_MARKER: &str = "AIRLOCK-EXIT";
 /// Default guest memory.
