@@ -323,6 +323,7 @@ pub mod cap {
     pub const FSETID: u32 = 4;
     pub const SETGID: u32 = 6;
     pub const SETUID: u32 = 7;
+    pub const MKNOD: u32 = 27;
 }
 
 /// Reduces the calling thread's capabilities (and those of threads it

@@ -96,6 +96,15 @@ pub struct Args {
     #[arg(long)]
     pub readonly: bool,
 
+    /// Let the guest create character and block device nodes (mknod), as
+    /// virtiofsd does: guests that build root file systems in the share
+    /// (debootstrap, container images) need them. airlock-fs never opens
+    /// them and mounts the share nodev in its sandbox, but any host user who
+    /// can reach the share can open a node the guest made: see
+    /// docs/security.md. Without it, mknod of a device fails with EPERM.
+    #[arg(long)]
+    pub allow_device_nodes: bool,
+
     /// Support extended attributes (getfattr/setfattr, ACLs, capabilities).
     #[arg(long)]
     pub xattr: bool,

@@ -42,6 +42,7 @@ pub struct Config {
     pub shared_dir: PathBuf,
     pub cache: Cache,
     pub readonly: bool,
+    pub allow_device_nodes: bool,
     pub xattr: bool,
     pub writeback: bool,
     pub allow_direct_io: bool,
@@ -218,6 +219,7 @@ impl TryFrom<Args> for Config {
             shared_dir,
             cache,
             readonly: merge_flag(a.readonly, legacy.readonly, "readonly")?,
+            allow_device_nodes: a.allow_device_nodes,
             xattr: merge_flag(a.xattr, legacy.xattr, "xattr")?,
             writeback: merge_flag(a.writeback, legacy.writeback, "writeback")?,
             allow_direct_io: merge_flag(

@@ -119,7 +119,8 @@ fn new_fs(config: &Config, root: &Path, audit: Option<Arc<AuditLog>>) -> io::Res
             announce_submounts: config.announce_submounts,
             audit,
         },
-    ))
+    )
+    .allow_device_nodes(config.allow_device_nodes))
 }
 
 /// Runs the daemon until a signal (or, with `--exit-on-disconnect`, the
@@ -177,11 +178,12 @@ pub fn run(config: Config) -> Result<(), FsError> {
     let root: PathBuf = sandbox::enter(config.sandbox, &config.shared_dir, config.readonly)?;
     airlock_common::sandbox::drop_supplementary_groups()?;
     // What serving files as the guest's users needs, nothing else: no
-    // CAP_SYS_ADMIN or CAP_SYS_CHROOT once the sandbox is up, no CAP_MKNOD,
-    // no CAP_SETFCAP (the guest cannot give host files capabilities).
+    // CAP_SYS_ADMIN or CAP_SYS_CHROOT once the sandbox is up, no CAP_MKNOD
+    // unless --allow-device-nodes, no CAP_SETFCAP (the guest cannot give
+    // host files capabilities).
     if airlock_common::sandbox::is_root() {
         use airlock_common::sandbox::cap;
-        airlock_common::sandbox::keep_only_capabilities(&[
+        let mut keep = vec![
             cap::CHOWN,
             cap::DAC_OVERRIDE,
             cap::DAC_READ_SEARCH,
@@ -189,8 +191,11 @@ pub fn run(config: Config) -> Result<(), FsError> {
             cap::FSETID,
             cap::SETGID,
             cap::SETUID,
-        ])
-        .map_err(FsError::Capabilities)?;
+        ];
+        if config.allow_device_nodes {
+            keep.push(cap::MKNOD);
+        }
+        airlock_common::sandbox::keep_only_capabilities(&keep).map_err(FsError::Capabilities)?;
     }
     // Signals are taken by a thread of their own, started only now so it
     // shares the confinement above.
@@ -202,11 +207,16 @@ pub fn run(config: Config) -> Result<(), FsError> {
     }
     airlock_common::seccomp::apply(SECCOMP_ALLOW_LIST, config.seccomp)?;
     log::info!(
-        "sharing {} (cache {:?}, sandbox {:?}{}{})",
+        "sharing {} (cache {:?}, sandbox {:?}{}{}{})",
         config.shared_dir.display(),
         config.cache,
         config.sandbox,
         if config.readonly { ", read-only" } else { "" },
+        if config.allow_device_nodes {
+            ", device nodes allowed"
+        } else {
+            ""
+        },
         if audit.is_some() { ", audited" } else { "" },
     );
     let shared = config.shared_dir.display().to_string();

@@ -111,6 +111,29 @@ fn airlock_fs_namespace_sandbox_leaves_only_the_share() {
     assert_eq!(caps(pid, "CapBnd"), FS_CAPS);
 }
 
+/// `--allow-device-nodes` adds CAP_MKNOD and nothing else; the share stays
+/// `nodev` in the sandbox, so no node in it can be opened through the
+/// daemon's mount.
+#[test]
+fn airlock_fs_allowing_device_nodes_adds_only_cap_mknod() {
+    let mut rig = Rig::new("confine_fs_mknod");
+    let share = rig.dir().join("share");
+    fs::create_dir(&share).unwrap();
+    let (d, _socket) = start_fs(&mut rig, &share, &["--allow-device-nodes"]);
+    let pid = d.pid();
+    assert_filtered(&d);
+    const MKNOD: u64 = 1 << 27;
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(caps(pid, set), FS_CAPS | MKNOD, "{set}");
+    }
+    let mounts = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let share_mount = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/share"))
+        .unwrap_or_else(|| panic!("{mounts}"));
+    assert!(share_mount.contains("nodev"), "{share_mount}");
+}
+
 #[test]
 fn airlock_fs_chroot_serves_one_guest_after_another() {
     let mut rig = Rig::new("confine_fs_chroot");
