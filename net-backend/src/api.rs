@@ -10,6 +10,7 @@
 //! | `GET /stats` | 200 | the gateway's counters ([`airlock_api::Stats`]) |
 //! | `GET /flows` | 200 | the current guest's flows ([`FlowInfo`]) |
 //! | `GET /leases` | 200 | `[{"mac":"52:54:00:…","ip":…,"hostname":…,"expires_in":SECONDS}]` |
+//! | `GET /metrics` | 200 | the counters, flows and leases in Prometheus' text format ([`crate::metrics`]) |
 //!
 //! As in gvisor-tap-vsock, `protocol` is `tcp` (the default when it is
 //! missing, empty or null) or `udp`; `local` may be `:PORT`, meaning every
@@ -271,6 +272,7 @@ enum Endpoint {
     Stats,
     Flows,
     Leases,
+    Metrics,
 }
 
 /// Path, endpoint, and whether it is read (GET, HEAD) or write (POST).
@@ -281,6 +283,7 @@ const ROUTES: &[(&str, Endpoint, bool)] = &[
     ("/stats", Endpoint::Stats, true),
     ("/flows", Endpoint::Flows, true),
     ("/leases", Endpoint::Leases, true),
+    ("/metrics", Endpoint::Metrics, true),
 ];
 
 /// The API: requests in, responses out, no sockets.
@@ -338,6 +341,14 @@ impl<C: Control> Api<C> {
                 Some(leases) => Response::json(200, &leases),
                 None => no_answer(),
             },
+            Endpoint::Metrics => {
+                let guest = self.control.flows().zip(self.control.leases());
+                let text = crate::metrics::render(
+                    &self.control.stats(),
+                    guest.as_ref().map(|(f, l)| (&f[..], &l[..])),
+                );
+                Response::text(200, text, crate::metrics::CONTENT_TYPE)
+            }
         }
     }
 

@@ -209,6 +209,25 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
 
+    /// How QEMU's frames arrive on the listening socket: `vhost-user`
+    /// (`-netdev vhost-user`, the guest's queues in shared memory) or
+    /// `stream` (`-netdev stream` / `-netdev socket`: each frame a 4-byte
+    /// big-endian length and the Ethernet frame, as passt serves; QEMU's
+    /// own virtio-net emulation runs the queues, slower).
+    #[arg(long, value_enum, value_name = "KIND", default_value = "vhost-user")]
+    pub transport: Transport,
+
+    /// Write every frame between the guest and the gateway to FILE in pcap
+    /// format (tcpdump -r, Wireshark), on either transport. Created mode
+    /// 0600, truncated.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+
+    /// Largest size of the --pcap file (e.g. 64M, 1G); capturing stops at
+    /// the frame that would pass it.
+    #[arg(long, value_name = "SIZE", default_value = "64M", requires = "pcap")]
+    pub pcap_size: String,
+
     /// Do not offer checksum offload (VIRTIO_NET_F_CSUM/GUEST_CSUM) to the
     /// guest; every checksum is then computed and verified in software.
     #[arg(long)]
@@ -289,4 +308,15 @@ impl From<PublishSourceArg> for PublishSource {
             PublishSourceArg::Client => PublishSource::Client,
         }
     }
+}
+
+/// `--transport`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// vhost-user-net: QEMU `-netdev vhost-user` (the guest's queues in
+    /// shared memory).
+    #[default]
+    VhostUser,
+    /// QEMU `-netdev stream` / `-netdev socket` framing on a Unix socket.
+    Stream,
 }

@@ -58,6 +58,8 @@ pub enum ConfigError {
     Egress(String),
     #[error("{0}")]
     RulesFile(#[source] PolicyError),
+    #[error("invalid --pcap-size {0:?}: expected a size such as 64M or 1G, at least {min} bytes", min = crate::pcap::MIN_SIZE)]
+    PcapSize(String),
 }
 
 /// Everything airlock-net needs to run.
@@ -78,6 +80,10 @@ pub struct Config {
     pub rlimit_nofile: u64,
     pub confine: airlock_common::sandbox::ConfineArgs,
     pub seccomp: airlock_common::seccomp::SeccompMode,
+    /// `--transport`: vhost-user or QEMU's stream framing.
+    pub transport: crate::args::Transport,
+    /// `--pcap FILE` and its `--pcap-size` limit in bytes.
+    pub pcap: Option<(PathBuf, u64)>,
 }
 
 fn parse_subnet(s: &str) -> Option<(Ipv4Addr, u8)> {
@@ -210,6 +216,16 @@ impl TryFrom<Args> for Config {
                 proxy: at(0xfd),
                 lease_time: Duration::from_secs(a.lease_time.max(60)),
             })
+        };
+
+        let pcap = match &a.pcap {
+            Some(path) => Some((
+                path.clone(),
+                crate::pcap::parse_size(&a.pcap_size)
+                    .filter(|n| *n >= crate::pcap::MIN_SIZE)
+                    .ok_or_else(|| ConfigError::PcapSize(a.pcap_size.clone()))?,
+            )),
+            None => None,
         };
 
         let mut records = LocalRecords::new();
@@ -361,6 +377,8 @@ impl TryFrom<Args> for Config {
             policy,
             audit_log: a.audit_log,
             api_socket: a.api_socket,
+            transport: a.transport,
+            pcap,
         })
     }
 }

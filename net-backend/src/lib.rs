@@ -4,14 +4,21 @@
 //!
 //! - [`device`] / `virtio_net`: the virtqueues (frames to and from guest
 //!   memory) and the vhost-user backend;
-//! - [`args`], [`config`]: the command line;
+//! - [`stream`]: the other transport, QEMU's `-netdev stream` framing;
+//! - [`args`], [`config`]: the command line; [`passt`]: passt's command
+//!   line, when the binary runs under that name (libvirt's passt backend);
 //! - [`api`]: the control API (`--api-socket`): ports at runtime, stats,
-//!   flows, leases.
+//!   flows, leases, Prometheus metrics ([`metrics`]);
+//! - [`pcap`]: `--pcap`, the frames of either transport in a capture file.
 
 pub mod api;
 pub mod args;
 pub mod config;
 pub mod device;
+pub mod metrics;
+pub mod passt;
+pub mod pcap;
+pub mod stream;
 mod virtio_net;
 
 use airlock_common::audit::AuditOpenError;
@@ -20,9 +27,12 @@ use airlock_common::listen::ListenError;
 use airlock_netcore::publish::PublishError;
 use airlock_netcore::{Shared, SharedError};
 use airlock_vhost::runner::{self, RunError};
+use std::sync::Arc;
 
+use crate::args::Transport;
 use crate::config::Config;
 use crate::device::NetSession;
+use crate::pcap::{Pcap, PcapError};
 
 /// `--print-capabilities` output (QEMU's vhost-user.json: a net backend).
 pub fn capabilities() -> serde_json::Value {
@@ -49,7 +59,38 @@ pub enum NetError {
     Signals(#[source] std::io::Error),
     #[error(transparent)]
     Seccomp(#[from] airlock_common::seccomp::SeccompError),
+    #[error(transparent)]
+    Stream(#[from] stream::StreamError),
+    #[error(transparent)]
+    Pcap(#[from] PcapError),
+    #[error(transparent)]
+    Detach(#[from] passt::DetachError),
 }
+
+/// What happens once the sockets are bound, before serving: passt's
+/// command line (`--pid`, running in the background) asks for more than
+/// airlock-net's own.
+#[derive(Debug, Default)]
+pub struct Startup {
+    /// Fork into the background once the socket listens: the parent exits
+    /// 0 then, so whoever started it can connect right away (what passt
+    /// does without `--foreground`).
+    pub background: bool,
+    /// Write the serving process's id to this file (passt's `--pid`).
+    pub pid_file: Option<std::path::PathBuf>,
+    /// In the background, keep standard error (it is the `--log-file`);
+    /// otherwise it goes to /dev/null like the other standard streams, so
+    /// a parent reading the daemon's output sees it end.
+    pub keep_stderr: bool,
+}
+
+/// The crates whose log records airlock-net shows below debug.
+pub const LOG_TARGETS: &[&str] = &[
+    "airlock_net",
+    "airlock_netcore",
+    "airlock_vhost",
+    "airlock_common",
+];
 
 /// The system calls airlock-net may make once it serves a guest.
 pub const SECCOMP_ALLOW_LIST: &str = include_str!("../seccomp.allow");
@@ -57,6 +98,11 @@ pub const SECCOMP_ALLOW_LIST: &str = include_str!("../seccomp.allow");
 /// Runs the daemon until a signal (or, with `--exit-on-disconnect`, the
 /// first frontend's departure) ends it.
 pub fn run(config: Config) -> Result<(), NetError> {
+    run_with(config, Startup::default())
+}
+
+/// [`run`], with passt's start-up behaviour.
+pub fn run_with(config: Config, startup: Startup) -> Result<(), NetError> {
     let audit = airlock_common::daemon::prepare(
         Nofile::Limit(config.rlimit_nofile),
         config.audit_log.as_deref(),
@@ -67,11 +113,22 @@ pub fn run(config: Config) -> Result<(), NetError> {
             .chain(&config.api_socket)
             .map(|p| p.as_path()),
     )?;
+    let pcap = match &config.pcap {
+        Some((path, limit)) => Some(Arc::new(Pcap::create(path, *limit)?)),
+        None => None,
+    };
     // The private mount namespace, before any thread (threads spawned later
     // share it).
     airlock_common::sandbox::enter(&config.confine)?;
-    airlock_common::signals::install().map_err(NetError::Signals)?;
     let shared = Shared::new(config.gateway.guest_ip, config.policy.clone(), audit)?;
+    // Published ports are bound before anything listens: a port in use is a
+    // startup error, not a surprise later.
+    shared.publish(&config.publish)?;
+    let listener = config.listen.bind()?;
+    // Everything a frontend needs is bound: the background process (passt
+    // without --foreground) takes over here, before any thread exists.
+    passt::detach(&startup)?;
+    airlock_common::signals::install().map_err(NetError::Signals)?;
     // The control API (--api-socket): ports at runtime, stats, flows, leases.
     // The socket file goes when `_api` drops or a signal ends the process.
     let _api = match &config.api_socket {
@@ -81,9 +138,6 @@ pub fn run(config: Config) -> Result<(), NetError> {
         )?),
         None => None,
     };
-    // Published ports are bound before anything listens: a port in use is a
-    // startup error, not a surprise later.
-    shared.publish(&config.publish)?;
     let reload = shared.clone();
     airlock_common::signals::on_hup(move || {
         if let Err(e) = reload.reload_policy() {
@@ -93,7 +147,6 @@ pub fn run(config: Config) -> Result<(), NetError> {
             );
         }
     });
-    let listener = config.listen.bind()?;
     // Everything is bound and open: read-only mounts, --user, seccomp.
     let serving_as = config.confine.switch_to().map(str::to_owned);
     airlock_common::sandbox::confine(&config.confine)?;
@@ -119,9 +172,25 @@ pub fn run(config: Config) -> Result<(), NetError> {
         },
         config.upstream_source,
     );
-    runner::run(listener, "airlock-net", config.exit_on_disconnect, || {
-        NetSession::new(config.gateway.clone(), shared.clone(), config.offer_csum)
-    })?;
+    match config.transport {
+        Transport::VhostUser => {
+            runner::run(listener, "airlock-net", config.exit_on_disconnect, || {
+                NetSession::new(
+                    config.gateway.clone(),
+                    shared.clone(),
+                    config.offer_csum,
+                    pcap.clone(),
+                )
+            })?
+        }
+        Transport::Stream => stream::run(
+            listener,
+            &config.gateway,
+            &shared,
+            config.exit_on_disconnect,
+            pcap.as_deref(),
+        )?,
+    }
     Ok(())
 }
 
