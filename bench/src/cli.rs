@@ -75,7 +75,8 @@ pub struct Args {
     pub quick: bool,
 
     /// Only these peers (ids: airlock, airlock-pool4, airlock-audit,
-    /// virtiofsd-c, virtiofsd-rs, 9p, airlock-net, passt, slirp); repeatable.
+    /// virtiofsd-c, virtiofsd-rs, 9p, airlock-net, airlock-net-stream, passt,
+    /// slirp); repeatable.
     #[arg(long = "peer", value_name = "ID")]
     pub peers: Vec<String>,
 

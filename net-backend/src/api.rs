@@ -75,6 +75,8 @@ pub trait Control: Send + Sync + 'static {
     fn unpublish(&self, host: SocketAddr, proto: Proto) -> Result<PortSpec, PublishError>;
     fn published(&self) -> Vec<PortSpec>;
     fn stats(&self) -> Stats;
+    /// DNS queries over UDP by outcome (`/metrics`).
+    fn dns_queries(&self) -> Vec<(&'static str, u64)>;
     /// The current guest's flows; `None` if the data path did not answer.
     fn flows(&self) -> Option<Vec<FlowInfo>>;
     /// The DHCP leases; `None` if the data path did not answer.
@@ -93,6 +95,9 @@ impl Control for Shared {
     }
     fn stats(&self) -> Stats {
         self.stats.snapshot()
+    }
+    fn dns_queries(&self) -> Vec<(&'static str, u64)> {
+        self.stats.dns_queries()
     }
     fn flows(&self) -> Option<Vec<FlowInfo>> {
         self.current_guest(GUEST_QUERY_TIMEOUT).map(|g| g.flows)
@@ -345,6 +350,7 @@ impl<C: Control> Api<C> {
                 let guest = self.control.flows().zip(self.control.leases());
                 let text = crate::metrics::render(
                     &self.control.stats(),
+                    &self.control.dns_queries(),
                     guest.as_ref().map(|(f, l)| (&f[..], &l[..])),
                 );
                 Response::text(200, text, crate::metrics::CONTENT_TYPE)
@@ -619,6 +625,9 @@ mod tests {
             s.frame_from_guest(100);
             s.flow_opened(Proto::Tcp);
             s.snapshot()
+        }
+        fn dns_queries(&self) -> Vec<(&'static str, u64)> {
+            vec![("forwarded", 2)]
         }
         fn flows(&self) -> Option<Vec<FlowInfo>> {
             Some(vec![FlowInfo {
@@ -901,6 +910,35 @@ mod tests {
         assert_eq!(s, 400);
         assert!(e.contains("unknown field `remote`"), "{e}");
         assert!(api.control.published().is_empty());
+    }
+
+    /// `/metrics` is Prometheus text, with the counters, the DNS outcomes
+    /// and the guest's flows; only GET and HEAD.
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let api = api();
+        let r = api.handle(&Request {
+            method: "GET".into(),
+            path: "/metrics".into(),
+            body: Vec::new(),
+        });
+        assert_eq!(r.status, 200);
+        let wire = String::from_utf8(r.to_bytes(false, false)).unwrap();
+        assert!(
+            wire.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+            "{wire}"
+        );
+        let body = String::from_utf8(r.body).unwrap();
+        for line in [
+            "airlock_net_frames_total{direction=\"guest_to_host\"} 1",
+            "airlock_net_flows_opened_total{proto=\"tcp\"} 1",
+            "airlock_net_dns_queries_total{outcome=\"forwarded\"} 2",
+            "airlock_net_flows{proto=\"tcp\",direction=\"inbound\"} 1",
+            "airlock_net_dhcp_leases 1",
+        ] {
+            assert!(body.lines().any(|l| l == line), "no {line:?} in\n{body}");
+        }
+        assert_eq!(error(&api, "POST", "/metrics", "").0, 405);
     }
 
     #[test]

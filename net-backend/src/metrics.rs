@@ -31,10 +31,15 @@ fn proto_name(p: Proto) -> &'static str {
     }
 }
 
-/// The exposition text. `guest` is the current guest's flows and leases,
-/// `None` when the data path did not answer in time (those families are
-/// then left out rather than reported as zero).
-pub fn render(stats: &Stats, guest: Option<(&[FlowInfo], &[Lease])>) -> String {
+/// The exposition text. `dns` is the DNS queries by outcome; `guest` is
+/// the current guest's flows and leases, `None` when the data path did not
+/// answer in time (those families are then left out rather than reported
+/// as zero).
+pub fn render(
+    stats: &Stats,
+    dns: &[(&str, u64)],
+    guest: Option<(&[FlowInfo], &[Lease])>,
+) -> String {
     let mut out = String::new();
     let dirs = [
         ("guest_to_host", &stats.guest_to_host),
@@ -104,6 +109,17 @@ pub fn render(stats: &Stats, guest: Option<(&[FlowInfo], &[Lease])>) -> String {
             .map(|(why, n)| (format!("reason=\"{why}\""), *n))
             .collect::<Vec<_>>(),
     );
+    family(
+        &mut out,
+        "airlock_net_dns_queries_total",
+        "counter",
+        "DNS queries the guest sent the gateway over UDP, by outcome (local: answered from its own \
+         names; local_nxdomain: an unknown name in its own zones; forwarded: sent upstream; \
+         no_upstream: SERVFAIL, no resolver configured; malformed).",
+        &dns.iter()
+            .map(|(o, n)| (format!("outcome=\"{o}\""), *n))
+            .collect::<Vec<_>>(),
+    );
     let Some((flows, leases)) = guest else {
         return out;
     };
@@ -168,17 +184,18 @@ mod tests {
             direction: Direction::Inbound,
             ..FlowInfo::default()
         };
-        let text = render(&stats, Some((&[flow], &[])));
+        let text = render(&stats, &[("local", 4)], Some((&[flow], &[])));
         assert!(text.contains("airlock_net_frames_total{direction=\"guest_to_host\"} 3\n"));
         assert!(text.contains("airlock_net_drops_total{reason=\"malformed\"} 2\n"));
         assert!(text.contains("airlock_net_flows{proto=\"tcp\",direction=\"inbound\"} 1\n"));
         assert!(text.contains("airlock_net_dhcp_leases 0\n"));
+        assert!(text.contains("airlock_net_dns_queries_total{outcome=\"local\"} 4\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (series, value) = line.rsplit_once(' ').unwrap();
             value.parse::<u64>().unwrap();
             assert!(series.starts_with("airlock_net_"), "{line}");
         }
         // Without the guest's answer, its families are left out.
-        assert!(!render(&stats, None).contains("airlock_net_flows{"));
+        assert!(!render(&stats, &[], None).contains("airlock_net_flows{"));
     }
 }

@@ -314,7 +314,7 @@ fn port_spec(
                 Ok(IpAddr::V6(_)) => {
                     return Err(unsupported(
                         option,
-                        "IPv6 bind addresses: airlock-net forwards IPv4 host addresses",
+                        "IPv6 bind addresses: passt-mode forwards bind IPv4 host addresses",
                     ))
                 }
                 Err(_) => return Err(bad(option, spec, "not an IP address before '/'")),
@@ -492,7 +492,8 @@ pub fn translate(args: &[OsString], probe: &dyn PortProbe) -> Result<Translation
                 Ok(IpAddr::V6(_)) => {
                     return Err(unsupported(
                         &name,
-                        "an IPv6 guest address: airlock-net's gateway is IPv4",
+                        "an IPv6 guest address: airlock-net gives the guest an address in its \
+                         --subnet6 prefix (set it with --config)",
                     ))
                 }
                 Err(_) => return Err(bad(&name, &v, "not an IP address")),
@@ -508,7 +509,10 @@ pub fn translate(args: &[OsString], probe: &dyn PortProbe) -> Result<Translation
             "gateway" => match v.parse::<IpAddr>() {
                 Ok(IpAddr::V4(a)) => gateway = Some(a),
                 Ok(IpAddr::V6(_)) => {
-                    return Err(unsupported(&name, "an IPv6 gateway: airlock-net is IPv4"))
+                    return Err(unsupported(
+                        &name,
+                        "an IPv6 gateway: airlock-net's is PREFIX::1 of --subnet6",
+                    ))
                 }
                 Err(_) => return Err(bad(&name, &v, "not an IP address")),
             },
@@ -560,8 +564,13 @@ pub fn translate(args: &[OsString], probe: &dyn PortProbe) -> Result<Translation
                     "the DHCP server is always on (the guest's address comes from it)",
                 ))
             }
-            // Airlock answers no NDP, DHCPv6 or router solicitations: IPv4 only.
-            "no-ndp" | "no-dhcpv6" | "no-ra" | "ipv4-only" => {}
+            "ipv4-only" => out.push("--no-ipv6".into()),
+            "no-ndp" | "no-dhcpv6" | "no-ra" => {
+                return Err(unsupported(
+                    &name,
+                    "IPv6's parts (NDP, RA, DHCPv6) go together: turn IPv6 off with -4",
+                ))
+            }
             // Airlock never maps the gateway address to the host (the host
             // is host.airlock.internal): what --no-map-gw asks for.
             "no-map-gw" => {}
@@ -580,7 +589,12 @@ pub fn translate(args: &[OsString], probe: &dyn PortProbe) -> Result<Translation
                     ));
                 }
             }
-            "ipv6-only" => return Err(unsupported(&name, "airlock-net's gateway is IPv4")),
+            "ipv6-only" => {
+                return Err(unsupported(
+                    &name,
+                    "an IPv6-only guest: airlock-net's gateway always has IPv4",
+                ))
+            }
             "socket" => socket = Some(v),
             "fd" => {
                 return Err(unsupported(
@@ -982,7 +996,7 @@ mod tests {
     #[test]
     fn short_options_bundle_and_take_values_inline() {
         let t = tr(&[
-            "-fq1",
+            "-fq14",
             "-s/tmp/x.sock",
             "-t",
             "22",
@@ -996,6 +1010,7 @@ mod tests {
         assert_eq!(t.pid_file, Some(PathBuf::from("/tmp/p")));
         let a = argv(&t);
         assert!(a.contains(&"--exit-on-disconnect".to_owned()));
+        assert!(a.contains(&"--no-ipv6".to_owned()), "-4");
         assert!(a.windows(2).any(|w| w == ["--log-level", "warn"]));
         assert!(a.windows(2).any(|w| w == ["--socket-path", "/tmp/x.sock"]));
         assert!(a
@@ -1027,6 +1042,8 @@ mod tests {
             (&["-t", "127.0.0.1%lo/22"], "--tcp-ports"),
             (&["--address", "fd00::2"], "--address"),
             (&["--no-dhcp"], "--no-dhcp"),
+            (&["--no-ndp"], "--no-ndp"),
+            (&["-6"], "--ipv6-only"),
             (&["--hostname", "vm"], "--hostname"),
             (&["--netns", "x"], "--netns"),
             (&["--log-size", "1000"], "--log-size"),

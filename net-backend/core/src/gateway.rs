@@ -54,7 +54,7 @@ use crate::services::dns::bridge::DnsBridge;
 use crate::services::dns::{self, forward, LocalOutcome};
 use crate::services::ndp::Router;
 use crate::shared::Shared;
-use crate::stats::DropReason;
+use crate::stats::{DnsOutcome, DropReason};
 use crate::wire;
 use egress::EgressCheck;
 
@@ -570,8 +570,13 @@ impl Gateway {
         msg: &[u8],
         tx: &mut dyn GuestTx,
     ) {
+        let shared = self.flows.stack.shared.clone();
+        let stats = &shared.stats;
         let reply = match dns::answer_local(msg, &self.cfg.records) {
-            Ok(LocalOutcome::Answer(reply)) => Some(reply),
+            Ok(LocalOutcome::Answer(reply)) => {
+                stats.dns_query(DnsOutcome::Local);
+                Some(reply)
+            }
             Ok(LocalOutcome::Forward) => {
                 // Names in our own zone that we don't have never leave the host.
                 let local = dns::parse_query(msg).is_ok_and(|q| {
@@ -581,10 +586,13 @@ impl Gateway {
                         .any(|z| dns::in_zone(&q.name, z))
                 });
                 if local {
+                    stats.dns_query(DnsOutcome::LocalNxdomain);
                     dns::error_reply(msg, dns::Rcode::NxDomain)
                 } else if self.cfg.dns_upstreams.is_empty() {
+                    stats.dns_query(DnsOutcome::NoUpstream);
                     dns::error_reply(msg, dns::Rcode::ServFail)
                 } else {
+                    stats.dns_query(DnsOutcome::Forwarded);
                     forward::forward(
                         &mut self.flows,
                         guest,
@@ -598,6 +606,7 @@ impl Gateway {
                 }
             }
             Err(e) => {
+                stats.dns_query(DnsOutcome::Malformed);
                 ratelimited!(log::Level::Info, "malformed DNS query from the guest: {e}");
                 self.dropped(DropReason::Malformed);
                 e.reply_rcode().and_then(|rc| dns::error_reply(msg, rc))

@@ -67,6 +67,42 @@ impl DropReason {
     }
 }
 
+/// What the gateway did with a DNS query the guest sent it over UDP.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DnsOutcome {
+    /// Answered from the gateway's own names.
+    Local,
+    /// A name in the gateway's own zones that it does not have: NXDOMAIN
+    /// without leaving the host.
+    LocalNxdomain,
+    /// Forwarded to an upstream resolver.
+    Forwarded,
+    /// No upstream resolver configured: SERVFAIL.
+    NoUpstream,
+    /// Not a DNS query the gateway can parse.
+    Malformed,
+}
+
+impl DnsOutcome {
+    pub const ALL: [DnsOutcome; 5] = [
+        DnsOutcome::Local,
+        DnsOutcome::LocalNxdomain,
+        DnsOutcome::Forwarded,
+        DnsOutcome::NoUpstream,
+        DnsOutcome::Malformed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DnsOutcome::Local => "local",
+            DnsOutcome::LocalNxdomain => "local_nxdomain",
+            DnsOutcome::Forwarded => "forwarded",
+            DnsOutcome::NoUpstream => "no_upstream",
+            DnsOutcome::Malformed => "malformed",
+        }
+    }
+}
+
 #[derive(Default)]
 struct FlowCounters {
     opened: AtomicU64,
@@ -85,6 +121,7 @@ pub struct Stats {
     udp: FlowCounters,
     icmp: FlowCounters,
     drops: [AtomicU64; DropReason::ALL.len()],
+    dns: [AtomicU64; DnsOutcome::ALL.len()],
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -100,6 +137,18 @@ impl Stats {
     pub fn frame_to_guest(&self, len: usize) {
         add(&self.frames_to_guest, 1);
         add(&self.bytes_to_guest, len as u64);
+    }
+
+    pub fn dns_query(&self, outcome: DnsOutcome) {
+        add(&self.dns[outcome as usize], 1);
+    }
+
+    /// DNS queries by outcome, in [`DnsOutcome::ALL`]'s order.
+    pub fn dns_queries(&self) -> Vec<(&'static str, u64)> {
+        DnsOutcome::ALL
+            .iter()
+            .map(|o| (o.name(), self.dns[*o as usize].load(Ordering::Relaxed)))
+            .collect()
     }
 
     pub fn dropped(&self, why: DropReason) {
