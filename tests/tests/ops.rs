@@ -408,6 +408,33 @@ fn install_lays_out_a_tree_whose_units_verify() {
     assert!(json.contains("\"/usr/bin/airlock-net\""), "{json}");
 }
 
+/// `--as-passt` adds PREFIX/bin/passt, a relative link to airlock-net
+/// (libvirt's passt backend runs `passt` from its PATH); without it there
+/// is none.
+#[test]
+fn install_as_passt_links_passt_to_airlock_net() {
+    let bin_dir = Rig::bin("airlock-man").parent().unwrap().to_path_buf();
+    for program in PROGRAMS {
+        Rig::bin(program);
+    }
+    let dest = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new(workspace_root().join("scripts/install"))
+            .args(["--no-build", "--as-passt", "--prefix", "/opt/airlock"])
+            .arg("--bin-dir")
+            .arg(&bin_dir)
+            .arg("--destdir")
+            .arg(dest.path()),
+    );
+    let link = dest.path().join("opt/airlock/bin/passt");
+    assert_eq!(fs::read_link(&link).unwrap(), Path::new("airlock-net"));
+    let version = run_ok(Command::new(&link).arg("--version"));
+    assert!(version.starts_with("passt (airlock-net "), "{version}");
+    let plain = tempfile::tempdir().unwrap();
+    install(plain.path(), "/opt/airlock");
+    assert!(!plain.path().join("opt/airlock/bin/passt").exists());
+}
+
 /// `systemd-analyze verify` on an instance of every installed unit. It
 /// checks that ExecStart= binaries exist and Documentation= man pages
 /// resolve, so the units are copied with PREFIX pointing into the DESTDIR
