@@ -642,7 +642,14 @@ pub fn translate(args: &[OsString], probe: &dyn PortProbe) -> Result<Translation
         out.extend(["--log-level".into(), level.into()]);
     }
     if let Some(a) = address {
-        let prefix = netmask.unwrap_or_else(|| classful_prefix(a)).min(29);
+        let prefix = netmask.unwrap_or_else(|| classful_prefix(a));
+        if prefix > 29 {
+            return Err(bad(
+                "netmask",
+                &prefix.to_string(),
+                "airlock-net's subnet holds at least the guest, gateway and two aliases: /29 or larger",
+            ));
+        }
         out.extend(["--subnet".into(), format!("{a}/{prefix}")]);
         out.extend(["--guest-ip".into(), a.to_string()]);
     } else if netmask.is_some() {
@@ -1072,6 +1079,10 @@ mod tests {
             Err(PasstError::BadValue { .. })
         ));
         assert!(matches!(tr(&["stray"]), Err(PasstError::Positional(_))));
+        assert!(matches!(
+            tr(&["-s", "/tmp/s", "-a", "10.0.2.15", "-n", "30"]),
+            Err(PasstError::BadValue { .. })
+        ));
     }
 
     #[test]
