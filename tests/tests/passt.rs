@@ -35,6 +35,8 @@ const GUEST: &str = "10.0.2.15";
 /// host.airlock.internal in that subnet (its last usable address).
 const HOST_ALIAS: &str = "10.0.2.254";
 const GUEST_HTTP_PORT: u16 = 8080;
+/// The user airlock-net serves as when started as root (and passt too).
+const NOBODY: u32 = 65534;
 const VM_TIMEOUT: Duration = Duration::from_secs(150);
 /// How long the daemon may take to leave after the guest's QEMU exits.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -79,6 +81,17 @@ fn passt_link(rig: &Rig) -> PathBuf {
     let link = dir.join("passt");
     std::os::unix::fs::symlink(Rig::bin("airlock-net"), &link).unwrap();
     link
+}
+
+/// The directory libvirt keeps passt's socket and pid file in
+/// (`/run/libvirt/qemu/passt`), owned by the user passt serves as: started
+/// as root, airlock-net (like passt) serves as nobody, and it removes its
+/// socket at exit only where that user may.
+fn passt_state_dir(rig: &Rig) -> PathBuf {
+    let dir = rig.dir().join("passt");
+    fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    dir
 }
 
 /// GET `path` from 127.0.0.1:`port`: the body.
@@ -150,7 +163,7 @@ fn libvirt_9_0_passt_command_line_on_the_stream_netdev() {
     let http = HttpServer::start(0);
     let mut rig = Rig::new("passt_libvirt9");
     let passt = passt_link(&rig);
-    let socket = rig.dir().join("1-airlock-e2e-net0.socket");
+    let socket = passt_state_dir(&rig).join("1-airlock-e2e-net0.socket");
     let log_file = rig.dir().join("passt.log");
     let forwarded = free_port();
     let args: Vec<String> = [
@@ -222,8 +235,9 @@ fn libvirt_11_passt_vhost_user_command_line() {
     let http = HttpServer::start(0);
     let mut rig = Rig::new("passt_libvirt11");
     let passt = passt_link(&rig);
-    let socket = rig.dir().join("2-airlock-e2e-net0.socket");
-    let pid_file = rig.dir().join("2-airlock-e2e-net0-passt.pid");
+    let state = passt_state_dir(&rig);
+    let socket = state.join("2-airlock-e2e-net0.socket");
+    let pid_file = state.join("2-airlock-e2e-net0-passt.pid");
     let log_file = rig.dir().join("passt.log");
     let forwarded = free_port();
     let status = Command::new(&passt)
