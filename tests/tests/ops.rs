@@ -263,6 +263,8 @@ fn rig_overrides(daemon: &str, dir: &Path) -> Vec<String> {
                 "127.0.0.1:53".into(),
                 "--proxy-target".into(),
                 format!("unix:{}", p("proxy.sock")),
+                "--pcap".into(),
+                p("guest.pcap"),
             ]
         }
         "airlock-proxy" => {
