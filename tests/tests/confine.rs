@@ -454,8 +454,8 @@ fn airlock_net_names_paths_its_user_cannot_reach() {
             rules.to_str().unwrap(),
         ],
     );
-    rig.wait_for_socket(&vsock, Duration::from_secs(10));
-    let log = net.log();
+    // The warnings come after the user switch, which follows binding the
+    // socket: wait for each line rather than reading the log once.
     for what in [
         format!("--proxy-target {target}: user nobody may not reach it"),
         format!(
@@ -463,7 +463,9 @@ fn airlock_net_names_paths_its_user_cannot_reach() {
             rules.display()
         ),
     ] {
-        assert!(log.contains(&what), "no {what:?} in\n{log}");
+        if let Err(log) = net.wait_for_log(&what, Duration::from_secs(30)) {
+            panic!("no {what:?} in\n{log}");
+        }
     }
-    assert!(net.is_running(), "{log}");
+    assert!(net.is_running(), "{}", net.log());
 }
