@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         "airlock-fs",
         &["airlock_fs", "airlock_vhost", "airlock_common"],
     );
+    airlock_common::panic::install();
     // Namespaces first: threads spawned from here on share them.
     if let Err(e) = airlock_fs::sandbox::unshare(config.sandbox) {
         return report(&e, EXIT_FAILURE);

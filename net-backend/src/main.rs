@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     airlock_common::logging::init(&args.log, "airlock-net", airlock_net::LOG_TARGETS);
+    airlock_common::panic::install();
     let config = match Config::try_from(args) {
         Ok(c) => c,
         Err(e) => return report(&e, EXIT_USAGE),
