@@ -45,7 +45,9 @@ pub struct Args {
     #[command(flatten)]
     pub listen: ListenArgs,
 
-    /// The virtual subnet the guest lives in.
+    /// The virtual subnet the guest lives in: a network address (no host
+    /// bits) with a prefix of /29 or shorter, outside 0.0.0.0/8, loopback
+    /// 127.0.0.0/8, multicast 224.0.0.0/4 and 240.0.0.0/4.
     #[arg(long, value_name = "CIDR", default_value = "192.168.127.0/24")]
     pub subnet: String,
 
