@@ -4,6 +4,9 @@ mod support;
 
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,6 +218,58 @@ async fn policy_refuses_with_403_naming_the_rule() {
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     // Only the allowed request reached the origin.
     assert_eq!(origin.seen().len(), 1);
+}
+
+/// `0.0.0.0` and `::` connect to the host's loopback: a loopback deny
+/// rule must catch them in every spelling, for plain requests and CONNECT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unspecified_addresses_are_denied_as_loopback() {
+    let origin = Origin::start().await;
+    let port = origin.addr.port();
+    // A service listening on [::] only (IPv6, so `[::]` reaches it).
+    let v6 = tokio::net::TcpListener::bind("[::]:0").await.unwrap();
+    let v6_port = v6.local_addr().unwrap().port();
+    let reached_v6 = Arc::new(AtomicUsize::new(0));
+    let counter = reached_v6.clone();
+    let v6_task = tokio::spawn(async move {
+        while v6.accept().await.is_ok() {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let proxy = Proxy::start(&["--ignore-proxy-env", "--deny", "127.0.0.0/8,::1"]);
+    let urls = [
+        format!("http://0.0.0.0:{port}/hello"),
+        format!("http://0:{port}/hello"),
+        format!("http://[::ffff:0.0.0.0]:{port}/hello"),
+        format!("http://0.1.2.3:{port}/hello"),
+        format!("http://[::]:{v6_port}/hello"),
+    ];
+    for url in &urls {
+        let reply = proxy_get(&proxy.addr, url).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "{url}: {}",
+            reply.text()
+        );
+        assert!(
+            reply
+                .text()
+                .starts_with("forbidden by policy: rule 1 (--deny 127.0.0.0/8,::1)\n"),
+            "{url}: {}",
+            reply.text()
+        );
+    }
+    for authority in [format!("0.0.0.0:{port}"), format!("[::]:{v6_port}")] {
+        let (_s, head) = connect_tunnel(&proxy.addr, &authority).await;
+        assert!(
+            head.starts_with("HTTP/1.1 403"),
+            "CONNECT {authority}: {head}"
+        );
+    }
+    assert!(origin.seen().is_empty(), "{:?}", origin.seen());
+    assert_eq!(reached_v6.load(Ordering::SeqCst), 0);
+    v6_task.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
