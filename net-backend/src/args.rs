@@ -178,7 +178,10 @@ pub struct Args {
     /// or, with ports, [2001:db8::/32]:443/tcp). Rules (--allow,
     /// --deny, then --egress-rules) are checked in order; the first match
     /// decides. They apply to every flow the guest starts except DHCP and
-    /// DNS to the gateway, including the host and proxy aliases.
+    /// DNS to the gateway, including the host and proxy aliases, by the
+    /// address the guest used: the host's loopback is the host alias
+    /// (rules within 127.0.0.0/8, 0.0.0.0/8, ::1, ::/96, link-local or
+    /// multicast never match and are refused).
     #[arg(long, value_name = "RULE")]
     pub allow: Vec<String>,
 

@@ -95,10 +95,20 @@ pub struct Config {
 /// (it panicked on 224.0.0.0/24), and neither the guest nor the host can
 /// use these as ordinary addresses.
 const RESERVED_BLOCKS: [(u32, u8, &str, &str); 4] = [
-    (0x0000_0000, 8, "0.0.0.0/8", "\"this network\", the unspecified address"),
+    (
+        0x0000_0000,
+        8,
+        "0.0.0.0/8",
+        "\"this network\", the unspecified address",
+    ),
     (0x7f00_0000, 8, "127.0.0.0/8", "loopback"),
     (0xe000_0000, 4, "224.0.0.0/4", "multicast"),
-    (0xf000_0000, 4, "240.0.0.0/4", "reserved, the broadcast address"),
+    (
+        0xf000_0000,
+        4,
+        "240.0.0.0/4",
+        "reserved, the broadcast address",
+    ),
 ];
 
 /// The netmask of a prefix length (`/24` → 255.255.255.0).
