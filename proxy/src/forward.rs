@@ -81,6 +81,9 @@ impl ForwardError {
             {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            ForwardError::Origin(e) | ForwardError::Upstream { source: e, .. } if e.is_loop() => {
+                StatusCode::LOOP_DETECTED
+            }
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -340,14 +343,16 @@ async fn connect(
 ) -> Result<SendRequest<ProxyBody>, ForwardError> {
     let timeout = shared.limits.connect_timeout;
     let stream = match (upstream, key) {
-        (Some(u), _) => dial(&u.addr, timeout)
+        (Some(u), _) => dial(&u.addr, timeout, &shared.loops)
             .await
             .map_err(|source| ForwardError::Upstream {
                 upstream: u.to_string(),
                 source,
             })?,
         (None, PoolKey::Direct(target) | PoolKey::Upstream(target)) => {
-            dial(target, timeout).await.map_err(ForwardError::Origin)?
+            dial(target, timeout, &shared.loops)
+                .await
+                .map_err(ForwardError::Origin)?
         }
     };
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

@@ -23,6 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::audit::{record_rejected, Exchange};
 use crate::body::ProxyBody;
 use crate::config::{Config, Limits, Listen};
+use crate::connect::{Inbound, Loops};
 use crate::forward::{self, Pooled};
 use crate::headers;
 use crate::io::{Meter, Metered};
@@ -64,6 +65,8 @@ pub struct Shared {
     pub policy: Policy,
     pub audit: Option<Arc<AuditLog>>,
     pub limits: Limits,
+    /// The proxy's own addresses, never connected to.
+    pub loops: Loops,
     refusing: Arc<Semaphore>,
 }
 
@@ -79,6 +82,7 @@ impl Shared {
             policy,
             audit,
             limits,
+            loops: Loops::default(),
             refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
         }
     }
@@ -194,12 +198,17 @@ pub async fn run(config: Config, audit: Option<Arc<AuditLog>>) -> Result<(), Ser
         return Err(e);
     }
 
-    let shared = Arc::new(Shared::new(
-        config.upstreams,
-        config.policy,
-        audit,
-        config.limits,
-    ));
+    let mut shared = Shared::new(config.upstreams, config.policy, audit, config.limits);
+    shared.loops = Loops::new(
+        bound
+            .iter()
+            .filter_map(|b| match b {
+                Bound::Tcp(listener) => listener.local_addr().ok(),
+                Bound::Unix(..) => None,
+            })
+            .collect(),
+    );
+    let shared = Arc::new(shared);
     let slots = Arc::new(Semaphore::new(
         config.limits.max_connections.min(Semaphore::MAX_PERMITS),
     ));
@@ -301,7 +310,21 @@ async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>, slots: Arc<Semap
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                start(stream, Arc::from(peer.to_string()), &shared, &slots);
+                let client = Arc::from(peer.to_string());
+                let Some(inbound) = shared.loops.admit(&stream) else {
+                    refuse(
+                        stream,
+                        client,
+                        &shared,
+                        StatusCode::LOOP_DETECTED,
+                        "proxy_loop_detected",
+                        "this connection comes from airlock-proxy itself (a forwarding loop): \
+                         tunnels through the proxy do not nest"
+                            .to_owned(),
+                    );
+                    continue;
+                };
+                start(stream, client, Some(inbound), &shared, &slots);
             }
             Err(e) => accept_failed(e).await,
         }
@@ -326,51 +349,91 @@ async fn accept_unix(
                     ),
                     Err(_) => format!("unix:{}", path.display()),
                 };
-                start(stream, Arc::from(client), &shared, &slots);
+                start(stream, Arc::from(client), None, &shared, &slots);
             }
             Err(e) => accept_failed(e).await,
         }
     }
 }
 
-/// Serves a new connection if a slot is free, else answers 503.
-fn start<I>(io: I, client: Arc<str>, shared: &Arc<Shared>, slots: &Arc<Semaphore>)
-where
+/// Serves a new connection if a slot is free, else answers 503. A TCP
+/// client stays known to [`Loops`] (`inbound`) while it is served.
+fn start<I>(
+    io: I,
+    client: Arc<str>,
+    inbound: Option<Inbound>,
+    shared: &Arc<Shared>,
+    slots: &Arc<Semaphore>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     match slots.clone().try_acquire_owned() {
         Ok(slot) => {
-            tokio::spawn(serve_connection(io, client, shared.clone(), slot));
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                serve_connection(io, client, shared, slot).await;
+                drop(inbound);
+            });
         }
         Err(_) => {
             let limit = shared.limits.max_connections;
-            ratelimited!(
-                log::Level::Warn,
-                "refusing connection from {client}: --max-connections {limit} reached"
+            refuse(
+                io,
+                client,
+                shared,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "connection_limit_reached",
+                format!("too many connections: --max-connections {limit} reached; try again later"),
             );
-            if let Ok(permit) = shared.refusing.clone().try_acquire_owned() {
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(REFUSE_GRACE, refuse_busy(io, limit)).await;
-                    drop(permit);
-                });
-            }
         }
     }
 }
 
-/// Writes a 503 and lets the client read it: the write side is shut and
-/// what the client sends is drained, so closing does not reset the
-/// connection before the answer is read.
-async fn refuse_busy<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, limit: usize) -> io::Result<()> {
-    let body = format!(
-        "503 Service Unavailable (airlock-proxy)\n\
-         too many connections: --max-connections {limit} reached; try again later\n"
+/// Answers a connection that will not be served with `status` and `why`
+/// (logged, rate-limited, and audited), without taking a slot. At most
+/// [`MAX_REFUSING`] are answered at once; past that they are just closed.
+fn refuse<I>(
+    io: I,
+    client: Arc<str>,
+    shared: &Shared,
+    status: StatusCode,
+    kind: &'static str,
+    why: String,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    ratelimited!(log::Level::Warn, "refusing connection from {client}: {why}");
+    record_rejected(
+        shared.audit.as_deref(),
+        &client,
+        status,
+        format!("connection refused: {why}"),
     );
+    if let Ok(permit) = shared.refusing.clone().try_acquire_owned() {
+        tokio::spawn(async move {
+            let _ =
+                tokio::time::timeout(REFUSE_GRACE, answer_and_close(io, status, kind, &why)).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Writes `status` with `why` as its body and lets the client read it: the
+/// write side is shut and what the client sends is drained, so closing
+/// does not reset the connection before the answer is read.
+async fn answer_and_close<I: AsyncRead + AsyncWrite + Unpin>(
+    mut io: I,
+    status: StatusCode,
+    kind: &str,
+    why: &str,
+) -> io::Result<()> {
+    let line = response::status_line(status);
+    let body = format!("{line} (airlock-proxy)\n{why}\n");
     let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\n\
+        "HTTP/1.1 {line}\r\n\
          content-type: text/plain; charset=utf-8\r\n\
          content-length: {}\r\n\
-         proxy-status: {}; error=connection_limit_reached\r\n\
+         proxy-status: {}; error={kind}\r\n\
          connection: close\r\n\r\n",
         body.len(),
         headers::VIA_PSEUDONYM

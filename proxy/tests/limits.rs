@@ -72,7 +72,15 @@ async fn oversized_headers_get_431() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_get_503() {
     let origin = Origin::start().await;
-    let proxy = Proxy::start(&["--ignore-proxy-env", "--max-connections", "2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let proxy = Proxy::start(&[
+        "--ignore-proxy-env",
+        "--max-connections",
+        "2",
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ]);
     let mut first = connect_client(&proxy.addr).await;
     let mut second = connect_client(&proxy.addr).await;
     assert_eq!(
@@ -101,6 +109,19 @@ async fn connections_beyond_the_limit_get_503() {
             .then_some(())
     })
     .await;
+    // The refusal is in the audit log.
+    let refused = eventually(|| audit_lines(&audit).into_iter().find(|r| r["status"] == 503)).await;
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("--max-connections 2 reached"),
+        "{refused}"
+    );
+    assert!(refused["client"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
 }
 
 /// Retries a GET until it succeeds (slots are released asynchronously).
