@@ -471,10 +471,13 @@ pub async fn serve_connection<I>(
     });
     let idle = shared.limits.idle_timeout;
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // half_close: a client that shuts its write side after the request
+    // (nc -N, some HTTP/1.0 tools) still gets the response.
     builder
         .max_buf_size(shared.limits.max_header_bytes)
         .timer(TokioTimer::new())
         .header_read_timeout(idle)
+        .half_close(true)
         .keep_alive(true);
     let connection = builder.serve_connection(io, service).with_upgrades();
     tokio::select! {

@@ -505,3 +505,64 @@ async fn a_kept_alive_connection_closed_under_a_request_is_retried_only_when_saf
         ]
     );
 }
+
+/// Sends `request`, shuts the write side (as `nc -N` does), and reads until
+/// the proxy closes (or 10 s pass).
+async fn half_closed_exchange(proxy: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(request).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A client that half-closes after its request still gets the response,
+/// and every request that reached the origin has its audit record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_closed_requests_get_their_response_and_a_record() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let proxy = Proxy::start(&["--ignore-proxy-env", "--audit-log", audit.to_str().unwrap()]);
+    let hello = origin.url("/hello");
+    let upload = origin.url("/upload");
+    let requests = [
+        format!("GET {hello} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        format!("POST {upload} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nabcde"),
+        format!("GET {hello} HTTP/1.0\r\n\r\n"),
+        format!("POST {upload} HTTP/1.0\r\nContent-Length: 3\r\n\r\nxyz"),
+    ];
+    for request in &requests {
+        let out = half_closed_exchange(&proxy.addr, request.as_bytes()).await;
+        // A 1.0 client is answered in 1.0.
+        assert!(
+            out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"),
+            "{request:?} → {out:?}"
+        );
+        let want = if request.starts_with("GET") {
+            "hello from origin"
+        } else if request.contains("abcde") {
+            "len=5 "
+        } else {
+            "len=3 "
+        };
+        assert!(out.contains(want), "{request:?} → {out:?}");
+    }
+    assert_eq!(origin.seen().len(), requests.len());
+    let records = eventually(|| {
+        let l = audit_lines(&audit);
+        (l.len() >= requests.len()).then_some(l)
+    })
+    .await;
+    let methods: Vec<(&str, u64)> = records
+        .iter()
+        .map(|r| (r["method"].as_str().unwrap(), r["status"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        methods,
+        [("GET", 200), ("POST", 200), ("GET", 200), ("POST", 200)],
+        "{records:#?}"
+    );
+}
