@@ -23,10 +23,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::audit::{record_rejected, Exchange};
 use crate::body::ProxyBody;
 use crate::config::{Config, Limits, Listen};
-use crate::connect::{Inbound, Loops};
+use crate::connect::{Inbound, Loops, Secs};
 use crate::forward::{self, Pooled};
 use crate::headers;
-use crate::io::{Meter, Metered};
+use crate::io::{Meter, Metered, SharedIo};
 use crate::policy::Policy;
 use crate::response;
 use crate::target::Target;
@@ -36,6 +36,9 @@ use crate::upstream::Upstreams;
 /// Connections being refused (503) at once, beyond which they are just
 /// closed.
 const MAX_REFUSING: usize = 64;
+/// Most header fields in a request head (hyper's default, named here so
+/// the 431 for too many can say so).
+pub const MAX_HEADERS: usize = 100;
 /// Time a refused connection gets to read its 503.
 const REFUSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -457,7 +460,8 @@ pub async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let meter = Meter::new();
-    let io = TokioIo::new(Metered::new(io, meter.clone()));
+    let answer = SharedIo::new(io);
+    let io = TokioIo::new(Metered::new(answer.clone(), meter.clone()));
     let conn = Arc::new(ClientConn {
         client: client.clone(),
         kept: Mutex::new(None),
@@ -475,42 +479,76 @@ pub async fn serve_connection<I>(
     // (nc -N, some HTTP/1.0 tools) still gets the response.
     builder
         .max_buf_size(shared.limits.max_header_bytes)
+        .max_headers(MAX_HEADERS)
         .timer(TokioTimer::new())
         .header_read_timeout(idle)
         .half_close(true)
         .keep_alive(true);
     let connection = builder.serve_connection(io, service).with_upgrades();
-    tokio::select! {
-        result = connection => {
-            if let Err(e) = result {
+    let timed_out = tokio::select! {
+        result = connection => match result {
+            Ok(()) => false,
+            Err(e) if e.is_timeout() => true,
+            Err(e) => {
                 connection_error(&e, &client, &shared);
+                false
             }
-        }
-        () = meter.idle(idle) => log::debug!("{client}: closing connection idle for {idle:?}"),
+        },
+        () = meter.idle(idle) => true,
+    };
+    if !timed_out {
+        return;
     }
+    // Part of a request head arrived and the rest did not: 408 (hyper would
+    // close without a word). A connection idle between requests just closes.
+    let pending = meter.unanswered();
+    if pending == 0 {
+        log::debug!("{client}: closing connection idle for {idle:?}");
+        return;
+    }
+    let why = format!(
+        "the request head was not complete within --idle-timeout {} ({pending} bytes received)",
+        Secs(idle)
+    );
+    ratelimited!(log::Level::Info, "{client}: {why}: answered 408");
+    record_rejected(
+        shared.audit.as_deref(),
+        &client,
+        StatusCode::REQUEST_TIMEOUT,
+        why.clone(),
+    );
+    let _ = tokio::time::timeout(
+        REFUSE_GRACE,
+        answer_and_close(
+            answer,
+            StatusCode::REQUEST_TIMEOUT,
+            "http_request_error",
+            &why,
+        ),
+    )
+    .await;
 }
 
 /// Reports a connection hyper gave up on. For malformed requests hyper has
 /// already answered (400, or 431 for headers over --max-header-bytes).
 fn connection_error(e: &hyper::Error, client: &str, shared: &Shared) {
-    let status = if e.is_parse_too_large() {
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    let (status, why) = if e.is_parse_too_large() {
+        (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "request head too large: over --max-header-bytes {} bytes, \
+                 or over {MAX_HEADERS} header fields ({e})",
+                shared.limits.max_header_bytes
+            ),
+        )
     } else if e.is_parse() {
-        StatusCode::BAD_REQUEST
+        (StatusCode::BAD_REQUEST, format!("malformed request: {e}"))
     } else {
         log::debug!("{client}: connection ended: {e}");
         return;
     };
-    ratelimited!(
-        log::Level::Info,
-        "{client}: malformed request ({e}): answered {status}"
-    );
-    record_rejected(
-        shared.audit.as_deref(),
-        client,
-        status,
-        format!("malformed request: {e}"),
-    );
+    ratelimited!(log::Level::Info, "{client}: {why}: answered {status}");
+    record_rejected(shared.audit.as_deref(), client, status, why);
 }
 
 async fn handle(
