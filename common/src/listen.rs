@@ -42,6 +42,24 @@ pub enum ListenError {
     NotListening(RawFd),
 }
 
+impl ListenError {
+    /// Whether the command line (or the environment systemd set) asked for
+    /// something unusable — exit status 2 — rather than the socket failing
+    /// (in use, cannot bind: status 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            ListenError::NoSource
+                | ListenError::Conflict(_)
+                | ListenError::TooManyActivated(_)
+                | ListenError::BadListenFds(_)
+                | ListenError::Group(..)
+                | ListenError::BadFd(..)
+                | ListenError::NotListening(_)
+        )
+    }
+}
+
 /// `--socket-path`, `--socket-group`, `--fd`: shared by every vhost-user daemon.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ListenArgs {

@@ -195,6 +195,14 @@ pub enum SandboxError {
     Groups(#[source] io::Error),
 }
 
+impl SandboxError {
+    /// Whether the command line named something that does not exist (a
+    /// `--user` typo): exit status 2. The rest are failures to confine (1).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, SandboxError::UnknownUser(..))
+    }
+}
+
 /// Whether the effective user is root.
 pub fn is_root() -> bool {
     // SAFETY: geteuid(2) has no preconditions and cannot fail.

@@ -33,6 +33,6 @@ fn main() -> ExitCode {
     }
     match airlock_fs::run(config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(&e, EXIT_FAILURE),
+        Err(e) => report(&e, e.exit_code()),
     }
 }

@@ -175,11 +175,12 @@ fn usage_errors_are_chains_with_status_2() {
 }
 
 #[test]
-fn no_socket_source_is_a_runtime_error() {
+fn no_socket_source_is_a_usage_error_printed_once() {
     let dir = share();
     let (code, _, err) = run(&["--shared-dir", dir.path().to_str().unwrap()]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("no socket to serve"), "{err}");
+    assert_eq!(err.matches("no socket to serve").count(), 1, "{err}");
 }
 
 #[test]
@@ -336,7 +337,7 @@ fn inherited_fd_and_socket_activation_are_served() {
         &[("LISTEN_FDS", "1")],
         dir.path().join("both.log"),
     );
-    assert_eq!(d.wait_exit(5), Some(1));
+    assert_eq!(d.wait_exit(5), Some(2));
     assert!(d.log().contains("both given"), "{}", d.log());
 
     // An fd that is not a listening socket is refused clearly.
@@ -359,7 +360,7 @@ fn inherited_fd_and_socket_activation_are_served() {
         .unwrap()
         .read_to_string(&mut out)
         .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(1));
+    assert_eq!(child.wait().unwrap().code(), Some(2));
     assert!(
         out.contains("is not a listening Unix stream socket"),
         "{out}"

@@ -84,9 +84,9 @@ pub struct Args {
     #[arg(long, value_name = "IP")]
     pub proxy_ip: Option<Ipv4Addr>,
 
-    /// Where connections to http.airlock.internal:--proxy-port go: HOST:PORT
-    /// or unix:PATH (airlock-proxy's --listen). Without it, the alias
-    /// refuses connections.
+    /// Where connections to http.airlock.internal:--proxy-port go: IP:PORT
+    /// (names are not resolved) or unix:PATH (airlock-proxy's --listen).
+    /// Without it, the alias refuses connections.
     #[arg(long, value_name = "ADDR")]
     pub proxy_target: Option<String>,
 

@@ -44,8 +44,10 @@ pub enum ConfigError {
     Name(String, #[source] dns::DnsError),
     #[error("invalid --tcp-buffer {0:?}: expected a size such as 256K or 1M, between 16K and 64M")]
     Size(String),
-    #[error("invalid --proxy-target {0:?}: expected HOST:PORT or unix:PATH")]
+    #[error("invalid --proxy-target {0:?}: expected IP:PORT (e.g. 127.0.0.1:3128, [::1]:3128) or unix:PATH; names are not resolved")]
     ProxyTarget(String),
+    #[error("--api-socket and --socket-path are both {0}: give each its own path")]
+    SamePath(PathBuf),
     #[error("--max-flows must be at least 1")]
     MaxFlows,
     #[error("--{0} must be at least 1 second")]
@@ -60,8 +62,8 @@ pub enum ConfigError {
     Rule(&'static str, String, #[source] PolicyError),
     #[error("invalid --egress {0:?}: allow or deny")]
     Egress(String),
-    #[error("{0}")]
-    RulesFile(#[source] PolicyError),
+    #[error(transparent)]
+    RulesFile(PolicyError),
     #[error("invalid --pcap-size {0:?}: expected a size such as 64M or 1G, at least {min} bytes", min = crate::pcap::MIN_SIZE)]
     PcapSize(String),
 }
@@ -325,6 +327,13 @@ impl TryFrom<Args> for Config {
             (ups, "--dns-upstream".to_owned())
         };
 
+        if let (Some(api), Some(socket)) = (&a.api_socket, &a.listen.socket_path) {
+            let same =
+                |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+            if same(api) == same(socket) {
+                return Err(ConfigError::SamePath(api.clone()));
+            }
+        }
         let proxy = match &a.proxy_target {
             Some(t) => Some((
                 a.proxy_port,
@@ -586,6 +595,16 @@ mod tests {
             parse(&["--proxy-target", "nowhere"]),
             Err(ConfigError::ProxyTarget(_))
         ));
+        let e = parse(&["--proxy-target", "localhost:3128"]).unwrap_err();
+        assert!(e.to_string().contains("names are not resolved"), "{e}");
+        let e = parse(&[
+            "--socket-path",
+            "/run/x/net.sock",
+            "--api-socket",
+            "/run/x/./net.sock",
+        ])
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::SamePath(_)), "{e}");
         assert!(matches!(
             parse(&["--max-flows", "0"]),
             Err(ConfigError::MaxFlows)

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use airlock_common::config_file;
-use airlock_common::report::{report, EXIT_FAILURE, EXIT_USAGE};
+use airlock_common::report::{report, EXIT_USAGE};
 use airlock_net::args::Args;
 use airlock_net::config::Config;
 use clap::CommandFactory;
@@ -30,6 +30,6 @@ fn main() -> ExitCode {
     };
     match airlock_net::run(config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(&e, EXIT_FAILURE),
+        Err(e) => report(&e, e.exit_code()),
     }
 }

@@ -77,6 +77,8 @@ fn usage_errors_exit_2_with_a_cause_chain() {
         let (status, _, err) = run_to_exit(args, &[]);
         assert_eq!(status.code(), Some(2), "{args:?}: {err}");
         assert!(err.starts_with("error: "), "{args:?}: {err}");
+        // Printed once (not again through the logger).
+        assert_eq!(err.matches("error: ").count(), 1, "{args:?}: {err}");
         assert!(
             err.contains(expected),
             "{args:?}: expected {expected:?} in:\n{err}"

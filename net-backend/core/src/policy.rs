@@ -75,7 +75,7 @@ pub enum PolicyError {
     Proto(String),
     #[error("unknown action {0:?} (allow or deny)")]
     Action(String),
-    #[error("{file}:{line}: {source}")]
+    #[error("invalid egress rule at {file}:{line}")]
     File {
         file: String,
         line: usize,
@@ -564,6 +564,11 @@ mod tests {
         let err = Policy::parse_file("rules", "allow 10.0.0.0/8\npermit 1.2.3.4\n").unwrap_err();
         assert_eq!(err.to_string(), "rules:2: expected `allow RULE`, `deny RULE` or `default allow|deny`, got \"permit 1.2.3.4\"");
         let err = Policy::parse_file("f", "deny 300.0.0.1\n").unwrap_err();
-        assert!(err.to_string().starts_with("f:1: "), "{err}");
+        // Each line of the chain says something new.
+        assert_eq!(
+            airlock_common::report::chain(&err),
+            "error: invalid egress rule at f:1\n\
+             caused by: \"300.0.0.1\" is not an IPv4 network (expected e.g. 10.0.0.0/8 or 192.168.1.10)"
+        );
     }
 }
