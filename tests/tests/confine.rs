@@ -315,6 +315,30 @@ fn net_and_proxy_serve_as_nobody(test: &str, user_args: &[&str]) {
             d.log()
         );
     }
+    // Their sockets go when they exit, although nobody may not delete
+    // files in the (root's) directory they are in.
+    let meta = fs::metadata(&dir).unwrap();
+    assert!(
+        meta.uid() == 0 && meta.mode() & 0o022 == 0,
+        "the rig directory is root's, writable by root only"
+    );
+    for (d, sockets) in [(&net, vec![&vsock, &api]), (&proxy, vec![&proxy_socket])] {
+        let status = d.terminate();
+        assert!(status.success(), "{}: {status}\n{}", d.name(), d.log());
+        for socket in sockets {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while socket.exists() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} left {} behind\n{}",
+                    d.name(),
+                    socket.display(),
+                    d.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
 }
 
 /// Started as root with no `--user`, neither daemon keeps root: both serve
@@ -476,7 +500,6 @@ fn airlock_net_names_paths_its_user_cannot_reach() {
 /// asked for (a bounded number).
 #[test]
 fn airlock_fs_startup_checks_the_share_and_its_threads() {
-    use std::os::unix::fs::PermissionsExt;
     // Reachable by nobody up to the share itself (rig directories are not).
     let top = tempfile::Builder::new()
         .prefix("airlock-fs-startup-")

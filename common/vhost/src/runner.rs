@@ -114,7 +114,9 @@ where
 {
     if let Some(path) = listener.created_path().map(|p| p.to_owned()) {
         airlock_common::signals::at_exit(move || {
-            let _ = airlock_common::sandbox::remove_socket(&path);
+            if let Err(e) = airlock_common::sandbox::remove_socket(&path) {
+                log::warn!("cannot remove socket {}: {e}", path.display());
+            }
         });
     }
     log::info!("listening for a vhost-user frontend on {}", listener.source);
