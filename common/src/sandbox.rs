@@ -65,16 +65,15 @@ pub fn keep_socket_dirs<'a>(sockets: impl IntoIterator<Item = &'a Path>) {
 
 /// Removes a socket file the daemon created, through the directory kept by
 /// [`keep_socket_dir`] if there is one. A daemon that switched users may
-/// not be allowed to (the directory is root's): once it has, the [socket
-/// reaper](spawn_socket_reaper) removes the sockets it knows after the
-/// daemon exits, and this does nothing for them. Other failures are logged
-/// here; the result is for callers that act on it.
+/// not be allowed to (the directory is root's): then the [socket
+/// reaper](spawn_socket_reaper), forked while it was root, removes the
+/// socket once it has exited, or — without a reaper — the file stays and
+/// the next start replaces it. Failures are logged here; the result is for
+/// callers that act on it.
 pub fn remove_socket(socket: &Path) -> io::Result<()> {
     let dirs = SOCKET_DIRS.lock().unwrap_or_else(|e| e.into_inner());
-    if REAPER.get().is_some() && dirs.iter().any(|(p, _, _)| p == socket) {
-        return Ok(());
-    }
-    let result = match dirs.iter().find(|(p, _, _)| p == socket) {
+    let kept = dirs.iter().find(|(p, _, _)| p == socket);
+    let result = match kept {
         Some((_, dir, name)) => {
             // SAFETY: `dir` is an open directory descriptor and `name` a
             // NUL-terminated file name.
@@ -85,13 +84,22 @@ pub fn remove_socket(socket: &Path) -> io::Result<()> {
     match &result {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => log::info!(
-            "leaving {}: this process (uid {}) may not remove files from its \
-             directory; the next start replaces it",
-            socket.display(),
-            // SAFETY: geteuid(2) has no preconditions and cannot fail.
-            unsafe { libc::geteuid() }
-        ),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            if kept.is_some() && REAPER.get().is_some() {
+                log::debug!(
+                    "{} is removed by the socket reaper after exit",
+                    socket.display()
+                );
+                return Ok(());
+            }
+            log::info!(
+                "leaving {}: this process (uid {}) may not remove files from its \
+                 directory; the next start replaces it",
+                socket.display(),
+                // SAFETY: geteuid(2) has no preconditions and cannot fail.
+                unsafe { libc::geteuid() }
+            )
+        }
         Err(e) => log::warn!("cannot remove socket {}: {e}", socket.display()),
     }
     result
