@@ -833,6 +833,7 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     airlock_common::logging::init(&args.log, "passt", crate::LOG_TARGETS);
+    airlock_common::panic::install();
     log::info!(
         "started as passt: {}",
         t.argv
@@ -858,7 +859,7 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
     };
     match crate::run_with(config, startup) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(&e, EXIT_FAILURE),
+        Err(e) => report(&e, e.exit_code()),
     }
 }
 
