@@ -568,7 +568,7 @@ mod tests {
         assert_eq!(
             airlock_common::report::chain(&err),
             "error: invalid egress rule at f:1\n\
-             caused by: \"300.0.0.1\" is not an IPv4 network (expected e.g. 10.0.0.0/8 or 192.168.1.10)"
+             caused by: \"300.0.0.1\" is not a network (expected e.g. 10.0.0.0/8, 192.168.1.10, 2001:db8::/32 or [2001:db8::1])"
         );
     }
 }
