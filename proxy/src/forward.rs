@@ -19,10 +19,10 @@ use hyper_util::rt::TokioIo;
 
 use crate::audit::Exchange;
 use crate::body::{Direction, ProxyBody, UploadFailure};
+use crate::client::{ClientConn, PoolKey, Pooled, Shared};
 use crate::connect::{dial, ConnectError};
 use crate::headers;
 use crate::response;
-use crate::server::{ClientConn, Shared};
 use crate::target::{Target, TargetError};
 use crate::upstream::{Kind, Upstream};
 
@@ -110,19 +110,6 @@ impl ForwardError {
             }
         }
     }
-}
-
-/// Which connection a kept-alive origin connection leads to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum PoolKey {
-    Direct(Target),
-    Upstream(Target),
-}
-
-/// A kept-alive connection held by a [`ClientConn`].
-pub struct Pooled {
-    key: PoolKey,
-    sender: SendRequest<ProxyBody>,
 }
 
 pub async fn handle(

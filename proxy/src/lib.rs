@@ -19,6 +19,7 @@ use airlock_common::report::{EXIT_FAILURE, EXIT_USAGE};
 pub mod audit;
 pub mod body;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod connect;
 pub mod credentials;

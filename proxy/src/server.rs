@@ -4,12 +4,12 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_common::audit::AuditLog;
+use airlock_common::listen::{ListenError, SocketAccess};
 use airlock_common::ratelimited;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -22,20 +22,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::audit::{record_rejected, Exchange};
 use crate::body::ProxyBody;
-use crate::config::{Config, Limits, Listen};
+use crate::client::{ClientConn, Shared};
+use crate::config::{Config, Listen};
 use crate::connect::{Inbound, Loops, Secs};
-use crate::forward::{self, Pooled};
+use crate::forward;
 use crate::headers;
 use crate::io::{Meter, Metered, SharedIo};
-use crate::policy::Policy;
 use crate::response;
-use crate::target::Target;
 use crate::tunnel;
-use crate::upstream::Upstreams;
 
-/// Connections being refused (503) at once, beyond which they are just
-/// closed.
-const MAX_REFUSING: usize = 64;
 /// Most header fields in a request head (hyper's default, named here so
 /// the 431 for too many can say so).
 pub const MAX_HEADERS: usize = 100;
@@ -46,96 +41,14 @@ const REFUSE_GRACE: Duration = Duration::from_secs(2);
 pub enum ServerError {
     #[error("cannot listen on {0}")]
     Bind(Listen, #[source] io::Error),
-    #[error("cannot listen on unix:{0}: a running process is listening on that socket")]
-    SocketInUse(PathBuf),
-    #[error(
-        "cannot listen on unix:{0}: the path exists and is not a socket; refusing to replace it"
-    )]
-    NotASocket(PathBuf),
-    #[error("cannot remove the stale socket {0}")]
-    RemoveStale(PathBuf, #[source] io::Error),
+    #[error("cannot listen on {0}")]
+    Listen(Listen, #[source] ListenError),
     #[error("cannot set up signal handling")]
     Signals(#[source] io::Error),
     #[error(transparent)]
     Sandbox(#[from] airlock_common::sandbox::SandboxError),
     #[error(transparent)]
     Seccomp(#[from] airlock_common::seccomp::SeccompError),
-}
-
-/// What every connection needs.
-pub struct Shared {
-    pub upstreams: Upstreams,
-    pub policy: Policy,
-    pub audit: Option<Arc<AuditLog>>,
-    pub limits: Limits,
-    /// The proxy's own addresses, never connected to.
-    pub loops: Loops,
-    refusing: Arc<Semaphore>,
-}
-
-impl Shared {
-    pub fn new(
-        upstreams: Upstreams,
-        policy: Policy,
-        audit: Option<Arc<AuditLog>>,
-        limits: Limits,
-    ) -> Shared {
-        Shared {
-            upstreams,
-            policy,
-            audit,
-            limits,
-            loops: Loops::default(),
-            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
-        }
-    }
-
-    /// Applies the policy to `target`: `Some` is the 403 to send instead.
-    pub fn refusal(
-        &self,
-        target: &Target,
-        exchange: &Arc<Exchange>,
-        client: &str,
-    ) -> Option<Response<ProxyBody>> {
-        let verdict = self.policy.evaluate(&target.host);
-        exchange.set_verdict(verdict);
-        if verdict.allowed {
-            return None;
-        }
-        let why = self.policy.explain(&verdict);
-        ratelimited!(
-            log::Level::Info,
-            "{client}: {target} forbidden by policy: {why}"
-        );
-        Some(response::text(
-            StatusCode::FORBIDDEN,
-            Some("http_request_denied"),
-            format!(
-                "forbidden by policy: {why}\n\
-                 {target} may not be reached through airlock-proxy.\n"
-            ),
-            exchange,
-        ))
-    }
-}
-
-/// One client connection: who it is, its kept-alive origin connection, and
-/// its `--max-connections` slot (held until the connection and any tunnel
-/// it became are gone).
-pub struct ClientConn {
-    pub client: Arc<str>,
-    kept: Mutex<Option<Pooled>>,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl ClientConn {
-    pub fn take_kept(&self) -> Option<Pooled> {
-        self.kept.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-
-    pub fn keep(&self, pooled: Pooled) {
-        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(pooled);
-    }
 }
 
 enum Bound {
@@ -272,32 +185,14 @@ fn bind(listen: &Listen, owner: Owner) -> Result<Bound, ServerError> {
 /// replacing a stale socket file (one nobody listens on) but never a live
 /// socket or a non-socket.
 fn bind_unix(listen: &Listen, path: &Path, owner: Owner) -> Result<UnixListener, ServerError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(ServerError::SocketInUse(path.to_owned()));
-            }
-            std::fs::remove_file(path).map_err(|e| ServerError::RemoveStale(path.to_owned(), e))?;
-        }
-        Ok(_) => return Err(ServerError::NotASocket(path.to_owned())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(ServerError::Bind(listen.clone(), e)),
-    }
-    // SAFETY: umask(2) has no memory-safety preconditions and cannot fail.
-    // It is process-wide: this runs at startup, before any connection is
-    // served, so nothing else of ours creates files meanwhile; the socket is
-    // therefore never accessible to others, not even briefly.
-    let old_mask = unsafe { libc::umask(0o177) };
-    let result = std::os::unix::net::UnixListener::bind(path);
-    // SAFETY: as above; this restores the previous mask.
-    unsafe { libc::umask(old_mask) };
-    let std_listener = result.map_err(|e| ServerError::Bind(listen.clone(), e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| match owner {
-            Some((uid, gid)) => std::os::unix::fs::chown(path, Some(uid), Some(gid)),
-            None => Ok(()),
-        })
-        .and_then(|()| std_listener.set_nonblocking(true))
+    let access = match owner {
+        Some((uid, gid)) => SocketAccess::User(uid, gid),
+        None => SocketAccess::Owner,
+    };
+    let std_listener = airlock_common::listen::bind_socket(path, access)
+        .map_err(|e| ServerError::Listen(listen.clone(), e))?;
+    std_listener
+        .set_nonblocking(true)
         .map_err(|e| ServerError::Bind(listen.clone(), e))?;
     UnixListener::from_std(std_listener).map_err(|e| ServerError::Bind(listen.clone(), e))
 }
@@ -394,7 +289,7 @@ fn start<I>(
 
 /// Answers a connection that will not be served with `status` and `why`
 /// (logged, rate-limited, and audited), without taking a slot. At most
-/// [`MAX_REFUSING`] are answered at once; past that they are just closed.
+/// [`MAX_REFUSING`](crate::client) are answered at once; past that they are just closed.
 fn refuse<I>(
     io: I,
     client: Arc<str>,
@@ -462,11 +357,7 @@ pub async fn serve_connection<I>(
     let meter = Meter::new();
     let answer = SharedIo::new(io);
     let io = TokioIo::new(Metered::new(answer.clone(), meter.clone()));
-    let conn = Arc::new(ClientConn {
-        client: client.clone(),
-        kept: Mutex::new(None),
-        _slot: slot,
-    });
+    let conn = Arc::new(ClientConn::new(client.clone(), slot));
     let service_shared = shared.clone();
     let service = service_fn(move |req| {
         let shared = service_shared.clone();

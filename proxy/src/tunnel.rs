@@ -18,11 +18,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::audit::Exchange;
 use crate::body::ProxyBody;
+use crate::client::{ClientConn, Shared};
 use crate::connect::{dial, ConnectError, Loops, Outbound, Secs};
 use crate::headers;
 use crate::io::{Meter, Metered};
 use crate::response;
-use crate::server::{ClientConn, Shared};
 use crate::target::{Target, TargetError};
 use crate::upstream::{Kind, Upstream};
 

@@ -174,10 +174,7 @@ async fn unix_socket_listener_is_private_and_serves() {
     // A second instance may not take over a live socket.
     let (status, _, err) = run_to_exit(&["--ignore-proxy-env", "--listen", &listen], &[]);
     assert_eq!(status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("a running process is listening on that socket"),
-        "{err}"
-    );
+    assert!(err.contains("is in use by a running process"), "{err}");
 
     // SIGTERM: exit 0, socket removed.
     let status = proxy.terminate();
