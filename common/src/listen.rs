@@ -196,6 +196,9 @@ pub fn bind_path(path: &Path, group: Option<&str>) -> Result<UnixListener, Liste
 /// Binds `path` for `access`, replacing a stale socket file (one nobody
 /// listens on) but never a live socket or a non-socket file.
 pub fn bind_socket(path: &Path, access: SocketAccess) -> Result<UnixListener, ListenError> {
+    // Held until the socket is bound: a previous daemon's socket reaper
+    // checks and unlinks under the same lock.
+    let _lock = lock_socket_dir(path);
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
             Ok(_) => return Err(ListenError::InUse(path.to_owned())),
@@ -229,6 +232,38 @@ pub fn bind_socket(path: &Path, access: SocketAccess) -> Result<UnixListener, Li
         return Err(ListenError::Permissions(path.to_owned(), e));
     }
     Ok(listener)
+}
+
+/// Takes the exclusive `flock(2)` of the directory of `socket`, released
+/// when the returned file closes. Replacing a stale socket and binding a
+/// new one happen under it, and so does the socket reaper's
+/// check-then-unlink of the socket it was left (sandbox.rs): otherwise a
+/// daemon restarted at once could bind its socket between the old reaper's
+/// check and its unlink, and lose it. `None` (no lock, logged at debug)
+/// when the directory cannot be opened for reading; binding then goes on
+/// and fails with the real error if it must.
+pub fn lock_socket_dir(socket: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match socket.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| log::debug!("cannot open {} to lock it: {e}", dir.display()))
+        .ok()?;
+    // SAFETY: flock(2) on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        log::debug!(
+            "cannot lock {}: {}",
+            dir.display(),
+            io::Error::last_os_error()
+        );
+        return None;
+    }
+    Some(file)
 }
 
 impl ListenArgs {
@@ -317,6 +352,34 @@ mod tests {
         let err = args(&path).bind().unwrap_err();
         assert!(matches!(err, ListenError::InUse(_)), "{err}");
         drop(live);
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_only_under_the_directory_lock() {
+        // What a previous daemon's socket reaper holds while it checks and
+        // unlinks the socket it was left.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        drop(UnixListener::bind(&path).unwrap());
+        let stale = std::fs::metadata(&path).unwrap().ino();
+        let reaper = lock_socket_dir(&path).expect("lock");
+        // (A replacement may reuse the inode number: whether anyone
+        // listens tells the two apart.)
+        let binder = {
+            let path = path.clone();
+            std::thread::spawn(move || bind_socket(&path, SocketAccess::Owner))
+        };
+        // The binder is blocked on the lock, so the reaper's view holds:
+        // the stale socket is still the one at the path. (However long
+        // this waits, a binder that ignored the lock would have been free
+        // to replace it; one that honours it never can.)
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), stale);
+        assert!(UnixStream::connect(&path).is_err());
+        assert!(!binder.is_finished());
+        drop(reaper);
+        let _listener = binder.join().unwrap().unwrap();
+        assert!(UnixStream::connect(&path).is_ok());
     }
 
     #[test]

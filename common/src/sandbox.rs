@@ -111,6 +111,10 @@ static REAPER: OnceLock<OwnedFd> = OnceLock::new();
 /// A socket the reaper removes: its directory, name and identity.
 struct ReapTarget {
     dir: RawFd,
+    /// The directory opened for reading, to hold its lock (see
+    /// [`crate::listen::lock_socket_dir`]) while checking and unlinking;
+    /// -1 if it could not be opened.
+    lock: RawFd,
     name: *const libc::c_char,
     dev: libc::dev_t,
     ino: libc::ino_t,
@@ -147,8 +151,18 @@ pub fn spawn_socket_reaper() -> io::Result<()> {
             )
         };
         if rc == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK {
+            // SAFETY: `dir` is an open directory descriptor (O_PATH serves
+            // as the base of openat) and "." a NUL-terminated name.
+            let lock = unsafe {
+                libc::openat(
+                    dir.as_raw_fd(),
+                    c".".as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                )
+            };
             targets.push(ReapTarget {
                 dir: dir.as_raw_fd(),
+                lock,
                 name: name.as_ptr(),
                 dev: st.st_dev,
                 ino: st.st_ino,
@@ -160,14 +174,34 @@ pub fn spawn_socket_reaper() -> io::Result<()> {
             });
         }
     }
+    // The parent keeps no lock descriptor: only the reaper locks.
+    let close_locks = |targets: &[ReapTarget]| {
+        for t in targets.iter().filter(|t| t.lock >= 0) {
+            // SAFETY: opened above and owned by nobody else in this process.
+            unsafe { libc::close(t.lock) };
+        }
+    };
     if targets.is_empty() {
         return Ok(());
     }
-    let filter = reaper_filter()?;
+    let filter = match reaper_filter() {
+        Ok(f) => f,
+        Err(e) => {
+            close_locks(&targets);
+            return Err(e);
+        }
+    };
     let mut pipe = [0 as libc::c_int; 2];
     // SAFETY: `pipe` is valid for writes of two descriptors.
-    check(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    let mut keep: Vec<RawFd> = targets.iter().map(|t| t.dir).collect();
+    if let Err(e) = check(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) }) {
+        close_locks(&targets);
+        return Err(e);
+    }
+    let mut keep: Vec<RawFd> = targets
+        .iter()
+        .flat_map(|t| [t.dir, t.lock])
+        .filter(|&fd| fd >= 0)
+        .collect();
     keep.push(pipe[0]);
     keep.sort_unstable();
     keep.dedup();
@@ -181,6 +215,7 @@ pub fn spawn_socket_reaper() -> io::Result<()> {
                 libc::close(pipe[0]);
                 libc::close(pipe[1]);
             }
+            close_locks(&targets);
             Err(e)
         }
         // SAFETY: in the child; see reap.
@@ -189,6 +224,7 @@ pub fn spawn_socket_reaper() -> io::Result<()> {
             // SAFETY: the read end is the child's; the write end is ours
             // alone and stays open until this process exits.
             unsafe { libc::close(pipe[0]) };
+            close_locks(&targets);
             // SAFETY: `pipe[1]` is an open descriptor owned by nobody else.
             let _ = REAPER.set(unsafe { OwnedFd::from_raw_fd(pipe[1]) });
             drop(dirs);
@@ -200,7 +236,8 @@ pub fn spawn_socket_reaper() -> io::Result<()> {
 
 /// The reaper's filter: what waiting and unlinking takes.
 fn reaper_filter() -> io::Result<seccompiler::BpfProgram> {
-    let list = "read\nwrite\nclose\nnewfstatat\nstatx\nunlinkat\nexit\nexit_group\nrt_sigreturn\n";
+    let list =
+        "read\nwrite\nclose\nflock\nnewfstatat\nstatx\nunlinkat\nexit\nexit_group\nrt_sigreturn\n";
     crate::seccomp::compile(list, crate::seccomp::SeccompMode::Kill)
         .ok()
         .flatten()
@@ -251,12 +288,22 @@ unsafe fn reap(
             }
         }
         for t in targets {
+            // A daemon starting on the same path replaces the stale socket
+            // under the directory's lock (listen::bind_socket): holding it,
+            // the check and the unlink see the same file, so the new
+            // daemon's socket is never the one removed.
+            if t.lock >= 0 {
+                libc::flock(t.lock, libc::LOCK_EX);
+            }
             let mut st: libc::stat = std::mem::zeroed();
             let same = libc::fstatat(t.dir, t.name, &mut st, libc::AT_SYMLINK_NOFOLLOW) == 0
                 && st.st_dev == t.dev
                 && st.st_ino == t.ino;
             if same && libc::unlinkat(t.dir, t.name, 0) != 0 {
                 libc::write(2, t.failure.as_ptr().cast(), t.failure.len());
+            }
+            if t.lock >= 0 {
+                libc::flock(t.lock, libc::LOCK_UN);
             }
         }
         libc::_exit(0)
