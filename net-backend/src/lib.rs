@@ -5,14 +5,18 @@
 //! - [`device`] / `virtio_net`: the virtqueues (frames to and from guest
 //!   memory) and the vhost-user backend;
 //! - [`args`], [`config`]: the command line;
-//! - [`api`]: the control API (`--api-socket`): ports at runtime, stats,
-//!   flows, leases.
+//! - [`api`]: the control API (`--api-socket`): ports and DNS records at
+//!   runtime, stats, flows, leases;
+//! - [`resolv`]: following the host's resolv.conf.
 
 pub mod api;
 pub mod args;
 pub mod config;
 pub mod device;
+pub mod resolv;
 mod virtio_net;
+
+use std::sync::Arc;
 
 use airlock_common::audit::AuditOpenError;
 use airlock_common::daemon::Nofile;
@@ -47,6 +51,8 @@ pub enum NetError {
     Sandbox(#[from] airlock_common::sandbox::SandboxError),
     #[error("cannot set up signal handling")]
     Signals(#[source] std::io::Error),
+    #[error("cannot watch {0} for changes")]
+    Watch(std::path::PathBuf, #[source] std::io::Error),
     #[error(transparent)]
     Seccomp(#[from] airlock_common::seccomp::SeccompError),
 }
@@ -71,9 +77,15 @@ pub fn run(config: Config) -> Result<(), NetError> {
     // share it).
     airlock_common::sandbox::enter(&config.confine)?;
     airlock_common::signals::install().map_err(NetError::Signals)?;
-    let shared = Shared::new(config.gateway.guest_ip, config.policy.clone(), audit)?;
-    // The control API (--api-socket): ports at runtime, stats, flows, leases.
-    // The socket file goes when `_api` drops or a signal ends the process.
+    let shared = Shared::new(
+        config.gateway.guest_ip,
+        config.policy.clone(),
+        config.dns.clone(),
+        audit,
+    )?;
+    // The control API (--api-socket): ports and DNS records at runtime,
+    // stats, flows, leases. The socket file goes when `_api` drops or a
+    // signal ends the process.
     let _api = match &config.api_socket {
         Some(path) => Some(api::start(
             path,
@@ -84,6 +96,18 @@ pub fn run(config: Config) -> Result<(), NetError> {
     // Published ports are bound before anything listens: a port in use is a
     // startup error, not a surprise later.
     shared.publish(&config.publish)?;
+    // The host's resolv.conf is followed unless --dns-upstream fixed the
+    // resolvers: watched from now on, and reread on SIGHUP.
+    let reloader = config.resolv_conf.as_ref().map(|path| {
+        Arc::new(resolv::Reloader::new(
+            path.clone(),
+            config.search_from_file,
+            shared.clone(),
+        ))
+    });
+    if let Some(r) = &reloader {
+        resolv::watch(r.clone()).map_err(|e| NetError::Watch(r.path().to_owned(), e))?;
+    }
     let reload = shared.clone();
     airlock_common::signals::on_hup(move || {
         if let Err(e) = reload.reload_policy() {
@@ -92,28 +116,39 @@ pub fn run(config: Config) -> Result<(), NetError> {
                 airlock_common::report::chain(&e).replace('\n', "; ")
             );
         }
+        if let Some(r) = &reloader {
+            r.reload();
+        }
     });
     let listener = config.listen.bind()?;
     // Everything is bound and open: read-only mounts, --user, seccomp.
     airlock_common::sandbox::confine(&config.confine)?;
     airlock_common::seccomp::apply(SECCOMP_ALLOW_LIST, config.seccomp)?;
     let g = &config.gateway;
+    let view = shared.dns.view();
+    let upstreams: Vec<String> = view
+        .upstreams()
+        .iter()
+        .map(|u| u.addr.to_string())
+        .collect();
     log::info!(
-        "gateway {}/{} for guest {}, mtu {}, dns upstream {} (from {})",
+        "gateway {}/{} for guest {}, mtu {}, dns upstream {} (from {}{}), search [{}]",
         g.gateway_ip,
         g.prefix_len,
         g.guest_ip,
         g.mtu,
-        if g.dns_upstreams.is_empty() {
+        if upstreams.is_empty() {
             "none".to_owned()
         } else {
-            g.dns_upstreams
-                .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            upstreams.join(", ")
         },
-        config.upstream_source,
+        config.dns.source,
+        if config.resolv_conf.is_some() {
+            ", followed"
+        } else {
+            ""
+        },
+        view.search().join(" "),
     );
     runner::run(listener, "airlock-net", config.exit_on_disconnect, || {
         NetSession::new(config.gateway.clone(), shared.clone(), config.offer_csum)

@@ -7,7 +7,8 @@
 //! where it goes, and hands it to a service or a flow:
 //! - ARP for the gateway's addresses and off-link destinations → answered;
 //! - DHCP (UDP 67) → [`crate::services::dhcp`]; DNS to the gateway →
-//!   [`crate::services::dns`] (local names) or forwarded upstream;
+//!   [`crate::services::dns`] (local names, local zones) or forwarded to
+//!   the resolvers of the name's zone;
 //! - ICMP echo → answered for the gateway and aliases, else a ping flow;
 //! - TCP and UDP → a flow of [`crate::flows`], found by its key or opened.
 
@@ -45,7 +46,7 @@ use crate::phy::{GuestTx, IpDevice, NullTx};
 use crate::poller::{FlowId, Poller, Source};
 use crate::services::dhcp::{DhcpServer, LeaseInfo};
 use crate::services::dns::bridge::DnsBridge;
-use crate::services::dns::{self, forward, LocalOutcome};
+use crate::services::dns::{self, forward, Plan};
 use crate::shared::Shared;
 use crate::stats::DropReason;
 use crate::wire;
@@ -61,6 +62,8 @@ pub struct Gateway {
     no_sockets: SocketSet<'static>,
     events: Vec<(FlowId, Source, EventSet)>,
     due: Vec<FlowId>,
+    /// The DNS settings DHCP was last given ([`Gateway::sync_dns`]).
+    dns_generation: Option<u64>,
 }
 
 fn random_seed() -> u64 {
@@ -114,8 +117,10 @@ impl Gateway {
             no_sockets: SocketSet::new(Vec::new()),
             events: Vec::new(),
             due: Vec::new(),
+            dns_generation: None,
         };
         gateway.listeners.sync(&gateway.flows);
+        gateway.sync_dns();
         Ok(gateway)
     }
 
@@ -366,10 +371,7 @@ impl Gateway {
         packet: &GuestPacket,
         tx: &mut dyn GuestTx,
     ) {
-        let bridge = DnsBridge::new(
-            self.cfg.records.clone(),
-            self.cfg.dns_upstreams.first().copied(),
-        );
+        let bridge = DnsBridge::new(self.shared().dns.view());
         let limits = self.cfg.tcp;
         let opened = self.flows.open(tx, |_, cx| {
             Ok(Box::new(TcpFlow::open_dns(
@@ -532,32 +534,21 @@ impl Gateway {
         msg: &[u8],
         tx: &mut dyn GuestTx,
     ) {
-        let reply = match dns::answer_local(msg, &self.cfg.records) {
-            Ok(LocalOutcome::Answer(reply)) => Some(reply),
-            Ok(LocalOutcome::Forward) => {
-                // Names in our own zone that we don't have never leave the host.
-                let local = dns::parse_query(msg).is_ok_and(|q| {
-                    self.cfg
-                        .local_zones
-                        .iter()
-                        .any(|z| dns::in_zone(&q.name, z))
-                });
-                if local {
-                    dns::error_reply(msg, dns::Rcode::NxDomain)
-                } else if self.cfg.dns_upstreams.is_empty() {
-                    dns::error_reply(msg, dns::Rcode::ServFail)
-                } else {
-                    forward::forward(
-                        &mut self.flows,
-                        guest,
-                        gateway,
-                        msg,
-                        &self.cfg.dns_upstreams,
-                        self.cfg.udp_timeout,
-                        tx,
-                    );
-                    None
-                }
+        let view = self.shared().dns.view();
+        let reply = match dns::plan(msg, &view, None) {
+            Ok(Plan::Answer(reply)) => {
+                self.shared().dns.count_local();
+                Some(reply)
+            }
+            Ok(Plan::NoUpstream(reply)) => {
+                self.shared().dns.count_failed();
+                Some(reply)
+            }
+            Ok(Plan::Forward(fwd)) => {
+                self.shared().dns.count_forwarded();
+                let timeout = self.cfg.udp_timeout;
+                forward::forward(&mut self.flows, guest, gateway, msg, fwd, timeout, tx);
+                None
             }
             Err(e) => {
                 ratelimited!(log::Level::Info, "malformed DNS query from the guest: {e}");
@@ -568,6 +559,19 @@ impl Gateway {
         if let Some(reply) = reply {
             self.flows.cx(tx).send_udp(gateway, guest, &reply, None);
         }
+    }
+
+    /// Hands the DNS service's search list to DHCP when it changed (a
+    /// renewing guest picks it up): option 15 is its first domain, option
+    /// 119 all of them.
+    fn sync_dns(&mut self) {
+        let view = self.shared().dns.view();
+        if self.dns_generation == Some(view.generation) {
+            return;
+        }
+        self.dns_generation = Some(view.generation);
+        self.dhcp
+            .set_domains(view.search().first().cloned(), view.search().to_vec());
     }
 
     // ---- ICMP -----------------------------------------------------------------
@@ -740,12 +744,14 @@ impl Gateway {
         }
     }
 
-    /// Ports, the policy or a query changed (control API, SIGHUP): register
-    /// new published sockets, close established flows the policy now
-    /// denies, and answer the control API's questions about this guest.
+    /// Ports, the policy, the DNS settings or a query changed (control
+    /// API, SIGHUP, resolv.conf): register new published sockets, close
+    /// established flows the policy now denies, pass the search list on to
+    /// DHCP, and answer the control API's questions about this guest.
     pub fn control(&mut self, tx: &mut dyn GuestTx) {
         let queries = self.shared().take_notification();
         self.listeners.sync(&self.flows);
+        self.sync_dns();
         let policy = self.shared().policy();
         let denied: Vec<(FlowId, Proto, String)> = self
             .flows

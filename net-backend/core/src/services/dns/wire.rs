@@ -28,7 +28,9 @@ pub(super) mod flag {
 /// Record types and classes used here.
 pub(super) mod rr {
     pub(crate) const TYPE_A: u16 = 1;
+    pub(crate) const TYPE_CNAME: u16 = 5;
     pub(crate) const TYPE_PTR: u16 = 12;
+    pub(crate) const TYPE_AAAA: u16 = 28;
     pub(crate) const TYPE_OPT: u16 = 41;
     pub(crate) const TYPE_ANY: u16 = 255;
     pub(crate) const CLASS_IN: u16 = 1;
