@@ -12,6 +12,8 @@
 //! - ICMP echo → answered for the gateway and aliases, else a ping flow;
 //! - TCP and UDP → a flow of [`crate::flows`], found by its key or opened.
 
+#[cfg(test)]
+mod dns_tests;
 mod egress;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -558,7 +558,7 @@ pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
 }
 
 /// UDP payloads the gateway sent to the guest from `src_port`.
-fn udp_payloads(tx: &Recorder, src_port: u16) -> Vec<Vec<u8>> {
+pub fn udp_payloads(tx: &Recorder, src_port: u16) -> Vec<Vec<u8>> {
     tx.frames
         .iter()
         .filter_map(|f| {
@@ -571,7 +571,7 @@ fn udp_payloads(tx: &Recorder, src_port: u16) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn rcode(reply: &[u8]) -> u8 {
+pub fn rcode(reply: &[u8]) -> u8 {
     reply[3] & 0x0f
 }
 
@@ -644,7 +644,7 @@ fn dns_without_upstream_is_servfail_and_garbage_is_formerr() {
 
 /// Completes a guest handshake with the gateway for `dst:port`; returns the
 /// gateway's next sequence number.
-fn handshake(gw: &mut Gateway, tx: &mut Recorder, sport: u16, dst: Ipv4Addr, port: u16) -> u32 {
+pub fn handshake(gw: &mut Gateway, tx: &mut Recorder, sport: u16, dst: Ipv4Addr, port: u16) -> u32 {
     gw.guest_frame(
         &tcp_frame(sport, dst, port, TcpControl::Syn, 100, None, b""),
         false,
@@ -672,7 +672,7 @@ fn handshake(gw: &mut Gateway, tx: &mut Recorder, sport: u16, dst: Ipv4Addr, por
     next
 }
 
-fn guest_bytes(tx: &Recorder) -> Vec<u8> {
+pub fn guest_bytes(tx: &Recorder) -> Vec<u8> {
     tx.frames
         .iter()
         .filter_map(|f| parse_tcp(f))

@@ -510,7 +510,7 @@ fn decode_full(m: &[u8]) -> Full {
     let (labels, at) = read_name(m, HEADER_LEN).unwrap();
     let question = raw_name(&labels);
     let mut pos = at + 4;
-    let mut section = |n: u16, pos: &mut usize| {
+    let section = |n: u16, pos: &mut usize| {
         (0..n)
             .map(|_| {
                 let (labels, _) = read_name(m, *pos).unwrap();
