@@ -101,6 +101,8 @@ impl Reloader {
                     }
                 );
                 *failing = true;
+            } else {
+                log::debug!("{problem} (still unusable)");
             }
             return;
         }
