@@ -45,7 +45,10 @@ fn api(path: &Path, method: &str, target: &str, body: &str) -> (u16, serde_json:
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no status in {text:?}"));
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text:?}")))
+    (
+        status,
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text:?}")),
+    )
 }
 
 /// Waits until the daemon's resolvers are `want`; returns how long it took.
@@ -56,7 +59,11 @@ fn wait_upstreams(api_path: &Path, want: &[&str]) -> Duration {
         if dns["upstreams"] == serde_json::json!(want) {
             return start.elapsed();
         }
-        assert!(start.elapsed() < PATIENCE, "resolvers stay {}, want {want:?}", dns["upstreams"]);
+        assert!(
+            start.elapsed() < PATIENCE,
+            "resolvers stay {}, want {want:?}",
+            dns["upstreams"]
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -105,7 +112,10 @@ fn the_guest_follows_the_hosts_resolvers_zones_search_list_and_records() {
     };
     let r1 = DnsResolver::serve(ns.bind_udp((R1, 53).into()), &records([10, 1, 0, 1]));
     let r2 = DnsResolver::serve(ns.bind_udp((R2, 53).into()), &records([10, 2, 0, 2]));
-    let r3 = DnsResolver::serve(ns.bind_udp(R3), &[("a.corp.test", Ipv4Addr::new(10, 3, 0, 3))]);
+    let r3 = DnsResolver::serve(
+        ns.bind_udp(R3),
+        &[("a.corp.test", Ipv4Addr::new(10, 3, 0, 3))],
+    );
     let mut rig = Rig::new("dns_follows_the_host");
     let dir: PathBuf = rig.dir().to_owned();
     std::fs::create_dir_all(dir.join("etc")).unwrap();
@@ -121,7 +131,12 @@ fn the_guest_follows_the_hosts_resolvers_zones_search_list_and_records() {
         .arg(&api_path)
         .arg("--resolv-conf")
         .arg(&conf)
-        .args(["--dns-zone", &format!("corp.test={R3}"), "--log-level", "debug"]);
+        .args([
+            "--dns-zone",
+            &format!("corp.test={R3}"),
+            "--log-level",
+            "debug",
+        ]);
     let daemon = rig.spawn_daemon("airlock-net", cmd);
     rig.wait_for_socket(&socket, Duration::from_secs(10));
 
@@ -168,13 +183,24 @@ echo "DONE removed"
     assert_eq!(value(&out, "first which="), "10.1.0.1 status=0");
     // glibc (curl) tried short.lab.test: the search list at work.
     assert_eq!(value(&out, "short "), format!("Trying {GATEWAY}"));
-    assert!(asked(&r1).contains(&"short.lab.test".to_owned()), "{:?}", asked(&r1));
+    assert!(
+        asked(&r1).contains(&"short.lab.test".to_owned()),
+        "{:?}",
+        asked(&r1)
+    );
     // The zone's name went to R3 only.
     assert_eq!(value(&out, "zone a.corp.test="), "10.3.0.3 status=0");
     let corp = asked(&r3);
-    assert!(!corp.is_empty() && corp.iter().all(|n| n == "a.corp.test"), "{corp:?}");
+    assert!(
+        !corp.is_empty() && corp.iter().all(|n| n == "a.corp.test"),
+        "{corp:?}"
+    );
     for r in [&r1, &r2] {
-        assert!(!asked(r).iter().any(|n| n.ends_with("corp.test")), "{:?}", asked(r));
+        assert!(
+            !asked(r).iter().any(|n| n.ends_with("corp.test")),
+            "{:?}",
+            asked(r)
+        );
     }
 
     let r1s = format!("{R1}:53");
@@ -222,7 +248,10 @@ echo "DONE removed"
         .find(|u| u["address"] == r1s.as_str())
         .unwrap_or_else(|| panic!("{stats}"))
         .clone();
-    assert!(r1_stats["down"] == true && r1_stats["unreachable"].as_u64() >= Some(1), "{r1_stats}");
+    assert!(
+        r1_stats["down"] == true && r1_stats["unreachable"].as_u64() >= Some(1),
+        "{r1_stats}"
+    );
 
     // Records through the API: the airlock CLI, gvisor-tap-vsock's shape,
     // a CNAME to a name only the resolvers know; bad input is a 400.
@@ -236,8 +265,14 @@ echo "DONE removed"
         assert!(out.status.success(), "airlock {args:?}: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    assert_eq!(cli(&["dns", "add", "api.test", "10.9.9.9"]), "added api.test A 10.9.9.9\n");
-    assert_eq!(cli(&["dns", "add", "alias.test", "which.test"]), "added alias.test CNAME which.test\n");
+    assert_eq!(
+        cli(&["dns", "add", "api.test", "10.9.9.9"]),
+        "added api.test A 10.9.9.9\n"
+    );
+    assert_eq!(
+        cli(&["dns", "add", "alias.test", "which.test"]),
+        "added alias.test CNAME which.test\n"
+    );
     let (status, _) = api(
         &api_path,
         "POST",
@@ -245,28 +280,46 @@ echo "DONE removed"
         r#"{"Name":"dynamic.internal.","Records":[{"Name":"test","IP":"192.168.127.254"}]}"#,
     );
     assert_eq!(status, 200);
-    for body in [r#"{"name":"x.test"}"#, r#"{"name":"x.test","value":"1.2.3"}"#, "not json"] {
+    for body in [
+        r#"{"name":"x.test"}"#,
+        r#"{"name":"x.test","value":"1.2.3"}"#,
+        "not json",
+    ] {
         let (status, err) = api(&api_path, "POST", "/dns/add", body);
         assert_eq!(status, 400, "{body}: {err}");
-        assert!(err["error"].as_str().is_some_and(|e| !e.is_empty()), "{err}");
+        assert!(
+            err["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{err}"
+        );
     }
     out.push_str(&step(&mut vm, "records"));
     assert_eq!(value(&out, "records api.test="), "10.9.9.9 status=0");
-    assert_eq!(value(&out, "records test.dynamic.internal="), "192.168.127.254 status=0");
+    assert_eq!(
+        value(&out, "records test.dynamic.internal="),
+        "192.168.127.254 status=0"
+    );
     assert_eq!(value(&out, "records alias.test="), "10.2.0.2 status=0");
     for r in [&r2, &r3] {
         let names = asked(r);
         assert!(
-            !names.iter().any(|n| n == "api.test" || n.ends_with("dynamic.internal")),
+            !names
+                .iter()
+                .any(|n| n == "api.test" || n.ends_with("dynamic.internal")),
             "local names went upstream: {names:?}"
         );
     }
 
     // Removed: the name is the resolvers' again (they do not know it).
-    assert_eq!(cli(&["dns", "rm", "api.test"]), "removed api.test A 10.9.9.9\n");
+    assert_eq!(
+        cli(&["dns", "rm", "api.test"]),
+        "removed api.test A 10.9.9.9\n"
+    );
     out.push_str(&step(&mut vm, "removed"));
     let removed = value(&out, "removed api.test=");
-    assert!(removed.starts_with("NXDOMAIN") && !removed.ends_with("status=0"), "{removed}");
+    assert!(
+        removed.starts_with("NXDOMAIN") && !removed.ends_with("status=0"),
+        "{removed}"
+    );
     assert!(asked(&r2).contains(&"api.test".to_owned()));
     // A renewing guest picks up the new search list.
     assert_eq!(value(&out, "renewed "), "search other.test");

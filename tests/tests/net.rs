@@ -110,7 +110,10 @@ fn dhcp_ping_and_dns() {
     let mut args = upstream(&resolver).to_vec();
     args.extend(["--dns-record".into(), "test.example=10.9.8.7".into()]);
     // A search list whose names share a tail: option 119 compresses it.
-    args.extend(["--dns-search".into(), "lab.corp.example,corp.example".into()]);
+    args.extend([
+        "--dns-search".into(),
+        "lab.corp.example,corp.example".into(),
+    ]);
     let (daemon, socket) = start_net(&mut rig, None, &args);
 
     let script = format!(
