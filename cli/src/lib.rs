@@ -101,15 +101,19 @@ pub enum DnsCommand {
     /// that has no records of its own. The guest sees it at once; it lasts
     /// until airlock-net stops (use --dns-record for good).
     Add {
+        /// The name (db.test), or *.NAME for every name below NAME.
         #[arg(value_name = "NAME")]
         name: String,
+        /// An IPv4 address, an IPv6 address or a host name.
         #[arg(value_name = "VALUE")]
         value: String,
     },
     /// Remove the records of NAME, or only the one with VALUE.
     Rm {
+        /// The name whose records go.
         #[arg(value_name = "NAME")]
         name: String,
+        /// Only the record with this address or target.
         #[arg(value_name = "VALUE")]
         value: Option<String>,
     },
