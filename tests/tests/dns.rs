@@ -328,3 +328,51 @@ echo "DONE removed"
     out.assert_success();
     assert!(daemon.is_running(), "{}", daemon.log());
 }
+
+/// Not a check but a measurement (`cargo test -p airlock-e2e --test dns --
+/// --ignored --nocapture`): what one lookup costs the guest when the
+/// gateway answers it itself (the best a cache in airlock-net could do)
+/// and when it forwards it to a resolver on the host's loopback, with
+/// busybox nslookup and with glibc (getent is not in the test guest, so
+/// curl's resolve step: `curl -w %{time_namelookup}`).
+#[test]
+#[ignore]
+fn measure_local_and_forwarded_lookups() {
+    let resolver = DnsResolver::start(&[("forwarded.test", Ipv4Addr::new(10, 1, 2, 3))]);
+    let mut rig = Rig::new("dns_measure");
+    let socket = rig.dir().join("net.sock");
+    let mut cmd = Command::new(Rig::bin("airlock-net"));
+    cmd.arg("--socket-path")
+        .arg(&socket)
+        .args(["--dns-upstream", &resolver.addr().to_string()])
+        .args(["--dns-record", "local.test=192.168.127.1"]);
+    rig.spawn_daemon("airlock-net", cmd);
+    rig.wait_for_socket(&socket, Duration::from_secs(10));
+    let script = r#"
+udhcpc -i eth0 -q -n -t 5 -O mtu >/dev/null 2>&1 || exit 1
+now() { cut -d' ' -f1 /proc/uptime | tr -d .; }
+for name in local.test forwarded.test local.test forwarded.test; do
+    nslookup -type=a $name | grep -q 'Address: 1' || { echo "no answer for $name"; exit 1; }
+    t0=$(now); i=0
+    while [ $i -lt 200 ]; do nslookup -type=a $name >/dev/null 2>&1; i=$((i+1)); done
+    t1=$(now)
+    echo "nslookup $name: $(( (t1 - t0) * 10 / 200 )) ms per lookup (200)"
+    us=$(for i in $(seq 50); do
+        curl -s -o /dev/null -w '%{time_namelookup}\n' --max-time 5 http://$name:9/
+    done | awk '{ s += $1 } END { printf "%d", s / NR * 1000000 }')
+    echo "glibc $name: $us us per lookup (50, curl time_namelookup)"
+done
+"#;
+    let out = rig
+        .boot(VmConfig {
+            script: script.to_owned(),
+            qemu_args: net_device_args(&socket, MAC, false),
+            timeout: VM_TIMEOUT,
+            ..VmConfig::default()
+        })
+        .wait();
+    out.assert_success();
+    for line in out.output.lines().filter(|l| l.contains(" per lookup")) {
+        eprintln!("{line}");
+    }
+}

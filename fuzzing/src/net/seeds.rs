@@ -569,6 +569,24 @@ fn api() -> Vec<(&'static str, Vec<u8>)> {
         "GET /nope HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_owned(),
     ]
     .concat();
+    let dns = [
+        http("POST", "/dns/add", r#"{"name":"db.test","value":"10.0.0.5"}"#, ""),
+        http("POST", "/dns/add", r#"{"name":"*.apps.test","type":"AAAA","value":"fd00::9"}"#, ""),
+        http("POST", "/dns/add", r#"{"name":"www.test","value":"db.test"}"#, ""),
+        http("GET", "/dns", "", ""),
+        http(
+            "POST",
+            "/services/dns/add",
+            r#"{"Name":"dynamic.internal.","Records":[{"Name":"test","IP":"192.168.127.254"}],"DefaultIP":"10.0.0.1"}"#,
+            "",
+        ),
+        http("GET", "/services/dns/all", "", ""),
+        http("POST", "/dns/remove", r#"{"name":"db.test","value":"10.0.0.5"}"#, ""),
+        http("POST", "/dns/remove", r#"{"name":"host.airlock.internal"}"#, ""),
+    ]
+    .concat();
+    let mut dns_session = vec![0, 1];
+    dns_session.extend_from_slice(dns.as_bytes());
     let mut one_byte_reads = vec![1, 1];
     one_byte_reads.extend_from_slice(session.as_bytes());
     let mut whole = vec![0, 1];
@@ -579,5 +597,6 @@ fn api() -> Vec<(&'static str, Vec<u8>)> {
         ("session-byte-by-byte", one_byte_reads),
         ("session", whole),
         ("errors", errors),
+        ("dns", dns_session),
     ]
 }
