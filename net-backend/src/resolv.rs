@@ -14,7 +14,8 @@
 //! created, written and closed) is one reload. inotify works in the
 //! daemon's private, read-only mount namespace: it watches the same
 //! directories the host changes. Mounts the host makes after the daemon
-//! started are not seen there.
+//! started are not seen there, nor is a directory on the way that does not
+//! exist yet (SIGHUP reads the file then).
 //!
 //! A file that cannot be read, or names no nameserver, leaves the last
 //! good resolvers in place, and says so once until it is good again.

@@ -408,3 +408,37 @@ fn dhcp_hands_out_the_live_search_list() {
         Some(&b"\x04corp\x04test\x00\x03lab\xc0\x00"[..])
     );
 }
+
+#[test]
+fn one_guest_endpoint_holds_a_bounded_number_of_queries() {
+    let r = Resolver::new();
+    let (mut gw, shared) = gateway();
+    shared.dns_set_upstreams(&[r.addr()], None, "test");
+    let mut tx = Recorder::default();
+    for id in 0..64u16 {
+        gw.guest_frame(
+            &udp_frame(5100, GW, 53, &dns_query(id, &format!("n{id}.test"))),
+            false,
+            &mut tx,
+        );
+    }
+    assert!(udp_payloads(&tx, 53).is_empty(), "64 open queries are fine");
+    let q = dns_query(64, "one-too-many.test");
+    gw.guest_frame(&udp_frame(5100, GW, 53, &q), false, &mut tx);
+    let replies = udp_payloads(&tx, 53);
+    assert_eq!(replies.len(), 1);
+    assert_eq!((&replies[0][..2], rcode(&replies[0])), (&q[..2], 2));
+
+    // Bytes count too: a huge query leaves no room for the next one.
+    tx.frames.clear();
+    let mut big = dns_query(1, "big.test");
+    big.resize(60_000, 0);
+    gw.guest_frame(&udp_frame(5101, GW, 53, &big), false, &mut tx);
+    assert!(udp_payloads(&tx, 53).is_empty());
+    let mut next = dns_query(2, "next.test");
+    next.resize(8_000, 0);
+    gw.guest_frame(&udp_frame(5101, GW, 53, &next), false, &mut tx);
+    let replies = udp_payloads(&tx, 53);
+    assert_eq!(replies.len(), 1);
+    assert_eq!((&replies[0][..2], rcode(&replies[0])), (&next[..2], 2));
+}

@@ -44,8 +44,10 @@ use crate::stats::DropReason;
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Sends of one query, over all its resolvers.
 pub const MAX_ATTEMPTS: usize = 4;
-/// Queries one guest endpoint may have open; more get SERVFAIL.
+/// Queries one guest endpoint may have open, and the bytes they may hold;
+/// more get SERVFAIL.
 const MAX_PENDING: usize = 64;
+const MAX_PENDING_BYTES: usize = 64 * 1024;
 /// Datagrams read per socket and host event.
 const READ_BATCH: usize = 64;
 /// Bytes of an ICMP error's quoted query read back: enough for the header
@@ -81,6 +83,11 @@ impl Pending {
         self.chase
             .as_ref()
             .map_or(self.sent.as_slice(), Chase::original)
+    }
+
+    /// Bytes it holds.
+    fn size(&self) -> usize {
+        self.sent.len() + self.chase.as_ref().map_or(0, |c| c.original().len())
     }
 
     /// Whether `reply` from `from` answers it.
@@ -243,11 +250,14 @@ impl DnsForwardFlow {
             // taken care of.
             return;
         }
-        if self.pending.len() >= MAX_PENDING {
+        let held: usize = self.pending.iter().map(Pending::size).sum();
+        let size = forward.query.len() + forward.chase.as_ref().map_or(0, |c| c.original().len());
+        if self.pending.len() >= MAX_PENDING || held + size > MAX_PENDING_BYTES {
             ratelimited!(
                 log::Level::Info,
-                "dns {}: more than {MAX_PENDING} queries open; answering SERVFAIL",
-                self.guest
+                "dns {}: too many queries open ({} holding {held} bytes); answering SERVFAIL",
+                self.guest,
+                self.pending.len()
             );
             self.reply(
                 &error_reply(guest_msg, Rcode::ServFail).unwrap_or_default(),
