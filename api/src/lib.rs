@@ -24,12 +24,12 @@ pub mod dns;
 pub mod publish;
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 pub use dns::*;
-pub use publish::{parse_publish, PortSpec, SpecError};
+pub use publish::{guest_ipv6, parse_publish, PortSpec, SpecError, GUEST_IPV6};
 
 /// `POST`: publish a port (gvisor-tap-vsock's forwarder API).
 pub const EXPOSE: &str = "/services/forwarder/expose";
@@ -104,12 +104,13 @@ impl From<PortSpec> for PortEntry {
     }
 }
 
-/// One DHCP lease as `GET /leases` shows it.
+/// One DHCP lease (DHCPv4 or DHCPv6) as `GET /leases` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     /// `52:54:00:12:34:56`.
     pub mac: String,
-    pub ip: Ipv4Addr,
+    /// An IPv4 address, or an IPv6 one for a DHCPv6 lease.
+    pub ip: IpAddr,
     pub hostname: Option<String>,
     /// Seconds until the lease expires.
     pub expires_in: u64,

@@ -30,7 +30,10 @@ pub enum Group {
     /// Networks, guest-level: airlock-net, passt and QEMU's slirp with
     /// iperf3, latency, UDP and published-port connection rates.
     Net,
-    /// fs, backend and net.
+    /// airlock-fs' --notify-socket on 100 000 files (walk, idle, a burst of
+    /// 10 000 changes), and inotify vs fanotify on the same tree. No guest.
+    Notify,
+    /// fs, backend, net and notify.
     All,
 }
 
@@ -42,6 +45,7 @@ impl Group {
             Group::FsQuick => "fs-quick",
             Group::Backend => "backend",
             Group::Net => "net",
+            Group::Notify => "notify",
             Group::All => "all",
         }
     }
@@ -71,7 +75,8 @@ pub struct Args {
     pub quick: bool,
 
     /// Only these peers (ids: airlock, airlock-pool4, airlock-audit,
-    /// virtiofsd-c, virtiofsd-rs, 9p, airlock-net, passt, slirp); repeatable.
+    /// virtiofsd-c, virtiofsd-rs, 9p, airlock-net, airlock-net-stream, passt,
+    /// slirp); repeatable.
     #[arg(long = "peer", value_name = "ID")]
     pub peers: Vec<String>,
 
@@ -147,7 +152,7 @@ impl TryFrom<Args> for Config {
         let mut groups = Vec::new();
         for g in &args.groups {
             let expanded: &[Group] = match g {
-                Group::All => &[Group::Fs, Group::Backend, Group::Net],
+                Group::All => &[Group::Fs, Group::Backend, Group::Net, Group::Notify],
                 one => std::slice::from_ref(one),
             };
             for &e in expanded {
@@ -190,8 +195,11 @@ mod tests {
     #[test]
     fn all_expands_without_duplicates() {
         let c = config(&["fs", "all", "net"]).unwrap();
-        assert_eq!(c.groups, vec![Group::Fs, Group::Backend, Group::Net]);
-        assert_eq!(config(&[]).unwrap().groups.len(), 3);
+        assert_eq!(
+            c.groups,
+            vec![Group::Fs, Group::Backend, Group::Net, Group::Notify]
+        );
+        assert_eq!(config(&[]).unwrap().groups.len(), 4);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! (`docs/bench/*.svg`) and the tables in `docs/benchmarks.md`.
 //!
 //! Groups: [`fs`] (guest-level file systems), `backend` (a Rust frontend
-//! playing QEMU over the vhost-user socket, no guest) and `net`
-//! (guest-level networks). Everything runs on this machine; guest traffic
+//! playing QEMU over the vhost-user socket, no guest), `net`
+//! (guest-level networks) and [`notify`] (the cost of airlock-fs'
+//! `--notify-socket`, and inotify vs fanotify). Everything runs on this machine; guest traffic
 //! only reaches servers the benchmark starts on the host's loopback.
 
 #![warn(missing_docs)]
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod fs;
 pub mod machine;
 pub mod net;
+pub mod notify;
 pub mod procfs;
 pub mod report;
 pub mod results;
@@ -47,6 +49,9 @@ pub enum Error {
     /// The backend group failed as a whole.
     #[error("backend benchmark failed")]
     Backend(#[source] backend::Error),
+    /// The notify group failed as a whole.
+    #[error("notify benchmark failed")]
+    Notify(#[source] notify::Error),
 }
 
 /// `path` relative to the workspace root unless absolute.
@@ -151,6 +156,10 @@ fn run_group(
                 only_peers: config.peers.clone(),
             };
             net::run(&options, run).map_err(Error::Net)
+        }
+        Group::Notify => {
+            let options = notify::Options { reps: run.reps };
+            notify::run(&options, run).map_err(Error::Notify)
         }
         Group::All => Ok(()),
     }

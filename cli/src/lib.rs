@@ -69,9 +69,11 @@ pub enum Command {
     /// carried to the guest's port. Same syntax and defaults as
     /// airlock-net --publish: BIND_ADDR defaults to 127.0.0.1 (this host
     /// only); 0.0.0.0:8080:80 or [::]:8080:80 accept from the network.
-    /// Ranges (8000-8010:8000-8010) publish every port, or none.
+    /// Ranges (8000-8010:8000-8010) publish every port, or none. /tcp6 and
+    /// /udp6 reach the guest over IPv6 (its own address), the others over
+    /// IPv4.
     Publish {
-        #[arg(value_name = "[BIND_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]")]
+        #[arg(value_name = "[BIND_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp|/tcp6|/udp6]")]
         spec: String,
     },
     /// Stop publishing a port (BIND_ADDR defaults to 127.0.0.1, the
@@ -125,7 +127,7 @@ pub enum DnsCommand {
 /// A command-line value that does not parse (exit status 2).
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
-    #[error("invalid port to publish {0:?}: expected [BIND_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp], e.g. 8080:80 or 0.0.0.0:5353:53/udp")]
+    #[error("invalid port to publish {0:?}: expected [BIND_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp|/tcp6|/udp6], e.g. 8080:80 or 0.0.0.0:5353:53/udp")]
     Publish(String),
     #[error("invalid port to unpublish {0:?}: expected [BIND_ADDR:]HOST_PORT[/tcp|/udp], e.g. 8080 or 0.0.0.0:5353/udp")]
     Unpublish(String),
@@ -299,7 +301,12 @@ fn publish(client: &Client, spec: &str, json: bool) -> Result<String, CliError> 
     for s in &specs {
         let req = ExposeRequest {
             local: s.host.to_string(),
-            remote: format!(":{}", s.guest.port()),
+            remote: if s.guest.is_ipv6() {
+                // The guest's own IPv6 address (/tcp6, /udp6).
+                format!("[::]:{}", s.guest.port())
+            } else {
+                format!(":{}", s.guest.port())
+            },
             protocol: protocol(s.proto),
         };
         let entry = client

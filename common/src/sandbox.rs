@@ -64,17 +64,33 @@ pub fn keep_socket_dirs<'a>(sockets: impl IntoIterator<Item = &'a Path>) {
 }
 
 /// Removes a socket file the daemon created, through the directory kept by
-/// [`keep_socket_dir`] if there is one.
+/// [`keep_socket_dir`] if there is one. A daemon that switched users may
+/// not be allowed to (the directory is root's): the file then stays, and
+/// the next start replaces it as a stale socket. Failures are logged here;
+/// the result is for callers that act on it.
 pub fn remove_socket(socket: &Path) -> io::Result<()> {
     let dirs = SOCKET_DIRS.lock().unwrap_or_else(|e| e.into_inner());
-    match dirs.iter().find(|(p, _, _)| p == socket) {
+    let result = match dirs.iter().find(|(p, _, _)| p == socket) {
         Some((_, dir, name)) => {
             // SAFETY: `dir` is an open directory descriptor and `name` a
             // NUL-terminated file name.
             check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })
         }
         None => std::fs::remove_file(socket),
+    };
+    match &result {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => log::info!(
+            "leaving {}: this process (uid {}) may not remove files from its \
+             directory; the next start replaces it",
+            socket.display(),
+            // SAFETY: geteuid(2) has no preconditions and cannot fail.
+            unsafe { libc::geteuid() }
+        ),
+        Err(e) => log::warn!("cannot remove socket {}: {e}", socket.display()),
     }
+    result
 }
 
 /// `--sandbox` for airlock-net and airlock-proxy.
@@ -101,13 +117,49 @@ pub struct ConfineArgs {
 
     /// Once sockets are bound and files are open, switch to this user (name
     /// or uid) and its primary group, with no supplementary groups and no
-    /// capabilities. Only when started as root. Ports below 1024 published
-    /// later through the API then fail with EACCES: publish them with -p.
+    /// capabilities. Started as root, the daemon always switches: to USER,
+    /// or by default to "nobody"; root itself is refused. Only root can
+    /// switch. Ports below 1024 published later through the API then fail
+    /// with EACCES: publish them with -p.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
 }
 
+/// The user a daemon started as root switches to when `--user` is not given
+/// (as passt does): it owns no files, so a compromised daemon can write
+/// nothing of anyone's.
+pub const DEFAULT_USER: &str = "nobody";
+
 impl ConfineArgs {
+    /// The user this process switches to once it is set up (ask before
+    /// [`confine`]: afterwards it is no longer root): `--user`, or
+    /// [`DEFAULT_USER`] when started as root; `None` when not root and
+    /// no `--user` was given (nothing to switch).
+    pub fn switch_to(&self) -> Option<&str> {
+        match &self.user {
+            Some(user) => Some(user),
+            None if is_root() => Some(DEFAULT_USER),
+            None => None,
+        }
+    }
+
+    /// The uid and gid this process serves as once confined, resolved now;
+    /// `None` when it keeps its identity. Sockets the daemon's peers reach
+    /// as that user (airlock-proxy's Unix listeners) are given to it.
+    pub fn identity(&self) -> Result<Option<(libc::uid_t, libc::gid_t)>, SandboxError> {
+        let Some(user) = self.switch_to() else {
+            return Ok(None);
+        };
+        let (uid, gid) = crate::sys::resolve_user(user).map_err(|e| match self.user {
+            Some(_) => SandboxError::UnknownUser(user.to_owned(), e),
+            None => SandboxError::NoDefaultUser(e),
+        })?;
+        if uid == 0 {
+            return Err(SandboxError::StaysRoot(user.to_owned()));
+        }
+        Ok(Some((uid, gid)))
+    }
+
     /// The sandbox mode, with the default resolved for this process.
     pub fn sandbox_mode(&self) -> NetSandbox {
         self.sandbox.unwrap_or(if is_root() {
@@ -130,6 +182,13 @@ pub enum SandboxError {
     UserNotRoot(String),
     #[error("--user {0}")]
     UnknownUser(String, #[source] io::Error),
+    #[error(
+        "started as root without --user, and the default user {DEFAULT_USER} cannot be found: \
+         give --user USER"
+    )]
+    NoDefaultUser(#[source] io::Error),
+    #[error("--user {0}: the daemon does not serve as root; give an unprivileged user")]
+    StaysRoot(String),
     #[error("cannot switch to user {0}")]
     SwitchUser(String, #[source] io::Error),
     #[error("cannot drop supplementary groups")]
@@ -264,6 +323,7 @@ pub mod cap {
     pub const FSETID: u32 = 4;
     pub const SETGID: u32 = 6;
     pub const SETUID: u32 = 7;
+    pub const MKNOD: u32 = 27;
 }
 
 /// Reduces the calling thread's capabilities (and those of threads it
@@ -344,6 +404,12 @@ pub fn keep_only_capabilities(keep: &[u32]) -> io::Result<()> {
 pub fn switch_user(user: &str) -> Result<(), SandboxError> {
     let (uid, gid) = crate::sys::resolve_user(user)
         .map_err(|e| SandboxError::UnknownUser(user.to_owned(), e))?;
+    switch_to_ids(user, uid, gid)
+}
+
+/// [`switch_user`] with the ids already resolved (`user` names them in
+/// errors).
+fn switch_to_ids(user: &str, uid: libc::uid_t, gid: libc::gid_t) -> Result<(), SandboxError> {
     if !is_root() {
         return Err(SandboxError::UserNotRoot(user.to_owned()));
     }
@@ -373,16 +439,12 @@ pub fn confine(args: &ConfineArgs) -> Result<(), SandboxError> {
     if args.sandbox_mode() == NetSandbox::Namespace {
         make_mounts_readonly()?;
     }
-    match &args.user {
-        Some(user) => switch_user(user)?,
-        None => {
-            drop_supplementary_groups()?;
-            if is_root() {
-                log::warn!(
-                    "running as root: pass --user to drop privileges once sockets are bound"
-                );
-            }
+    match (args.switch_to(), args.identity()?) {
+        (Some(user), Some((uid, gid))) => {
+            switch_to_ids(user, uid, gid)?;
+            log::info!("serving as user {user} (uid {uid}, gid {gid}), without capabilities");
         }
+        _ => drop_supplementary_groups()?,
     }
     Ok(())
 }
@@ -394,9 +456,10 @@ pub fn enter(args: &ConfineArgs) -> Result<(), SandboxError> {
         if !is_root() {
             return Err(SandboxError::UserNotRoot(user.clone()));
         }
-        // A typo is a startup error, not a surprise once sockets are bound.
-        crate::sys::resolve_user(user).map_err(|e| SandboxError::UnknownUser(user.clone(), e))?;
     }
+    // A typo, a missing default user or root itself is a startup error, not
+    // a surprise once sockets are bound.
+    args.identity()?;
     match args.sandbox_mode() {
         NetSandbox::Namespace => unshare_mounts(),
         NetSandbox::None => Ok(()),
@@ -421,6 +484,28 @@ mod tests {
             user: None,
         };
         assert_eq!(explicit.sandbox_mode(), NetSandbox::None);
+    }
+
+    #[test]
+    fn root_never_keeps_its_identity() {
+        let default = ConfineArgs::default();
+        if is_root() {
+            assert_eq!(default.switch_to(), Some(DEFAULT_USER));
+            let (uid, _) = default.identity().unwrap().expect("a user to switch to");
+            assert_ne!(uid, 0);
+        } else {
+            assert_eq!(default.switch_to(), None);
+            assert_eq!(default.identity().unwrap(), None);
+        }
+        for root in ["root", "0"] {
+            let args = ConfineArgs {
+                sandbox: None,
+                user: Some(root.into()),
+            };
+            let err = args.identity().unwrap_err();
+            assert!(matches!(err, SandboxError::StaysRoot(..)), "{err:?}");
+            assert!(err.to_string().contains("does not serve as root"), "{err}");
+        }
     }
 
     #[test]

@@ -72,7 +72,9 @@ After QEMU disconnects, airlock-fs waits for the next QEMU on the same socket; \
     after_help = "Example:\n  airlock-fs --socket-path /run/vm1/fs.sock --shared-dir /srv/share\n  \
 qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=1G,share=on \
 -numa node,memdev=mem -chardev socket,id=fs0,path=/run/vm1/fs.sock \
--device vhost-user-fs-pci,chardev=fs0,tag=share"
+-device vhost-user-fs-pci,chardev=fs0,tag=share\n\nHost changes to guest file watchers (--notify-socket /run/vm1/notify.sock):\n  \
+qemu-system-x86_64 ... -chardev socket,id=nt0,path=/run/vm1/notify.sock,reconnect=1 \
+-device virtio-serial-pci -device virtserialport,chardev=nt0,name=org.airlock.notify"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -93,6 +95,15 @@ pub struct Args {
     /// EROFS (open for writing, create, write, unlink, rename, chmod, …).
     #[arg(long)]
     pub readonly: bool,
+
+    /// Let the guest create character and block device nodes (mknod), as
+    /// virtiofsd does: guests that build root file systems in the share
+    /// (debootstrap, container images) need them. airlock-fs never opens
+    /// them and mounts the share nodev in its sandbox, but any host user who
+    /// can reach the share can open a node the guest made: see
+    /// docs/security.md. Without it, mknod of a device fails with EPERM.
+    #[arg(long)]
+    pub allow_device_nodes: bool,
 
     /// Support extended attributes (getfattr/setfattr, ACLs, capabilities).
     #[arg(long)]
@@ -157,6 +168,14 @@ pub struct Args {
     /// relative to the share, guest uid/gid/pid, result.
     #[arg(long, value_name = "PATH|-")]
     pub audit_log: Option<PathBuf>,
+
+    /// Send the host's changes to the shared directory to the guest's file
+    /// watchers: listen on PATH (mode 0600, 0660 with --socket-group) for
+    /// QEMU's virtio-serial port named org.airlock.notify; the guest runs
+    /// `airlock-guest watch`. Changes the guest made itself are never sent
+    /// back. See docs/notify.md.
+    #[arg(long, value_name = "PATH")]
+    pub notify_socket: Option<PathBuf>,
 
     #[command(flatten)]
     pub lifecycle: LifecycleArgs,

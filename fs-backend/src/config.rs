@@ -42,6 +42,7 @@ pub struct Config {
     pub shared_dir: PathBuf,
     pub cache: Cache,
     pub readonly: bool,
+    pub allow_device_nodes: bool,
     pub xattr: bool,
     pub writeback: bool,
     pub allow_direct_io: bool,
@@ -54,6 +55,7 @@ pub struct Config {
     pub thread_pool_size: usize,
     pub rlimit_nofile: Option<u64>,
     pub audit_log: Option<PathBuf>,
+    pub notify_socket: Option<PathBuf>,
     pub sandbox: Sandbox,
     pub seccomp: SeccompMode,
     pub exit_on_disconnect: bool,
@@ -217,6 +219,7 @@ impl TryFrom<Args> for Config {
             shared_dir,
             cache,
             readonly: merge_flag(a.readonly, legacy.readonly, "readonly")?,
+            allow_device_nodes: a.allow_device_nodes,
             xattr: merge_flag(a.xattr, legacy.xattr, "xattr")?,
             writeback: merge_flag(a.writeback, legacy.writeback, "writeback")?,
             allow_direct_io: merge_flag(
@@ -237,6 +240,7 @@ impl TryFrom<Args> for Config {
             thread_pool_size: a.thread_pool_size.unwrap_or(0),
             rlimit_nofile: a.rlimit_nofile,
             audit_log: a.audit_log,
+            notify_socket: a.notify_socket,
             sandbox: pick(a.sandbox, legacy.sandbox, "sandbox")?.unwrap_or(
                 if airlock_common::sandbox::is_root() {
                     Sandbox::Namespace

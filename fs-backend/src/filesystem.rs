@@ -6,8 +6,8 @@
 //! - **id translation** (`--translate-uid/--translate-gid`): caller ids and
 //!   new owners go guest → host, returned attributes go host → guest;
 //! - **device nodes**: the guest may not create character or block devices
-//!   on the host (`EPERM`); opening special files is already refused by
-//!   `PassthroughFs` (CVE-2020-35517);
+//!   on the host (`EPERM`) unless `--allow-device-nodes`; opening special
+//!   files is refused by `PassthroughFs` either way (CVE-2020-35517);
 //! - **submounts** (`--announce-submounts`): entries on a different device
 //!   than their parent carry `FUSE_ATTR_SUBMOUNT`;
 //! - **audit log**: one JSON line per mutating operation.
@@ -66,6 +66,9 @@ pub struct AirlockFs {
     /// The open flags of every file handle, passed on READ and WRITE in
     /// place of the request's (see [`AirlockFs::open_flags`]).
     handle_flags: Mutex<HashMap<Handle, u32>>,
+    /// `--allow-device-nodes`: MKNOD may make character and block devices
+    /// (see [`AirlockFs::allow_device_nodes`]).
+    allow_device_nodes: bool,
 }
 
 fn err<T>(errno: i32) -> io::Result<T> {
@@ -101,6 +104,9 @@ fn errno_name(e: &io::Error) -> String {
         Some(libc::ENODATA) => "ENODATA",
         Some(libc::ENOTSUP) => "ENOTSUP",
         Some(libc::EDQUOT) => "EDQUOT",
+        Some(libc::EMFILE) => "EMFILE",
+        Some(libc::ENFILE) => "ENFILE",
+        Some(libc::ENOMEM) => "ENOMEM",
         Some(n) => return format!("errno {n}"),
         None => return e.to_string(),
     };
@@ -139,7 +145,16 @@ impl AirlockFs {
             policy,
             share_root: share_root.to_owned(),
             handle_flags: Mutex::new(HashMap::new()),
+            allow_device_nodes: false,
         }
+    }
+
+    /// Lets MKNOD make character and block devices (`--allow-device-nodes`).
+    /// They are never opened here either way: `PassthroughFs` refuses to
+    /// open special files, and the sandbox mounts the share `nodev`.
+    pub fn allow_device_nodes(mut self, allow: bool) -> Self {
+        self.allow_device_nodes = allow;
+        self
     }
 
     /// The flags file handle `handle` was opened with, for READ and WRITE;
@@ -444,9 +459,10 @@ impl FileSystem for AirlockFs {
         let res = (|| {
             self.check_writable()?;
             // A device node on the host is a way out of the share (for
-            // anyone on the host who opens it): refuse to create one.
+            // anyone on the host who opens it): refuse to create one unless
+            // the admin allowed it.
             let kind = mode & libc::S_IFMT;
-            if kind == libc::S_IFCHR || kind == libc::S_IFBLK {
+            if (kind == libc::S_IFCHR || kind == libc::S_IFBLK) && !self.allow_device_nodes {
                 return err(libc::EPERM);
             }
             let hctx = self.host_ctx(ctx)?;
@@ -1153,6 +1169,49 @@ mod tests {
         f.fs.mknod(&ctx, ROOT_ID, &c("fifo"), libc::S_IFIFO | 0o644, 0, 0)
             .unwrap();
         assert!(f.share().join("fifo").exists());
+    }
+
+    #[test]
+    fn allowed_device_nodes_are_made_but_never_opened() {
+        let Fixture {
+            dir,
+            fs,
+            audit_path: _,
+        } = fixture(false, &[]);
+        let fs = fs.allow_device_nodes(true);
+        let share = dir.path().join("share");
+        let ctx = root();
+        let null = libc::makedev(1, 3);
+        let made = fs.mknod(
+            &ctx,
+            ROOT_ID,
+            &c("null"),
+            libc::S_IFCHR | 0o666,
+            null as u32,
+            0,
+        );
+        if !airlock_common::sandbox::is_root() {
+            // Without CAP_MKNOD the host refuses, whatever the policy.
+            assert_eq!(errno(made), libc::EPERM);
+            return;
+        }
+        let entry = made.unwrap();
+        assert_eq!(entry.attr.st_mode & libc::S_IFMT, libc::S_IFCHR);
+        assert_eq!(entry.attr.st_rdev, null);
+        let meta = std::fs::symlink_metadata(share.join("null")).unwrap();
+        assert_eq!(meta.rdev(), null);
+        fs.mknod(
+            &ctx,
+            ROOT_ID,
+            &c("blk"),
+            libc::S_IFBLK | 0o600,
+            null as u32,
+            0,
+        )
+        .unwrap();
+        // Made, but never opened on the host: the guest's open of a device
+        // node is served by its own kernel.
+        assert!(fs.open(&ctx, entry.inode, libc::O_RDWR as u32, 0).is_err());
     }
 
     #[test]

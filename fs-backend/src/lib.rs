@@ -7,6 +7,7 @@
 //! - [`device`]: the virtqueues and the FUSE server;
 //! - [`idmap`]: `--translate-uid/--translate-gid` rules;
 //! - [`sandbox`]: `--sandbox namespace|chroot|none`;
+//! - [`notify`]: `--notify-socket`, host changes to the guest's watchers;
 
 pub mod args;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod device;
 pub mod filesystem;
 mod handles;
 pub mod idmap;
+pub mod notify;
 pub mod sandbox;
 
 use std::io;
@@ -65,6 +67,8 @@ pub enum FsError {
     #[error("cannot set up signal handling")]
     Signals(#[source] io::Error),
     #[error(transparent)]
+    Notify(#[from] notify::NotifyError),
+    #[error(transparent)]
     Run(#[from] RunError),
 }
 
@@ -115,7 +119,8 @@ fn new_fs(config: &Config, root: &Path, audit: Option<Arc<AuditLog>>) -> io::Res
             announce_submounts: config.announce_submounts,
             audit,
         },
-    ))
+    )
+    .allow_device_nodes(config.allow_device_nodes))
 }
 
 /// Runs the daemon until a signal (or, with `--exit-on-disconnect`, the
@@ -136,10 +141,26 @@ pub fn run(config: Config) -> Result<(), FsError> {
     let audit = airlock_common::daemon::prepare(
         nofile,
         config.audit_log.as_deref(),
-        config.listen.socket_path.as_deref(),
+        config
+            .listen
+            .socket_path
+            .iter()
+            .chain(&config.notify_socket)
+            .map(PathBuf::as_path),
     )?
     .map(Arc::new);
     let listener = config.listen.bind()?;
+    let notify_listener = match &config.notify_socket {
+        Some(path) => {
+            let l = airlock_common::listen::bind_path(path, config.listen.socket_group.as_deref())?;
+            let path = path.clone();
+            airlock_common::signals::at_exit(move || {
+                let _ = airlock_common::sandbox::remove_socket(&path);
+            });
+            Some(l)
+        }
+        None => None,
+    };
     // The sandbox hides $NOTIFY_SOCKET's path (and, in a new network
     // namespace, its abstract name): connect while it is reachable.
     if let Err(e) = airlock_common::notify::connect_early() {
@@ -157,11 +178,12 @@ pub fn run(config: Config) -> Result<(), FsError> {
     let root: PathBuf = sandbox::enter(config.sandbox, &config.shared_dir, config.readonly)?;
     airlock_common::sandbox::drop_supplementary_groups()?;
     // What serving files as the guest's users needs, nothing else: no
-    // CAP_SYS_ADMIN or CAP_SYS_CHROOT once the sandbox is up, no CAP_MKNOD,
-    // no CAP_SETFCAP (the guest cannot give host files capabilities).
+    // CAP_SYS_ADMIN or CAP_SYS_CHROOT once the sandbox is up, no CAP_MKNOD
+    // unless --allow-device-nodes, no CAP_SETFCAP (the guest cannot give
+    // host files capabilities).
     if airlock_common::sandbox::is_root() {
         use airlock_common::sandbox::cap;
-        airlock_common::sandbox::keep_only_capabilities(&[
+        let mut keep = vec![
             cap::CHOWN,
             cap::DAC_OVERRIDE,
             cap::DAC_READ_SEARCH,
@@ -169,19 +191,32 @@ pub fn run(config: Config) -> Result<(), FsError> {
             cap::FSETID,
             cap::SETGID,
             cap::SETUID,
-        ])
-        .map_err(FsError::Capabilities)?;
+        ];
+        if config.allow_device_nodes {
+            keep.push(cap::MKNOD);
+        }
+        airlock_common::sandbox::keep_only_capabilities(&keep).map_err(FsError::Capabilities)?;
     }
     // Signals are taken by a thread of their own, started only now so it
     // shares the confinement above.
     airlock_common::signals::install().map_err(FsError::Signals)?;
+    // After the capability drop: the fanotify group is then unprivileged,
+    // which is what tells the guest's own changes from the host's.
+    if let (Some(l), Some(path)) = (notify_listener, &config.notify_socket) {
+        notify::start(l, &root, path)?;
+    }
     airlock_common::seccomp::apply(SECCOMP_ALLOW_LIST, config.seccomp)?;
     log::info!(
-        "sharing {} (cache {:?}, sandbox {:?}{}{})",
+        "sharing {} (cache {:?}, sandbox {:?}{}{}{})",
         config.shared_dir.display(),
         config.cache,
         config.sandbox,
         if config.readonly { ", read-only" } else { "" },
+        if config.allow_device_nodes {
+            ", device nodes allowed"
+        } else {
+            ""
+        },
         if audit.is_some() { ", audited" } else { "" },
     );
     let shared = config.shared_dir.display().to_string();

@@ -131,6 +131,7 @@ fn help_documents_every_option() {
         "--thread-pool-size",
         "--rlimit-nofile",
         "--audit-log",
+        "--notify-socket",
         "--exit-on-disconnect",
         "--log-level",
         "--syslog",
@@ -261,10 +262,20 @@ fn spawn_with_fd(
     let mut cmd = Command::new(BIN);
     cmd.args(args).envs(envs.iter().copied());
     // SAFETY: between fork and exec only async-signal-safe calls are made:
-    // dup2 onto the target number (which clears FD_CLOEXEC on the copy).
+    // dup2 onto the target number (which clears FD_CLOEXEC on the copy) or,
+    // when the listener already has that number, clearing FD_CLOEXEC on it
+    // (dup2 of a descriptor onto itself changes nothing, and exec would then
+    // close it: the daemon found fd 3 closed whenever the listener happened
+    // to get number 3, which parallel tests' descriptors made a matter of
+    // timing).
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(fd, target_fd) < 0 {
+            let rc = if fd == target_fd {
+                libc::fcntl(fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, target_fd)
+            };
+            if rc < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -63,6 +63,11 @@ fn fs_chain() {
     run("fs_chain", fuzzing::fuzz_fs_chain);
 }
 
+#[test]
+fn notify_channel() {
+    run("notify_channel", fuzzing::fuzz_notify_channel);
+}
+
 fn seed(name: &str) -> Vec<u8> {
     seeds::all()
         .into_iter()

@@ -76,6 +76,26 @@ fn net_frame_seeds_reach_the_services() {
     assert_eq!(got.arp, 2, "arp: {got:?}");
 }
 
+#[test]
+fn ipv6_services() {
+    run("ipv6_services", fuzzing::fuzz_ipv6_services);
+}
+
+/// The DHCPv6 seeds get past the parser: the server answers each message.
+#[test]
+fn ipv6_services_seeds_get_answers() {
+    let replies = |name: &str| {
+        let (_, _, bytes) = seeds::all()
+            .into_iter()
+            .find(|(t, n, _)| *t == "ipv6_services" && *n == name)
+            .unwrap_or_else(|| panic!("no ipv6_services seed {name}"));
+        fuzzing::run_ipv6_services(&bytes)
+    };
+    assert_eq!(replies("solicit-rapid-commit"), 1);
+    assert_eq!(replies("solicit-then-request"), 2);
+    assert_eq!(replies("information-request"), 1);
+}
+
 /// The descriptor-chain seeds carry a frame through TX and get the
 /// gateway's answer into the posted receive buffers.
 #[test]

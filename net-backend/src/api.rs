@@ -15,6 +15,7 @@
 //! | `POST /dns/remove` `{"name":"web.test"}` (`"value":…` to remove one) | 200 | the records removed |
 //! | `POST /services/dns/add` `{"Name":"apps.test.","Records":[{"Name":"a","IP":"10.0.0.5"}],"DefaultIP":"10.0.0.9"}` | 200 | the zone as stored |
 //! | `GET /services/dns/all` | 200 | the local zones, gvisor-tap-vsock's shape |
+//! | `GET /metrics` | 200 | the counters, flows and leases in Prometheus' text format ([`crate::metrics`]) |
 //!
 //! As in gvisor-tap-vsock, `protocol` is `tcp` (the default when it is
 //! missing, empty or null) or `udp`; `local` may be `:PORT`, meaning every
@@ -49,7 +50,7 @@
 pub mod http;
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -94,6 +95,8 @@ pub trait Control: Send + Sync + 'static {
     fn unpublish(&self, host: SocketAddr, proto: Proto) -> Result<PortSpec, PublishError>;
     fn published(&self) -> Vec<PortSpec>;
     fn stats(&self) -> Stats;
+    /// DNS queries over UDP by outcome (`/metrics`).
+    fn dns_queries(&self) -> Vec<(&'static str, u64)>;
     /// The current guest's flows; `None` if the data path did not answer.
     fn flows(&self) -> Option<Vec<FlowInfo>>;
     /// The DHCP leases; `None` if the data path did not answer.
@@ -130,6 +133,9 @@ impl Control for Shared {
         let mut stats = self.stats.snapshot();
         stats.dns = self.dns.stats();
         stats
+    }
+    fn dns_queries(&self) -> Vec<(&'static str, u64)> {
+        self.stats.dns_queries()
     }
     fn flows(&self) -> Option<Vec<FlowInfo>> {
         self.current_guest(GUEST_QUERY_TIMEOUT).map(|g| g.flows)
@@ -171,6 +177,9 @@ pub struct GuestNet {
     pub prefix_len: u8,
     /// The gateway's own addresses (gateway, host and proxy aliases).
     pub own: Vec<Ipv4Addr>,
+    /// The guest's IPv6 /64 and the gateway's own addresses in it, unless
+    /// IPv6 is off.
+    pub ipv6: Option<(Ipv6Addr, Vec<Ipv6Addr>)>,
 }
 
 impl GuestNet {
@@ -182,17 +191,31 @@ impl GuestNet {
             network: Ipv4Addr::from(u32::from(g.gateway_ip) & mask(g.prefix_len)),
             prefix_len: g.prefix_len,
             own,
+            ipv6: g.ipv6.as_ref().map(|v6| {
+                let mut own = vec![v6.gateway, v6.proxy];
+                own.extend(v6.host);
+                (v6.prefix, own)
+            }),
         }
     }
 
-    /// Parses `remote`: `IP:PORT`, or `:PORT` for the guest's address.
-    fn remote(&self, remote: &str) -> Result<SocketAddrV4, String> {
+    /// Parses `remote`: `IP:PORT`, `:PORT` for the guest's IPv4 address,
+    /// `[IPv6]:PORT` in the guest's prefix, or `[::]:PORT` for the guest's
+    /// own IPv6 address (as the gateway learns it).
+    fn remote(&self, remote: &str) -> Result<SocketAddr, String> {
         let bad = || {
             format!(
                 "invalid remote {remote:?}: expected IP:PORT in the guest subnet, e.g. {}:80",
                 self.guest_ip
             )
         };
+        if remote.starts_with('[') {
+            let addr = remote.parse::<SocketAddrV6>().map_err(|_| bad())?;
+            if addr.port() == 0 {
+                return Err(bad());
+            }
+            return self.remote6(*addr.ip(), addr.port());
+        }
         let (host, port) = remote.rsplit_once(':').ok_or_else(bad)?;
         let port = parse_port(port).ok_or_else(bad)?;
         let ip = if host.is_empty() {
@@ -214,7 +237,27 @@ impl GuestNet {
                 "remote {ip} is one of the gateway's own addresses, not the guest's"
             ));
         }
-        Ok(SocketAddrV4::new(ip, port))
+        Ok(SocketAddr::V4(SocketAddrV4::new(ip, port)))
+    }
+
+    fn remote6(&self, ip: Ipv6Addr, port: u16) -> Result<SocketAddr, String> {
+        let Some((prefix, own)) = &self.ipv6 else {
+            return Err(format!(
+                "remote [{ip}]:{port}: IPv6 is off (--no-ipv6), the guest has no IPv6 address"
+            ));
+        };
+        if ip == airlock_api::GUEST_IPV6 {
+            return Ok(airlock_api::guest_ipv6(port));
+        }
+        if u128::from(ip) >> 64 != u128::from(*prefix) >> 64 {
+            return Err(format!("remote {ip} is not a guest address in {prefix}/64"));
+        }
+        if own.contains(&ip) {
+            return Err(format!(
+                "remote {ip} is one of the gateway's own addresses, not the guest's"
+            ));
+        }
+        Ok(SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)))
     }
 }
 
@@ -331,6 +374,7 @@ enum Endpoint {
     DnsRemove,
     GvDnsAdd,
     GvDnsAll,
+    Metrics,
 }
 
 /// Path, endpoint, and whether it is read (GET, HEAD) or write (POST).
@@ -346,6 +390,7 @@ const ROUTES: &[(&str, Endpoint, bool)] = &[
     ("/dns/remove", Endpoint::DnsRemove, false),
     ("/services/dns/add", Endpoint::GvDnsAdd, false),
     ("/services/dns/all", Endpoint::GvDnsAll, true),
+    ("/metrics", Endpoint::Metrics, true),
 ];
 
 /// The API: requests in, responses out, no sockets.
@@ -403,6 +448,15 @@ impl<C: Control> Api<C> {
                 Some(leases) => Response::json(200, &leases),
                 None => no_answer(),
             },
+            Endpoint::Metrics => {
+                let guest = self.control.flows().zip(self.control.leases());
+                let text = crate::metrics::render(
+                    &self.control.stats(),
+                    &self.control.dns_queries(),
+                    guest.as_ref().map(|(f, l)| (&f[..], &l[..])),
+                );
+                Response::text(200, text, crate::metrics::CONTENT_TYPE)
+            }
             Endpoint::Dns => Response::json(200, &self.control.dns()),
             Endpoint::DnsAdd => self.dns_add(&req.body),
             Endpoint::DnsRemove => self.dns_remove(&req.body),
@@ -808,6 +862,9 @@ mod tests {
             s.flow_opened(Proto::Tcp);
             s.snapshot()
         }
+        fn dns_queries(&self) -> Vec<(&'static str, u64)> {
+            vec![("forwarded", 2)]
+        }
         fn flows(&self) -> Option<Vec<FlowInfo>> {
             Some(vec![FlowInfo {
                 proto: Proto::Tcp,
@@ -824,7 +881,7 @@ mod tests {
         fn leases(&self) -> Option<Vec<Lease>> {
             let lease = airlock_netcore::services::dhcp::LeaseInfo {
                 mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
-                ip: Ipv4Addr::new(192, 168, 127, 2),
+                ip: Ipv4Addr::new(192, 168, 127, 2).into(),
                 hostname: Some("guest".into()),
                 expires_in: Duration::from_millis(3_599_700),
             };
@@ -858,6 +915,10 @@ mod tests {
 
     fn net() -> GuestNet {
         GuestNet {
+            ipv6: Some((
+                "fd61:6972:c0a8:7f00::".parse().unwrap(),
+                vec!["fd61:6972:c0a8:7f00::1".parse().unwrap()],
+            )),
             guest_ip: Ipv4Addr::new(192, 168, 127, 2),
             network: Ipv4Addr::new(192, 168, 127, 0),
             prefix_len: 24,
@@ -902,6 +963,40 @@ mod tests {
     const EXPOSE: &str = "/services/forwarder/expose";
     const UNEXPOSE: &str = "/services/forwarder/unexpose";
     const ALL: &str = "/services/forwarder/all";
+
+    #[test]
+    fn ipv6_targets_are_the_guest_or_an_address_in_its_prefix() {
+        let api = api();
+        let (s, v) = call(
+            &api,
+            "POST",
+            EXPOSE,
+            r#"{"local":"[::1]:8080","remote":"[::]:80"}"#,
+        );
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            v,
+            serde_json::json!({"local":"[::1]:8080","remote":"[::]:80","protocol":"tcp"})
+        );
+        let (s, v) = call(
+            &api,
+            "POST",
+            EXPOSE,
+            r#"{"local":"[::1]:8081","remote":"[fd61:6972:c0a8:7f00::2]:81","protocol":"udp"}"#,
+        );
+        assert_eq!(s, 200, "{v}");
+        let mut off = net();
+        off.ipv6 = None;
+        let api = Api::new(Arc::new(Fake::default()), off);
+        let (s, e) = error(
+            &api,
+            "POST",
+            EXPOSE,
+            r#"{"local":"[::1]:8080","remote":"[::]:80"}"#,
+        );
+        assert_eq!(s, 400);
+        assert!(e.contains("IPv6 is off"), "{e}");
+    }
 
     #[test]
     fn expose_list_unexpose_like_gvproxy() {
@@ -1029,7 +1124,15 @@ mod tests {
                 "invalid remote",
             ),
             (r#"{"local":":8080","remote":":0"}"#, "invalid remote"),
-            (r#"{"local":":8080","remote":"[::1]:80"}"#, "invalid remote"),
+            (
+                r#"{"local":":8080","remote":"[::1]:80"}"#,
+                "not a guest address in fd61:6972:c0a8:7f00::/64",
+            ),
+            (
+                r#"{"local":":8080","remote":"[fd61:6972:c0a8:7f00::1]:80"}"#,
+                "gateway's own",
+            ),
+            (r#"{"local":":8080","remote":"[::]:0"}"#, "invalid remote"),
             (
                 r#"{"local":":8080","remote":"10.0.0.2:80"}"#,
                 "not a guest address",
@@ -1067,6 +1170,35 @@ mod tests {
         assert_eq!(s, 400);
         assert!(e.contains("unknown field `remote`"), "{e}");
         assert!(api.control.published().is_empty());
+    }
+
+    /// `/metrics` is Prometheus text, with the counters, the DNS outcomes
+    /// and the guest's flows; only GET and HEAD.
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let api = api();
+        let r = api.handle(&Request {
+            method: "GET".into(),
+            path: "/metrics".into(),
+            body: Vec::new(),
+        });
+        assert_eq!(r.status, 200);
+        let wire = String::from_utf8(r.to_bytes(false, false)).unwrap();
+        assert!(
+            wire.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+            "{wire}"
+        );
+        let body = String::from_utf8(r.body).unwrap();
+        for line in [
+            "airlock_net_frames_total{direction=\"guest_to_host\"} 1",
+            "airlock_net_flows_opened_total{proto=\"tcp\"} 1",
+            "airlock_net_dns_queries_total{outcome=\"forwarded\"} 2",
+            "airlock_net_flows{proto=\"tcp\",direction=\"inbound\"} 1",
+            "airlock_net_dhcp_leases 1",
+        ] {
+            assert!(body.lines().any(|l| l == line), "no {line:?} in\n{body}");
+        }
+        assert_eq!(error(&api, "POST", "/metrics", "").0, 405);
     }
 
     #[test]

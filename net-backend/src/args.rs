@@ -26,6 +26,11 @@ and ICMP echo flow the guest opens leaves the host as an ordinary socket of this
 Guest-visible addresses (defaults, all derived from --subnet): gateway 192.168.127.1 \
 (DHCP, DNS), guest 192.168.127.2, host.airlock.internal 192.168.127.254 (the host's \
 127.0.0.1), http.airlock.internal 192.168.127.253 (--proxy-target).\n\n\
+IPv6 (unless --no-ipv6): the guest's /64 is a unique local prefix derived from --subnet \
+(fd61:6972:c0a8:7f00::/64 for the default) or --subnet6. The gateway, PREFIX::1, sends \
+Router Advertisements (SLAAC, default route, MTU, DNS) and answers DHCPv6; \
+host.airlock.internal is also PREFIX::fe (the host's ::1) and http.airlock.internal \
+PREFIX::fd.\n\n\
 After QEMU disconnects, all of that guest's flows are closed and airlock-net waits for \
 the next QEMU on the same socket (QEMU's `reconnect=1` reattaches a running guest).",
     after_help = "Example:\n  airlock-net --socket-path /run/vm1/net.sock\n  \
@@ -62,6 +67,16 @@ pub struct Args {
     #[arg(long)]
     pub no_host_alias: bool,
 
+    /// The guest's IPv6 prefix, a /64 [default: fd61:6972:AABB:CCDD::/64,
+    /// where AA.BB.CC.DD is the network address of --subnet].
+    #[arg(long, value_name = "PREFIX/64")]
+    pub subnet6: Option<String>,
+
+    /// No IPv6: no Router Advertisements, no DHCPv6, and every IPv6 frame
+    /// from the guest dropped.
+    #[arg(long, conflicts_with = "subnet6")]
+    pub no_ipv6: bool,
+
     /// The address of http.airlock.internal, the proxy alias
     /// [default: second-to-last usable address of --subnet].
     #[arg(long, value_name = "IP")]
@@ -81,12 +96,13 @@ pub struct Args {
     #[arg(long, value_name = "MAC", default_value = "5a:94:ef:e4:0c:dd")]
     pub gateway_mac: String,
 
-    /// MTU offered to the guest by DHCP (option 26); the guest's
-    /// virtio-net device should match (QEMU: host_mtu=…).
+    /// MTU offered to the guest by DHCP (option 26) and Router
+    /// Advertisements; the guest's virtio-net device should match (QEMU:
+    /// host_mtu=…).
     #[arg(long, value_name = "BYTES", default_value_t = 65520)]
     pub mtu: u16,
 
-    /// How long a DHCP lease lasts.
+    /// How long a DHCP (and DHCPv6) lease lasts.
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     pub lease_time: u64,
 
@@ -106,10 +122,11 @@ pub struct Args {
     #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
 
-    /// The search list DHCP hands out (options 15 and 119): domains
-    /// separated by commas or spaces; '' hands out none [default: the
-    /// search or domain line of --resolv-conf, followed as it changes;
-    /// none with --dns-upstream].
+    /// The search list the guest is given: DHCP options 15 and 119,
+    /// DHCPv6 option 24 and the Router Advertisements' DNSSL. Domains
+    /// separated by commas or spaces; '' gives none [default: the search
+    /// or domain line of --resolv-conf, followed as it changes; none with
+    /// --dns-upstream].
     #[arg(long, value_name = "LIST")]
     pub dns_search: Option<String>,
 
@@ -160,10 +177,14 @@ pub struct Args {
     pub udp_timeout: u64,
 
     /// Publish a port: connections (or datagrams) to the host address are
-    /// carried to the guest. [BIND_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp],
-    /// ranges as 8000-8010:8000-8010, repeatable. BIND_ADDR defaults to
-    /// 127.0.0.1 (this host only — Docker's default is every interface): use
-    /// 0.0.0.0:8080:80 or [::]:8080:80 to accept connections from the network.
+    /// carried to the guest.
+    /// [BIND_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp|/tcp6|/udp6], ranges as
+    /// 8000-8010:8000-8010, repeatable. BIND_ADDR defaults to 127.0.0.1
+    /// (this host only — Docker's default is every interface): use
+    /// 0.0.0.0:8080:80 or [::]:8080:80 to accept connections from the
+    /// network. The guest is reached over IPv4 whatever BIND_ADDR's family;
+    /// /tcp6 and /udp6 reach it over IPv6, at the address it configured in
+    /// its prefix.
     #[arg(long, short = 'p', value_name = "SPEC")]
     pub publish: Vec<String>,
 
@@ -174,7 +195,8 @@ pub struct Args {
     pub publish_source: PublishSourceArg,
 
     /// Allow flows the guest opens to NET[:PORTS][/PROTO] (e.g.
-    /// 10.0.0.0/8, 1.2.3.4:443/tcp, 0.0.0.0/0:53/udp). Rules (--allow,
+    /// 10.0.0.0/8, 1.2.3.4:443/tcp, 0.0.0.0/0:53/udp; IPv6 as 2001:db8::/32
+    /// or, with ports, [2001:db8::/32]:443/tcp). Rules (--allow,
     /// --deny, then --egress-rules) are checked in order; the first match
     /// decides. They apply to every flow the guest starts except DHCP and
     /// DNS to the gateway, including the host and proxy aliases.
@@ -206,11 +228,30 @@ pub struct Args {
     /// HTTP/1.1 + JSON, compatible with gvisor-tap-vsock's forwarder and
     /// DNS APIs — POST /services/forwarder/expose and /unexpose, GET
     /// /services/forwarder/all, POST /services/dns/add, GET
-    /// /services/dns/all — plus GET /stats, /flows, /leases and /dns, and
-    /// POST /dns/add and /dns/remove. The `airlock` command-line tool talks
-    /// to it.
+    /// /services/dns/all — plus GET /stats, /flows, /leases, /dns and
+    /// /metrics (Prometheus), and POST /dns/add and /dns/remove. The
+    /// `airlock` command-line tool talks to it.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
+
+    /// How QEMU's frames arrive on the listening socket: `vhost-user`
+    /// (`-netdev vhost-user`, the guest's queues in shared memory) or
+    /// `stream` (`-netdev stream` / `-netdev socket`: each frame a 4-byte
+    /// big-endian length and the Ethernet frame, as passt serves; QEMU's
+    /// own virtio-net emulation runs the queues, slower).
+    #[arg(long, value_enum, value_name = "KIND", default_value = "vhost-user")]
+    pub transport: Transport,
+
+    /// Write every frame between the guest and the gateway to FILE in pcap
+    /// format (tcpdump -r, Wireshark), on either transport. Created mode
+    /// 0600, truncated.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+
+    /// Largest size of the --pcap file (e.g. 64M, 1G); capturing stops at
+    /// the frame that would pass it.
+    #[arg(long, value_name = "SIZE", default_value = "64M", requires = "pcap")]
+    pub pcap_size: String,
 
     /// Do not offer checksum offload (VIRTIO_NET_F_CSUM/GUEST_CSUM) to the
     /// guest; every checksum is then computed and verified in software.
@@ -292,4 +333,15 @@ impl From<PublishSourceArg> for PublishSource {
             PublishSourceArg::Client => PublishSource::Client,
         }
     }
+}
+
+/// `--transport`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// vhost-user-net: QEMU `-netdev vhost-user` (the guest's queues in
+    /// shared memory).
+    #[default]
+    VhostUser,
+    /// QEMU `-netdev stream` / `-netdev socket` framing on a Unix socket.
+    Stream,
 }

@@ -1,13 +1,14 @@
 //! From the command line to a checked [`Config`]: addresses derived from the
 //! subnet and validated, names and sizes parsed.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use airlock_api::{PortSpec, SpecError};
 use airlock_common::listen::ListenArgs;
 use airlock_common::logging::LogArgs;
+use airlock_netcore::config::Ipv6Config;
 use airlock_netcore::host::Target;
 use airlock_netcore::policy::{Action, PolicyError, Rule};
 use airlock_netcore::services::dhcp::DhcpConfig;
@@ -22,6 +23,8 @@ use crate::args::Args;
 pub enum ConfigError {
     #[error("invalid --subnet {0:?}: expected an IPv4 CIDR such as 192.168.127.0/24 with a prefix of at most /29")]
     Subnet(String),
+    #[error("invalid --subnet6 {0:?}: expected an IPv6 /64 prefix such as fd00:1:2:3::/64")]
+    Subnet6(String),
     #[error("--{0} {1} is not a usable address in subnet {2}")]
     OutsideSubnet(&'static str, Ipv4Addr, String),
     #[error("--{0} and --{1} are both {2}: each address must be distinct")]
@@ -52,12 +55,18 @@ pub enum ConfigError {
     Timeout(&'static str),
     #[error(transparent)]
     Publish(#[from] SpecError),
+    #[error(
+        "--publish {0:?} reaches the guest over IPv6 (/tcp6, /udp6), but IPv6 is off (--no-ipv6)"
+    )]
+    PublishIpv6Off(String),
     #[error("invalid --{0} {1:?}")]
     Rule(&'static str, String, #[source] PolicyError),
     #[error("invalid --egress {0:?}: allow or deny")]
     Egress(String),
     #[error("{0}")]
     RulesFile(#[source] PolicyError),
+    #[error("invalid --pcap-size {0:?}: expected a size such as 64M or 1G, at least {min} bytes", min = crate::pcap::MIN_SIZE)]
+    PcapSize(String),
 }
 
 /// Everything airlock-net needs to run.
@@ -82,6 +91,10 @@ pub struct Config {
     pub rlimit_nofile: u64,
     pub confine: airlock_common::sandbox::ConfineArgs,
     pub seccomp: airlock_common::seccomp::SeccompMode,
+    /// `--transport`: vhost-user or QEMU's stream framing.
+    pub transport: crate::args::Transport,
+    /// `--pcap FILE` and its `--pcap-size` limit in bytes.
+    pub pcap: Option<(PathBuf, u64)>,
 }
 
 fn parse_subnet(s: &str) -> Option<(Ipv4Addr, u8)> {
@@ -93,6 +106,22 @@ fn parse_subnet(s: &str) -> Option<(Ipv4Addr, u8)> {
     }
     let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
     Some((Ipv4Addr::from(u32::from(addr) & mask), prefix))
+}
+
+/// `PREFIX/64`: a unicast, non-link-local /64 (host bits cleared).
+fn parse_subnet6(s: &str) -> Option<Ipv6Addr> {
+    let (addr, prefix) = s.split_once('/')?;
+    let addr: Ipv6Addr = addr.parse().ok()?;
+    if prefix != "64" || addr.is_multicast() || addr.is_unicast_link_local() || addr.is_loopback() {
+        return None;
+    }
+    Some(Ipv6Addr::from(u128::from(addr) & !u128::from(u64::MAX)))
+}
+
+/// The default IPv6 prefix for the IPv4 network `net`: the unique local
+/// prefix fd61:6972::/32 ("air") followed by the 32 bits of `net`.
+pub fn default_prefix6(net: Ipv4Addr) -> Ipv6Addr {
+    Ipv6Addr::from((0xfd61_6972u128 << 96) | (u128::from(u32::from(net)) << 64))
 }
 
 fn parse_mac(s: &str) -> Option<EthernetAddress> {
@@ -196,17 +225,54 @@ impl TryFrom<Args> for Config {
             return Err(ConfigError::Timeout("udp-timeout"));
         }
 
+        let ipv6 = if a.no_ipv6 {
+            None
+        } else {
+            let prefix = match &a.subnet6 {
+                Some(s) => parse_subnet6(s).ok_or_else(|| ConfigError::Subnet6(s.clone()))?,
+                None => default_prefix6(network),
+            };
+            let at = |iid: u64| Ipv6Addr::from(u128::from(prefix) | u128::from(iid));
+            Some(Ipv6Config {
+                prefix,
+                gateway: at(1),
+                host: (!a.no_host_alias).then(|| at(0xfe)),
+                proxy: at(0xfd),
+                lease_time: Duration::from_secs(a.lease_time.max(60)),
+            })
+        };
+
+        let pcap = match &a.pcap {
+            Some(path) => Some((
+                path.clone(),
+                crate::pcap::parse_size(&a.pcap_size)
+                    .filter(|n| *n >= crate::pcap::MIN_SIZE)
+                    .ok_or_else(|| ConfigError::PcapSize(a.pcap_size.clone()))?,
+            )),
+            None => None,
+        };
+
         let mut records = LocalRecords::new();
-        let mut builtin = |name: &str, ip: Ipv4Addr| {
+        let mut builtin = |name: &str, ip: IpAddr| {
             records
-                .add(name, RecordData::A(ip), RecordSource::Builtin)
+                .add(name, RecordData::from(ip), RecordSource::Builtin)
                 .map_err(|e| ConfigError::Name(name.to_owned(), e))
         };
-        builtin(&a.gateway_name, gateway_ip)?;
-        if !a.no_host_alias {
-            builtin(&a.host_name, host_ip)?;
+        let v6 = ipv6.as_ref();
+        builtin(&a.gateway_name, gateway_ip.into())?;
+        if let Some(v6) = v6 {
+            builtin(&a.gateway_name, v6.gateway.into())?;
         }
-        builtin(&a.proxy_name, proxy_ip)?;
+        if !a.no_host_alias {
+            builtin(&a.host_name, host_ip.into())?;
+            if let Some(h) = v6.and_then(|v6| v6.host) {
+                builtin(&a.host_name, h.into())?;
+            }
+        }
+        builtin(&a.proxy_name, proxy_ip.into())?;
+        if let Some(v6) = v6 {
+            builtin(&a.proxy_name, v6.proxy.into())?;
+        }
         for r in &a.dns_record {
             let (name, value) = r
                 .split_once('=')
@@ -292,7 +358,11 @@ impl TryFrom<Args> for Config {
 
         let mut publish_specs = Vec::new();
         for p in &a.publish {
-            publish_specs.extend(airlock_api::parse_publish(p, guest_ip)?);
+            let specs = airlock_api::parse_publish(p, guest_ip)?;
+            if a.no_ipv6 && specs.iter().any(|s| s.guest.is_ipv6()) {
+                return Err(ConfigError::PublishIpv6Off(p.clone()));
+            }
+            publish_specs.extend(specs);
         }
         let mut cli_rules = Vec::new();
         for (action, r) in &a.rules {
@@ -345,6 +415,7 @@ impl TryFrom<Args> for Config {
                     connect_timeout: Duration::from_secs(a.tcp_connect_timeout),
                 },
                 udp_timeout: Duration::from_secs(a.udp_timeout),
+                ipv6,
             },
             rlimit_nofile: a.rlimit_nofile.unwrap_or(a.max_flows as u64 + 1024),
             confine: a.confine,
@@ -365,6 +436,8 @@ impl TryFrom<Args> for Config {
             policy,
             audit_log: a.audit_log,
             api_socket: a.api_socket,
+            transport: a.transport,
+            pcap,
         })
     }
 }
@@ -520,6 +593,54 @@ mod tests {
             parse(&["--max-flows", "0"]),
             Err(ConfigError::MaxFlows)
         ));
+    }
+
+    /// The AAAA record of `name` (lowercase, no trailing dot).
+    fn aaaa(c: &Config, name: &str) -> Option<Ipv6Addr> {
+        c.dns.records.find(name).into_iter().find_map(|d| match d {
+            RecordData::Aaaa(ip) => Some(*ip),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn ipv6_prefix_is_derived_from_the_subnet_or_given_or_off() {
+        let c = parse(&[]).unwrap();
+        let v6 = c.gateway.ipv6.clone().unwrap();
+        assert_eq!(
+            v6.prefix,
+            "fd61:6972:c0a8:7f00::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            v6.gateway,
+            "fd61:6972:c0a8:7f00::1".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(v6.host, Some("fd61:6972:c0a8:7f00::fe".parse().unwrap()));
+        assert_eq!(
+            v6.proxy,
+            "fd61:6972:c0a8:7f00::fd".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(aaaa(&c, "host.airlock.internal"), v6.host);
+        assert_eq!(aaaa(&c, "gateway.airlock.internal"), Some(v6.gateway));
+        let c = parse(&["--subnet", "10.9.0.0/16"]).unwrap();
+        assert_eq!(
+            c.gateway.ipv6.unwrap().prefix,
+            "fd61:6972:a09::".parse::<Ipv6Addr>().unwrap()
+        );
+        let c = parse(&["--subnet6", "2001:db8:1:2:3::/64", "--no-host-alias"]).unwrap();
+        let v6 = c.gateway.ipv6.unwrap();
+        assert_eq!(v6.prefix, "2001:db8:1:2::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.host, None);
+        let c = parse(&["--no-ipv6", "--dns-record", "db.test=fd00::7"]).unwrap();
+        assert!(c.gateway.ipv6.is_none());
+        assert_eq!(aaaa(&c, "gateway.airlock.internal"), None);
+        assert_eq!(aaaa(&c, "db.test"), Some("fd00::7".parse().unwrap()));
+        for bad in ["fd00::/48", "fe80::/64", "ff02::/64", "nonsense", "fd00::"] {
+            assert!(
+                matches!(parse(&["--subnet6", bad]), Err(ConfigError::Subnet6(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -724,7 +845,7 @@ mod control_tests {
         assert!(!p
             .decide(
                 airlock_api::Proto::Tcp,
-                Ipv4Addr::new(10, 1, 2, 3),
+                Ipv4Addr::new(10, 1, 2, 3).into(),
                 Some(80)
             )
             .allowed());
@@ -734,6 +855,12 @@ mod control_tests {
     fn publish_and_rule_errors() {
         let c = parse(&["-p", "8080:80", "--publish", "0.0.0.0:5353:53/udp"]).unwrap();
         assert_eq!(c.publish.len(), 2);
+        let c = parse(&["-p", "[::1]:8080:80/tcp6"]).unwrap();
+        assert_eq!(c.publish[0].guest, airlock_api::guest_ipv6(80));
+        assert!(matches!(
+            parse(&["-p", "8080:80/tcp6", "--no-ipv6"]),
+            Err(ConfigError::PublishIpv6Off(_))
+        ));
         assert!(matches!(
             parse(&["-p", "nope"]),
             Err(ConfigError::Publish(_))

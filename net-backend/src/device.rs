@@ -23,6 +23,7 @@ use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
+use crate::pcap::Pcap;
 use crate::virtio_net::{self, Placed};
 
 /// The guest posted receive buffers.
@@ -55,10 +56,17 @@ pub struct NetSession {
     guest: GuestState,
     acked: AtomicU64,
     offer_csum: bool,
+    /// `--pcap`: every frame each way.
+    pcap: Option<Arc<Pcap>>,
 }
 
 impl NetSession {
-    pub fn new(cfg: GatewayConfig, shared: Arc<Shared>, offer_csum: bool) -> io::Result<Self> {
+    pub fn new(
+        cfg: GatewayConfig,
+        shared: Arc<Shared>,
+        offer_csum: bool,
+        pcap: Option<Arc<Pcap>>,
+    ) -> io::Result<Self> {
         Ok(NetSession {
             inner: Mutex::new(Inner {
                 gateway: Gateway::new(cfg, shared.clone())?,
@@ -69,6 +77,7 @@ impl NetSession {
             guest: GuestState::default(),
             acked: AtomicU64::new(0),
             offer_csum,
+            pcap,
         })
     }
 
@@ -102,6 +111,9 @@ impl NetSession {
                 match placed {
                     Ok(Placed::Done { .. }) => {
                         stats.frame_to_guest(frame.len());
+                        if let Some(p) = &self.pcap {
+                            p.record(frame);
+                        }
                         inner.backlog.pop();
                     }
                     Ok(Placed::NoRoom) => break,
@@ -161,6 +173,9 @@ impl NetSession {
                 match virtio_net::read_frame(chain, &mut inner.frame) {
                     Ok(flags) => {
                         let partial = flags & virtio_net::F_NEEDS_CSUM != 0;
+                        if let Some(p) = &self.pcap {
+                            p.record(&inner.frame);
+                        }
                         let Inner {
                             gateway,
                             backlog,
@@ -442,7 +457,7 @@ mod tests {
                 None,
             )
             .unwrap();
-            let session = NetSession::new(config(), shared, true).unwrap();
+            let session = NetSession::new(config(), shared, true, None).unwrap();
             let mut queues = GuestQueues::new(&[16, 16]);
             queues.set_event_idx(true);
             session.set_event_idx(true);
@@ -467,7 +482,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let session = NetSession::new(config(), shared.clone(), true).unwrap();
+        let session = NetSession::new(config(), shared.clone(), true, None).unwrap();
         let mem = GuestMemoryAtomic::new(
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
         );

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
 
 use crate::audit::Exchange;
@@ -183,6 +185,15 @@ async fn forward(
     }
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
+    // What a second attempt needs, if one may be made (see `replay`).
+    let replayable = (is_idempotent(&parts.method) && body.is_end_stream()).then(|| {
+        let mut head = Request::new(());
+        *head.method_mut() = parts.method.clone();
+        *head.uri_mut() = parts.uri.clone();
+        *head.version_mut() = parts.version;
+        *head.headers_mut() = parts.headers.clone();
+        head
+    });
     let outgoing = Request::from_parts(
         parts,
         ProxyBody::stream(body).metered(exchange.clone(), Direction::Up),
@@ -192,19 +203,31 @@ async fn forward(
         Some(u) => PoolKey::Upstream(u.addr.clone()),
         None => PoolKey::Direct(target.clone()),
     };
-    let mut sender = sender_for(conn, &key, upstream, shared).await?;
+    let (mut sender, reused) = sender_for(conn, &key, upstream, shared).await?;
     let peer = || match upstream {
         Some(u) => format!("the upstream proxy {u}"),
         None => format!("the origin {target}"),
     };
-    let response =
-        sender
-            .send_request(outgoing)
-            .await
-            .map_err(|source| ForwardError::Exchange {
-                peer: peer(),
-                source,
-            })?;
+    let exchange_failed = |source| ForwardError::Exchange {
+        peer: peer(),
+        source,
+    };
+    let response = match sender.try_send_request(outgoing).await {
+        Ok(response) => response,
+        Err(mut failed) => {
+            let Some(again) = replay(reused, &mut failed, replayable) else {
+                return Err(exchange_failed(failed.into_error()));
+            };
+            log::debug!(
+                "{}: {} closed a kept-alive connection before answering; \
+                 sending the request again on a new one",
+                conn.client,
+                peer()
+            );
+            sender = connect(&key, upstream, shared).await?;
+            sender.send_request(again).await.map_err(exchange_failed)?
+        }
+    };
     conn.keep(Pooled { key, sender });
 
     if let Some(u) = upstream {
@@ -251,14 +274,50 @@ fn rejects_credentials(upstream: &Upstream, response: &Response<Incoming>) -> bo
     }
 }
 
+/// Methods a client may repeat without changing the outcome (RFC 9110
+/// §9.2.2), and so a proxy too, when the first attempt provably got no
+/// answer.
+fn is_idempotent(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
+}
+
+/// The request to send again on a new connection after `failed`, if that
+/// is safe: hyper hands the request back when it never started writing it;
+/// otherwise only a bodiless idempotent request (`replayable`) that a
+/// kept-alive connection (`reused`) lost without any answer — its peer had
+/// closed it after the previous response, which a peer may do at any time
+/// (RFC 9112 §9.3.1: tinyproxy does after every request), and on a busy
+/// host the close arrives after the connection was picked for reuse.
+fn replay(
+    reused: bool,
+    failed: &mut TrySendError<Request<ProxyBody>>,
+    replayable: Option<Request<()>>,
+) -> Option<Request<ProxyBody>> {
+    if let Some(unsent) = failed.take_message() {
+        return Some(unsent);
+    }
+    if !reused || !failed.error().is_incomplete_message() {
+        return None;
+    }
+    replayable.map(|head| head.map(|()| ProxyBody::empty()))
+}
+
 /// A connection for `key`: the client connection's kept-alive one if it
-/// leads there and is ready, else a new one.
+/// leads there and is ready (`true`: reused), else a new one.
 async fn sender_for(
     conn: &ClientConn,
     key: &PoolKey,
     upstream: Option<&Upstream>,
     shared: &Shared,
-) -> Result<SendRequest<ProxyBody>, ForwardError> {
+) -> Result<(SendRequest<ProxyBody>, bool), ForwardError> {
     if let Some(mut pooled) = conn.take_kept() {
         if pooled.key == *key
             && !pooled.sender.is_closed()
@@ -267,9 +326,18 @@ async fn sender_for(
                 Ok(Ok(()))
             )
         {
-            return Ok(pooled.sender);
+            return Ok((pooled.sender, true));
         }
     }
+    Ok((connect(key, upstream, shared).await?, false))
+}
+
+/// A new connection for `key`.
+async fn connect(
+    key: &PoolKey,
+    upstream: Option<&Upstream>,
+    shared: &Shared,
+) -> Result<SendRequest<ProxyBody>, ForwardError> {
     let timeout = shared.limits.connect_timeout;
     let stream = match (upstream, key) {
         (Some(u), _) => dial(&u.addr, timeout)

@@ -13,7 +13,11 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => return report(&e, EXIT_USAGE),
     };
-    logging::init(&args.log, "airlock-proxy", &["airlock_proxy"]);
+    logging::init(
+        &args.log,
+        "airlock-proxy",
+        &["airlock_proxy", "airlock_common"],
+    );
     let config = match Config::try_from(args) {
         Ok(config) => config,
         Err(e) => return report(&e, EXIT_USAGE),

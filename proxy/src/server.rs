@@ -159,10 +159,13 @@ pub async fn run(config: Config, audit: Option<Arc<AuditLog>>) -> Result<(), Ser
         );
     }
 
+    // The user this proxy serves as once confined owns its Unix sockets, so
+    // an airlock-net running as that same user can connect to them.
+    let owner = config.confine.identity()?;
     let mut bound = Vec::with_capacity(config.listen.len());
     let mut sockets = Vec::new();
     for listen in &config.listen {
-        match bind(listen) {
+        match bind(listen, owner) {
             Ok(b) => {
                 if let Bound::Unix(_, path) = &b {
                     sockets.push(path.clone());
@@ -231,13 +234,15 @@ pub async fn run(config: Config, audit: Option<Arc<AuditLog>>) -> Result<(), Ser
 
 fn remove_sockets(paths: &[PathBuf]) {
     for path in paths {
-        if let Err(e) = airlock_common::sandbox::remove_socket(path) {
-            log::warn!("cannot remove socket {}: {e}", path.display());
-        }
+        // remove_socket logs what it could not do.
+        let _ = airlock_common::sandbox::remove_socket(path);
     }
 }
 
-fn bind(listen: &Listen) -> Result<Bound, ServerError> {
+/// The uid and gid a Unix listener is handed to.
+type Owner = Option<(libc::uid_t, libc::gid_t)>;
+
+fn bind(listen: &Listen, owner: Owner) -> Result<Bound, ServerError> {
     match listen {
         Listen::Tcp(addr) => {
             let std_listener = std::net::TcpListener::bind(addr)
@@ -247,13 +252,14 @@ fn bind(listen: &Listen) -> Result<Bound, ServerError> {
                 .map_err(|e| ServerError::Bind(listen.clone(), e))?;
             Ok(Bound::Tcp(listener))
         }
-        Listen::Unix(path) => Ok(Bound::Unix(bind_unix(listen, path)?, path.clone())),
+        Listen::Unix(path) => Ok(Bound::Unix(bind_unix(listen, path, owner)?, path.clone())),
     }
 }
 
-/// Binds a Unix socket with mode 0600, replacing a stale socket file (one
-/// nobody listens on) but never a live socket or a non-socket.
-fn bind_unix(listen: &Listen, path: &Path) -> Result<UnixListener, ServerError> {
+/// Binds a Unix socket with mode 0600 (owned by `owner` if given),
+/// replacing a stale socket file (one nobody listens on) but never a live
+/// socket or a non-socket.
+fn bind_unix(listen: &Listen, path: &Path, owner: Owner) -> Result<UnixListener, ServerError> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -275,6 +281,10 @@ fn bind_unix(listen: &Listen, path: &Path) -> Result<UnixListener, ServerError> 
     unsafe { libc::umask(old_mask) };
     let std_listener = result.map_err(|e| ServerError::Bind(listen.clone(), e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| match owner {
+            Some((uid, gid)) => std::os::unix::fs::chown(path, Some(uid), Some(gid)),
+            None => Ok(()),
+        })
         .and_then(|()| std_listener.set_nonblocking(true))
         .map_err(|e| ServerError::Bind(listen.clone(), e))?;
     UnixListener::from_std(std_listener).map_err(|e| ServerError::Bind(listen.clone(), e))

@@ -137,6 +137,13 @@ fn port_in_use_exits_1() {
 async fn unix_socket_listener_is_private_and_serves() {
     let origin = Origin::start().await;
     let dir = tempfile::tempdir().unwrap();
+    // Started as root, the proxy serves as nobody: the directory is that
+    // user's, as a service's runtime directory is, so it may remove its
+    // socket at exit.
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    }
     let sock = dir.path().join("proxy.sock");
     // A stale socket file (nobody listening) is replaced.
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());

@@ -359,3 +359,94 @@ async fn a_download_cut_short_is_recorded_as_incomplete() {
     let down = l["bytes_down"].as_u64().unwrap();
     assert!(down > 0 && down < 100_000_000, "{l}");
 }
+
+/// Reads one request head from `stream` (the tests send no request bodies
+/// here but the POST's, which is read with it); `None` at end of stream.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// An origin that keeps connections alive but closes one, without an
+/// answer, when the next request arrives on it — what a server does when
+/// its idle timeout fires as the request is on its way (tinyproxy closes
+/// after every response). A GET lost that way is sent again on a new
+/// connection; a POST with a body is not (502): the proxy cannot know
+/// whether the origin acted on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_closed_under_a_request_is_retried_only_when_safe() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(usize, String)>::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        for connection in 1.. {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                // One answer per connection; the next request finds it closed.
+                let Some(head) = read_head(&mut stream).await else {
+                    return;
+                };
+                let line = head.lines().next().unwrap_or_default().to_owned();
+                seen.lock().unwrap().push((connection, line.clone()));
+                let body = format!("answer {connection}");
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(reply.as_bytes()).await.unwrap();
+                if let Some(head) = read_head(&mut stream).await {
+                    let line = head.lines().next().unwrap_or_default().to_owned();
+                    seen.lock()
+                        .unwrap()
+                        .push((connection, format!("{line} (unanswered)")));
+                }
+            });
+        }
+    });
+    let proxy = Proxy::start(&["--ignore-proxy-env"]);
+    let mut client = connect_client(&proxy.addr).await;
+    let url = |path: &str| format!("http://{addr}{path}");
+
+    let first = send(&mut client, get(&url("/first"))).await;
+    assert_eq!(
+        (first.status, first.text()),
+        (StatusCode::OK, "answer 1".into())
+    );
+    let second = send(&mut client, get(&url("/second"))).await;
+    assert_eq!(
+        (second.status, second.text()),
+        (StatusCode::OK, "answer 2".into()),
+        "{}",
+        proxy.stderr()
+    );
+    let post = Request::post(url("/post"))
+        .header("content-type", "text/plain")
+        .body(full("do it once"))
+        .unwrap();
+    let post = send(&mut client, post).await;
+    assert_eq!(post.status, StatusCode::BAD_GATEWAY, "{}", post.text());
+
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(
+        heads,
+        [
+            (1, "GET /first HTTP/1.1".to_owned()),
+            (1, "GET /second HTTP/1.1 (unanswered)".to_owned()),
+            (2, "GET /second HTTP/1.1".to_owned()),
+            (2, "POST /post HTTP/1.1 (unanswered)".to_owned()),
+        ]
+    );
+}

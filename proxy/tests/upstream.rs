@@ -123,7 +123,14 @@ async fn url_credentials_work_and_never_reach_origin_or_client() {
     assert_eq!(reply.text(), "hello from origin");
     // A second request on the same client connection also goes through.
     let reply = send(&mut client, get(&origin.url("/download/5000"))).await;
-    assert_eq!(reply.body.len(), 5000);
+    assert_eq!(
+        (reply.status, reply.body.len()),
+        (StatusCode::OK, 5000),
+        "{}\nairlock-proxy:\n{}\ntinyproxy:\n{}",
+        reply.text(),
+        proxy.stderr(),
+        tp.log()
+    );
     assert_no_credentials(
         "the response headers",
         &format!("{:?}", header_map_text(&reply.headers)),

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::diag;
 use crate::process;
@@ -95,6 +95,26 @@ impl DaemonHandle {
         match fs::read(&self.inner.log_path) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) => panic!("cannot read {}: {e}", self.inner.log_path.display()),
+        }
+    }
+
+    /// Waits until the daemon's log contains `needle` and returns the log.
+    /// Gives up, returning the log as the error, when the daemon exits
+    /// without having written it or `timeout` passes.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Read the log before asking whether the daemon lives: a line
+            // written just before it exited is still found.
+            let exited = self.try_wait().is_some();
+            let log = self.log();
+            if log.contains(needle) {
+                return Ok(log);
+            }
+            if exited || Instant::now() >= deadline {
+                return Err(log);
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

@@ -26,11 +26,12 @@
 //!
 //! The guest (`scripts/build-guest`) is Debian's kernel (booted as an
 //! uncompressed PVH ELF, ~3.5 s to the script's first line under TCG) with
-//! busybox, `setfattr`/`getfattr`, `iperf3`, `curl`, `fio` and `dhcpcd`.
-//! Its init loads the virtio, virtio-net, virtio-fs, 9p and virtio-blk
-//! modules, runs the test's script with the test channel (ttyS1, QEMU's
-//! stdin/stdout) as its stdin/stdout/stderr, prints `AIRLOCK-EXIT <status>`
-//! and powers off. Kernel messages go to the console log (ttyS0).
+//! busybox, `setfattr`/`getfattr`, `iperf3`, `curl`, `fio`, `dhcpcd` and
+//! `inotifywait`. Its init loads the virtio, virtio-net, virtio-fs, 9p,
+//! virtio-blk and virtio-serial modules, runs the test's script with the
+//! test channel (ttyS1, QEMU's stdin/stdout) as its stdin/stdout/stderr,
+//! prints `AIRLOCK-EXIT <status>` and powers off. Kernel messages go to
+//! the console log (ttyS0).
 //!
 //! Guest networking: `udhcpc -i eth0 -O mtu` (its lease script sets address,
 //! default route, `/etc/resolv.conf` and the offered MTU) or
@@ -59,7 +60,7 @@ pub use guest::{guest_dir, guest_image, workspace_root, GuestImage};
 pub use netns::{veth_pair, NetNs};
 pub use process::{fd_count, fd_listing, process_exists, rss_anon_kib, rss_kib};
 pub use qemu::{
-    fs_device_args, net_device_args, GuestOutput, Vm, VmConfig, DEFAULT_MEMORY_MIB,
-    DEFAULT_TIMEOUT, EXIT_MARKER, KERNEL_CMDLINE, MACHINE, QEMU,
+    fs_device_args, net_device_args, notify_device_args, GuestOutput, Vm, VmConfig,
+    DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT, EXIT_MARKER, KERNEL_CMDLINE, MACHINE, QEMU,
 };
 pub use rig::Rig;

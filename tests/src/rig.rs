@@ -3,7 +3,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
@@ -60,6 +60,12 @@ impl Rig {
             .tempdir_in(RIG_PARENT)
             .unwrap_or_else(|e| panic!("cannot create a rig directory in {RIG_PARENT}: {e}"));
         let path = dir.path().to_path_buf();
+        // Searchable by everyone, listable by its owner only, as an admin's
+        // /run/vm1 would be: daemons started as root serve as an
+        // unprivileged user (nobody), which must still reach the proxy's
+        // socket and reread the egress rules in here.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o711))
+            .unwrap_or_else(|e| panic!("cannot open {} to other users: {e}", path.display()));
         Rig {
             dir: Some(dir),
             logs: Logs::new(&path),

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -110,6 +111,29 @@ fn airlock_fs_namespace_sandbox_leaves_only_the_share() {
     assert_eq!(caps(pid, "CapBnd"), FS_CAPS);
 }
 
+/// `--allow-device-nodes` adds CAP_MKNOD and nothing else; the share stays
+/// `nodev` in the sandbox, so no node in it can be opened through the
+/// daemon's mount.
+#[test]
+fn airlock_fs_allowing_device_nodes_adds_only_cap_mknod() {
+    let mut rig = Rig::new("confine_fs_mknod");
+    let share = rig.dir().join("share");
+    fs::create_dir(&share).unwrap();
+    let (d, _socket) = start_fs(&mut rig, &share, &["--allow-device-nodes"]);
+    let pid = d.pid();
+    assert_filtered(&d);
+    const MKNOD: u64 = 1 << 27;
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(caps(pid, set), FS_CAPS | MKNOD, "{set}");
+    }
+    let mounts = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let share_mount = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/share"))
+        .unwrap_or_else(|| panic!("{mounts}"));
+    assert!(share_mount.contains("nodev"), "{share_mount}");
+}
+
 #[test]
 fn airlock_fs_chroot_serves_one_guest_after_another() {
     let mut rig = Rig::new("confine_fs_chroot");
@@ -186,29 +210,24 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// airlock-net and airlock-proxy started as root with `--user nobody`: no
-/// root, no groups, no capabilities, every mount read-only, and still
-/// serving (the API answers; the proxy forwards a request).
-#[test]
-fn airlock_net_and_proxy_drop_to_the_user_they_are_given() {
-    let mut rig = Rig::new("confine_user");
+/// airlock-net and airlock-proxy started as root with `user_args`: serving
+/// as nobody with no groups, no capabilities, every mount read-only, and
+/// still serving (the API answers; the proxy forwards a request).
+fn net_and_proxy_serve_as_nobody(test: &str, user_args: &[&str]) {
+    let mut rig = Rig::new(test);
     let dir = rig.dir().to_owned();
     let api = dir.join("api.sock");
     let vsock = dir.join("net.sock");
-    let net = start(
-        &mut rig,
-        "airlock-net",
-        &[
-            "--socket-path",
-            vsock.to_str().unwrap(),
-            "--api-socket",
-            api.to_str().unwrap(),
-            "--dns-upstream",
-            "127.0.0.1:53",
-            "--user",
-            "nobody",
-        ],
-    );
+    let mut net_args = vec![
+        "--socket-path",
+        vsock.to_str().unwrap(),
+        "--api-socket",
+        api.to_str().unwrap(),
+        "--dns-upstream",
+        "127.0.0.1:53",
+    ];
+    net_args.extend_from_slice(user_args);
+    let net = start(&mut rig, "airlock-net", &net_args);
     rig.wait_for_socket(&vsock, Duration::from_secs(10));
 
     let origin = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -222,17 +241,17 @@ fn airlock_net_and_proxy_drop_to_the_user_they_are_given() {
     });
     let proxy_port = free_port();
     let listen = format!("127.0.0.1:{proxy_port}");
-    let proxy = start(
-        &mut rig,
-        "airlock-proxy",
-        &[
-            "--listen",
-            &listen,
-            "--ignore-proxy-env",
-            "--user",
-            "nobody",
-        ],
-    );
+    let proxy_socket = dir.join("proxy.sock");
+    let listen_unix = format!("unix:{}", proxy_socket.display());
+    let mut proxy_args = vec![
+        "--listen",
+        &listen,
+        "--listen",
+        &listen_unix,
+        "--ignore-proxy-env",
+    ];
+    proxy_args.extend_from_slice(user_args);
+    let proxy = start(&mut rig, "airlock-proxy", &proxy_args);
     let mut conn = None;
     for _ in 0..200 {
         if let Ok(c) = TcpStream::connect(&listen) {
@@ -259,6 +278,14 @@ fn airlock_net_and_proxy_drop_to_the_user_they_are_given() {
 
     let stats = api_get(&api, "/stats");
     assert!(stats.starts_with("HTTP/1.1 200"), "{stats}\n{}", net.log());
+    // The proxy's Unix socket belongs to the user it serves as (so an
+    // airlock-net serving as that user may connect), still mode 0600; the
+    // vhost-user and API sockets stay root's, for QEMU and the admin.
+    let meta = fs::metadata(&proxy_socket).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (NOBODY, 0o600));
+    for socket in [&vsock, &api] {
+        assert_eq!(fs::metadata(socket).unwrap().uid(), 0);
+    }
 
     for d in [&net, &proxy] {
         let pid = d.pid();
@@ -279,7 +306,27 @@ fn airlock_net_and_proxy_drop_to_the_user_they_are_given() {
             );
         }
         assert!(d.is_running(), "{}", d.log());
+        assert!(
+            d.log().contains(&format!(
+                "serving as user {}",
+                user_args.last().unwrap_or(&"nobody")
+            )),
+            "{}",
+            d.log()
+        );
     }
+}
+
+/// Started as root with no `--user`, neither daemon keeps root: both serve
+/// as `nobody`, as passt does.
+#[test]
+fn airlock_net_and_proxy_started_as_root_serve_as_nobody() {
+    net_and_proxy_serve_as_nobody("confine_default_user", &[]);
+}
+
+#[test]
+fn airlock_net_and_proxy_drop_to_the_user_they_are_given() {
+    net_and_proxy_serve_as_nobody("confine_user", &["--user", "65534"]);
 }
 
 fn run_as(uid: Option<u32>, bin: &str, args: &[&str]) -> (i32, String) {
@@ -345,10 +392,80 @@ fn confinement_that_cannot_be_had_is_a_clear_error() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("only root can switch users"), "{err}");
 
+    // Root may not be asked for by name or number: it is what the switch
+    // is there to leave.
+    for root in ["root", "0"] {
+        let (code, err) = run_as(
+            None,
+            "airlock-net",
+            &[
+                "--socket-path",
+                sock,
+                "--dns-upstream",
+                "127.0.0.1:53",
+                "--user",
+                root,
+            ],
+        );
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains(&format!("--user {root}: the daemon does not serve as root")),
+            "{err}"
+        );
+        assert!(!socket.exists(), "socket created before the refusal");
+    }
+
     let (code, err) = run_as(
         None,
         "airlock-fs",
         &["--shared-dir", dir, "--seccomp", "off"],
     );
     assert_eq!(code, 2, "{err}");
+}
+
+/// What airlock-net opens again after switching users — the proxy's socket
+/// at each proxied flow, the egress rules on SIGHUP — is checked as that
+/// user at startup, and a path it cannot reach is named then, not at the
+/// first flow or reload.
+#[test]
+fn airlock_net_names_paths_its_user_cannot_reach() {
+    let mut rig = Rig::new("confine_unreachable");
+    // Root's alone: nobody may not even look inside.
+    let private = rig.dir().join("private");
+    fs::create_dir(&private).unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    let proxy_socket = private.join("proxy.sock");
+    let _proxy = std::os::unix::net::UnixListener::bind(&proxy_socket).unwrap();
+    let rules = private.join("egress.rules");
+    fs::write(&rules, "allow 0.0.0.0/0\n").unwrap();
+    let vsock = rig.dir().join("net.sock");
+    let target = format!("unix:{}", proxy_socket.display());
+    let net = start(
+        &mut rig,
+        "airlock-net",
+        &[
+            "--socket-path",
+            vsock.to_str().unwrap(),
+            "--dns-upstream",
+            "127.0.0.1:53",
+            "--proxy-target",
+            &target,
+            "--egress-rules",
+            rules.to_str().unwrap(),
+        ],
+    );
+    // The warnings come after the user switch, which follows binding the
+    // socket: wait for each line rather than reading the log once.
+    for what in [
+        format!("--proxy-target {target}: user nobody may not reach it"),
+        format!(
+            "--egress-rules {}: user nobody may not reach it",
+            rules.display()
+        ),
+    ] {
+        if let Err(log) = net.wait_for_log(&what, Duration::from_secs(30)) {
+            panic!("no {what:?} in\n{log}");
+        }
+    }
+    assert!(net.is_running(), "{}", net.log());
 }

@@ -29,7 +29,7 @@ const EXPECTED: &[&str] = &[
     "demo: starting airlock-fs, sharing ",
     "demo: booting the guest",
     "guest: eth0 is 192.168.127.2/24, gateway 192.168.127.1, mtu 65520",
-    "guest: host.airlock.internal resolves to 192.168.127.254",
+    "guest: host.airlock.internal resolves to 192.168.127.254 (IPv4) and fd61:6972:c0a8:7f00::fe (IPv6)",
     "guest: fetching http://host.airlock.internal:",
     "    hello from the host's loopback web server",
     "guest: fetching http://127.0.0.1:",

@@ -79,3 +79,8 @@ fn airlock_cli_help_is_documented() {
         ],
     );
 }
+
+#[test]
+fn airlock_guest_help_is_documented() {
+    check_with("airlock-guest", &["watch"]);
+}

@@ -197,10 +197,17 @@ fn spawn_libvirt_style(rig: &mut Rig, socket: &Path, extra: &[&str]) -> DaemonHa
     let fd = UnixListener::bind(socket).unwrap().into_raw_fd();
     let mut cmd = Command::new(Rig::bin("airlock-fs"));
     cmd.arg("--fd=7").args(extra);
-    // SAFETY: only dup2, async-signal-safe, runs between fork and exec.
+    // SAFETY: only dup2 or fcntl, async-signal-safe, between fork and exec.
+    // A listener that already is fd 7 keeps its FD_CLOEXEC through dup2 onto
+    // itself, so that case clears the flag instead.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(fd, 7) < 0 {
+            let rc = if fd == 7 {
+                libc::fcntl(fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 7)
+            };
+            if rc < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

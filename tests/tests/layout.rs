@@ -3,6 +3,8 @@
 //!
 //! - airlock-net's gateway (airlock-netcore) never links a virtqueue or
 //!   vhost-user crate, and the `airlock` CLI links no daemon;
+//! - the notify wire format (airlock-notify) is std only, and the guest
+//!   helper (airlock-guest) links no daemon and no vhost-user crate;
 //! - no file of airlock-net or its core imports a file that imports it
 //!   back, directly or around a longer loop (a module's use of its own
 //!   ancestors does not count).
@@ -53,6 +55,24 @@ fn the_gateway_never_links_a_virtqueue_and_the_cli_links_no_daemon() {
         "smoltcp",
     ]) {
         assert!(!cli.contains(*c), "the airlock CLI links {c}");
+    }
+}
+
+#[test]
+fn the_notify_wire_format_is_std_only_and_the_guest_helper_links_no_daemon() {
+    let wire = normal_dependencies("airlock-notify");
+    assert_eq!(wire, BTreeSet::from(["airlock-notify".to_owned()]));
+    let guest = normal_dependencies("airlock-guest");
+    assert!(guest.contains("airlock-notify"), "{guest:?}");
+    for c in [
+        "airlock-fs",
+        "airlock-common",
+        "airlock-vhost",
+        "vhost",
+        "vm-memory",
+        "fuse-backend-rs",
+    ] {
+        assert!(!guest.contains(c), "airlock-guest links {c}");
     }
 }
 

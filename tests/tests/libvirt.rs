@@ -48,7 +48,7 @@ const CONSOLE_PLACEHOLDER: &str = "/var/log/airlock/vm1-console.log";
 const GUEST_SCRIPT: &str = r#"set -e
 udhcpc -i eth0 -q -n -t 5 -O mtu >/tmp/udhcpc.log 2>&1 || { cat /tmp/udhcpc.log; echo 'udhcpc failed'; exit 1; }
 echo "address $(ip -4 -o addr show eth0 | awk '{print $4}') mtu $(cat /sys/class/net/eth0/mtu)"
-echo "host alias $(nslookup host.airlock.internal 2>/dev/null | awk '/^Address/ {a=$2} END {print a}')"
+echo "host alias $(nslookup -type=a host.airlock.internal 2>/dev/null | awk '/^Address/ {a=$2} END {print a}')"
 mkdir -p /mnt/share
 mount -t virtiofs share /mnt/share
 echo "host file: $(cat /mnt/share/from-host.txt)"

@@ -244,6 +244,8 @@ fn rig_overrides(daemon: &str, dir: &Path) -> Vec<String> {
                 p("fs.sock"),
                 "--shared-dir".into(),
                 p("share"),
+                "--notify-socket".into(),
+                p("notify.sock"),
             ]
         }
         "airlock-net" => {
@@ -261,6 +263,8 @@ fn rig_overrides(daemon: &str, dir: &Path) -> Vec<String> {
                 "127.0.0.1:53".into(),
                 "--proxy-target".into(),
                 format!("unix:{}", p("proxy.sock")),
+                "--pcap".into(),
+                p("guest.pcap"),
             ]
         }
         "airlock-proxy" => {
@@ -406,6 +410,33 @@ fn install_lays_out_a_tree_whose_units_verify() {
     assert!(json.contains("\"/usr/bin/airlock-net\""), "{json}");
 }
 
+/// `--as-passt` adds PREFIX/bin/passt, a relative link to airlock-net
+/// (libvirt's passt backend runs `passt` from its PATH); without it there
+/// is none.
+#[test]
+fn install_as_passt_links_passt_to_airlock_net() {
+    let bin_dir = Rig::bin("airlock-man").parent().unwrap().to_path_buf();
+    for program in PROGRAMS {
+        Rig::bin(program);
+    }
+    let dest = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new(workspace_root().join("scripts/install"))
+            .args(["--no-build", "--as-passt", "--prefix", "/opt/airlock"])
+            .arg("--bin-dir")
+            .arg(&bin_dir)
+            .arg("--destdir")
+            .arg(dest.path()),
+    );
+    let link = dest.path().join("opt/airlock/bin/passt");
+    assert_eq!(fs::read_link(&link).unwrap(), Path::new("airlock-net"));
+    let version = run_ok(Command::new(&link).arg("--version"));
+    assert!(version.starts_with("passt (airlock-net "), "{version}");
+    let plain = tempfile::tempdir().unwrap();
+    install(plain.path(), "/opt/airlock");
+    assert!(!plain.path().join("opt/airlock/bin/passt").exists());
+}
+
 /// `systemd-analyze verify` on an instance of every installed unit. It
 /// checks that ExecStart= binaries exist and Documentation= man pages
 /// resolve, so the units are copied with PREFIX pointing into the DESTDIR
@@ -436,6 +467,33 @@ fn verify_units(destdir: &Path, prefix: &str) {
             out.status
         );
     }
+}
+
+/// The guest helper's unit (`dist/guest/`, installed in guests, not by
+/// `scripts/install`) verifies, with its ExecStart pointing at the built
+/// binary.
+#[test]
+fn guest_unit_verifies() {
+    let unit = read(&dist("guest/airlock-guest@.service"));
+    assert!(unit.contains("ExecStart=/usr/local/bin/airlock-guest watch --tag %i"));
+    let bin = Rig::bin("airlock-guest");
+    let dir = tempfile::tempdir().unwrap();
+    let instance = dir.path().join("airlock-guest@share.service");
+    fs::write(
+        &instance,
+        unit.replace("/usr/local/bin/airlock-guest", &bin.display().to_string()),
+    )
+    .unwrap();
+    let out = run(Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&instance)
+        .env("SYSTEMD_LOG_COLOR", "0"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify airlock-guest@share.service ({}):\n{stderr}",
+        out.status
+    );
 }
 
 #[test]

@@ -33,9 +33,14 @@ const B_ADDR: &str = "10.201.0.2";
 const SIZE: usize = 16 << 20;
 /// Published at startup (127.0.0.1 in namespace A): the guest's httpd.
 const HTTP_PORT: u16 = 8080;
-/// Published at startup, TCP and UDP: the guest's iperf3 (control
-/// connection and datagrams share the number).
+/// Published at startup, TCP and UDP: the guest's iperf3 servers (control
+/// connection and datagrams share the number), one for host-to-guest and
+/// one for guest-to-host (`-R`). Two one-shot servers, not one run twice:
+/// between tests an iperf3 server closes its listener and opens it again,
+/// and a client arriving in that window (a busy host makes it wide) is
+/// reset by the guest, through the published port, before any test.
 const IPERF_PORT: u16 = 5201;
+const IPERF_REVERSE_PORT: u16 = 5202;
 /// Published at runtime through the CLI: once bound to 127.0.0.1, once to
 /// 0.0.0.0.
 const LOOPBACK_ONLY_PORT: u16 = 9080;
@@ -64,7 +69,13 @@ echo "received $CONTENT_LENGTH $sum"
 EOF
 chmod 755 /www/cgi-bin/upload
 httpd -p 80 -h /www
-iperf3 -s -p {IPERF_PORT} >/tmp/iperf3.log 2>&1 &
+iperf3 -s -1 -p {IPERF_PORT} >/tmp/iperf3.log 2>&1 &
+iperf3 -s -1 -p {IPERF_REVERSE_PORT} >/tmp/iperf3-reverse.log 2>&1 &
+# READY only once both listen (/proc/net/tcp6: local port in hex, state 0A).
+for port in {IPERF_PORT} {IPERF_REVERSE_PORT}; do
+    hex=$(printf '%04X' $port)
+    until grep -Eq ":$hex [0-9A-F]+:0000 0A" /proc/net/tcp /proc/net/tcp6; do sleep 0.1; done
+done
 set +e
 curl -sS --max-time 20 http://{B_ADDR}:{ALLOWED_PORT}/peer >/tmp/allowed 2>&1
 echo "allowed status=$? $(cat /tmp/allowed)"
@@ -74,6 +85,7 @@ echo "READY blob=$(sha256sum /www/blob | cut -c1-64)"
 read line
 echo "host said $line"
 sed 's/^/iperf3: /' /tmp/iperf3.log | tail -n 5
+sed 's/^/iperf3 -R: /' /tmp/iperf3-reverse.log | tail -n 5
 "#
     )
 }
@@ -163,9 +175,14 @@ fn assert_refused(ns: &NetNs, addr: SocketAddr, why: &str) {
 /// `reverse` has the guest send. Returns (datagrams sent, lost) from the
 /// receiver's summary.
 fn iperf_udp(ns: &NetNs, reverse: bool) -> (u64, u64) {
+    let port = if reverse {
+        IPERF_REVERSE_PORT
+    } else {
+        IPERF_PORT
+    };
     let mut cmd = ns.command("timeout");
     cmd.args(["30", "iperf3", "-c", "127.0.0.1", "-p"])
-        .arg(IPERF_PORT.to_string())
+        .arg(port.to_string())
         .args(["-u", "-b", "2M", "-l", "1200", "-t", "1", "--json"]);
     if reverse {
         cmd.arg("-R");
@@ -272,6 +289,10 @@ fn start_net(rig: &mut Rig, ns: &NetNs) -> Net {
         .arg(format!("{IPERF_PORT}:{IPERF_PORT}"))
         .arg("--publish")
         .arg(format!("{IPERF_PORT}:{IPERF_PORT}/udp"))
+        .arg("--publish")
+        .arg(format!("{IPERF_REVERSE_PORT}:{IPERF_REVERSE_PORT}"))
+        .arg("--publish")
+        .arg(format!("{IPERF_REVERSE_PORT}:{IPERF_REVERSE_PORT}/udp"))
         .arg("--deny")
         .arg(format!("{B_ADDR}:{DENIED_PORT}/tcp"));
     let daemon = rig.spawn_daemon("airlock-net", cmd);
@@ -455,6 +476,8 @@ fn published_ports_runtime_control_egress_policy_and_audit() {
         vec![
             format!("127.0.0.1:{IPERF_PORT}/tcp"),
             format!("127.0.0.1:{IPERF_PORT}/udp"),
+            format!("127.0.0.1:{IPERF_REVERSE_PORT}/tcp"),
+            format!("127.0.0.1:{IPERF_REVERSE_PORT}/udp"),
             format!("127.0.0.1:{HTTP_PORT}/tcp"),
         ]
     );

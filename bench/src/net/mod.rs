@@ -183,7 +183,8 @@ fn setup_notes(options: &Options) -> Vec<String> {
             "One TCG guest ({GUEST_MEMORY_MIB} MiB, 1 vCPU) with one virtio-net NIC per peer, told apart by MAC; \
              each configured by busybox udhcpc applying the offered MTU (airlock-net and passt offer 65520, \
              slirp has 1500). The guest reaches the host's 127.0.0.1 through each peer's alias: airlock-net \
-             192.168.127.254 (host.airlock.internal), passt its gateway 10.88.0.1 (passt maps the gateway \
+             192.168.127.254 (host.airlock.internal), airlock-net's stream transport (`--transport stream \
+             --subnet 192.168.128.0/24`, QEMU's `-netdev stream` like passt) 192.168.128.254, passt its gateway 10.88.0.1 (passt maps the gateway \
              to the host; run with `-a 10.88.0.2 -n 24 -g 10.88.0.1`), slirp 10.0.2.2. Tests run on each \
              NIC in turn, the order rotated every repetition."
         ),

@@ -1,5 +1,6 @@
-//! The network peers: airlock-net (vhost-user), passt (socket mode,
-//! `-netdev stream`) and QEMU's slirp (`-netdev user`), each its own NIC of
+//! The network peers: airlock-net (vhost-user, and its stream transport on
+//! `-netdev stream`), passt (socket mode, `-netdev stream`) and QEMU's slirp
+//! (`-netdev user`), each its own NIC of
 //! the same guest, told apart by MAC address. Each NIC's subnet differs, so
 //! the guest reaches each peer's host alias through that NIC alone.
 
@@ -17,6 +18,9 @@ use crate::vm::sibling_binary;
 pub enum Kind {
     /// airlock-net over vhost-user.
     AirlockNet,
+    /// airlock-net's stream transport (`--transport stream`), QEMU's
+    /// `-netdev stream` as for passt.
+    AirlockNetStream,
     /// passt in socket mode.
     Passt,
     /// QEMU's built-in libslirp.
@@ -58,6 +62,14 @@ pub const AIRLOCK_NET: Peer = Peer {
     mac: "52:54:00:00:00:01",
     host_alias: "192.168.127.254",
 };
+/// airlock-net on QEMU's stream netdev, in a subnet of its own.
+pub const AIRLOCK_NET_STREAM: Peer = Peer {
+    id: "airlock-net-stream",
+    label: "airlock-net (stream)",
+    kind: Kind::AirlockNetStream,
+    mac: "52:54:00:00:00:04",
+    host_alias: "192.168.128.254",
+};
 /// passt, with an explicit subnet so it does not copy the host's.
 pub const PASST: Peer = Peer {
     id: "passt",
@@ -76,7 +88,7 @@ pub const SLIRP: Peer = Peer {
 };
 
 /// Every peer, in table order.
-pub const ALL: [Peer; 3] = [AIRLOCK_NET, PASST, SLIRP];
+pub const ALL: [Peer; 4] = [AIRLOCK_NET, AIRLOCK_NET_STREAM, PASST, SLIRP];
 
 impl Peer {
     /// Whether a separate daemon serves it.
@@ -87,7 +99,7 @@ impl Peer {
     /// Why it cannot run here, if it cannot.
     pub fn unavailable(&self) -> Option<String> {
         let binary = match self.kind {
-            Kind::AirlockNet => sibling_binary("airlock-net"),
+            Kind::AirlockNet | Kind::AirlockNetStream => sibling_binary("airlock-net"),
             Kind::Passt => Path::new("/usr/bin/passt").to_path_buf(),
             Kind::Slirp => return None,
         };
@@ -97,7 +109,7 @@ impl Peer {
     /// Name and version.
     pub fn info(&self) -> PeerInfo {
         let version = match self.kind {
-            Kind::AirlockNet => {
+            Kind::AirlockNet | Kind::AirlockNetStream => {
                 binary_version(&sibling_binary("airlock-net")) + " (this workspace, release build)"
             }
             Kind::Passt => format!("Debian passt {}", debian_version("passt")),
@@ -118,8 +130,11 @@ impl Peer {
     pub fn command(&self, socket: &Path, published: Published) -> Option<Command> {
         let Published { http, iperf } = published;
         match self.kind {
-            Kind::AirlockNet => {
+            Kind::AirlockNet | Kind::AirlockNetStream => {
                 let mut cmd = Command::new(sibling_binary("airlock-net"));
+                if self.kind == Kind::AirlockNetStream {
+                    cmd.args(["--transport", "stream", "--subnet", "192.168.128.0/24"]);
+                }
                 cmd.arg("--socket-path")
                     .arg(socket)
                     .args(["--log-level", "warn"])
@@ -155,7 +170,7 @@ impl Peer {
         let netdev = format!("net-{}", self.id);
         match self.kind {
             Kind::AirlockNet => net_device_args(socket, self.mac, false),
-            Kind::Passt => vec![
+            Kind::Passt | Kind::AirlockNetStream => vec![
                 "-netdev".into(),
                 format!(
                     "stream,id={netdev},server=off,addr.type=unix,addr.path={}",

@@ -30,11 +30,12 @@ pub enum Error {
 }
 
 /// Groups in report order, with their section headings and chart titles.
-pub const SECTIONS: [(&str, &str); 4] = [
+pub const SECTIONS: [(&str, &str); 5] = [
     ("fs-quick", "File systems: issue 2's first check"),
     ("fs", "File systems, guest-level"),
     ("backend", "Backend-only (no guest, no QEMU)"),
     ("net", "Networks, guest-level"),
+    ("notify", "File watching: airlock-fs --notify-socket"),
 ];
 
 /// The skeleton of a new report.

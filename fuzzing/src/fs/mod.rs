@@ -13,10 +13,12 @@
 
 mod chain;
 mod fuse;
+mod notify;
 pub mod seeds;
 
 pub use chain::fuzz_fs_chain;
 pub use fuse::{fuzz_fuse, run as run_fuse};
+pub use notify::fuzz_notify_channel;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};

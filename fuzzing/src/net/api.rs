@@ -74,6 +74,10 @@ impl Control for Recorded {
         self.shared.stats.snapshot()
     }
 
+    fn dns_queries(&self) -> Vec<(&'static str, u64)> {
+        self.shared.stats.dns_queries()
+    }
+
     fn flows(&self) -> Option<Vec<FlowInfo>> {
         self.shared
             .current_guest(Duration::from_secs(1))

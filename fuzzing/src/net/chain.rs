@@ -52,7 +52,7 @@ pub fn run(data: &[u8]) -> u64 {
     let event_idx = features & 4 != 0;
     let mtu = if features & 8 != 0 { 1500 } else { 65_520 };
 
-    let session = NetSession::new(gateway_config(mtu), shared(), true)
+    let session = NetSession::new(gateway_config(mtu), shared(), true, None)
         .expect("cannot create the net session");
     let mut queues = GuestQueues::from_input(2, &mut input);
     queues.set_event_idx(event_idx);

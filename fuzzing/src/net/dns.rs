@@ -64,7 +64,9 @@ pub fn fuzz_dns(data: &[u8]) {
 /// says.
 fn checked_plan(msg: &[u8], p: Plan, input: &mut Input) {
     match p {
-        Plan::Answer(reply) | Plan::NoUpstream(reply) => check_reply(msg, &reply),
+        Plan::Answer(reply) | Plan::NxDomain(reply) | Plan::NoUpstream(reply) => {
+            check_reply(msg, &reply)
+        }
         Plan::Forward(f) => chase(&f, input),
     }
 }

@@ -19,8 +19,8 @@ use std::net::Ipv4Addr;
 use airlock_testkit::Input;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, Icmpv4Packet, IpAddress, IpProtocol, Ipv4Packet, TcpPacket, TcpSeqNumber,
-    UdpPacket,
+    EthernetRepr, Icmpv4Packet, Icmpv6Packet, IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet,
+    TcpPacket, TcpSeqNumber, UdpPacket,
 };
 
 use super::{gateway_config, peers, shared, GUEST, GUEST_MAC, GW, GW_MAC, HOST, PROXY, PROXY_PORT};
@@ -265,6 +265,10 @@ impl Harness {
                     self.received.tcp += 1;
                     self.received.tcp_data += data;
                     self.last = Some(seg);
+                }
+                Delivered::Tcp6(data) => {
+                    self.received.tcp += 1;
+                    self.received.tcp_data += data;
                 }
             }
             self.backlog.pop();
@@ -522,6 +526,8 @@ enum Delivered {
     Icmp,
     /// The segment, and its payload length.
     Tcp(LastSeg, usize),
+    /// A TCP segment over IPv6, its payload length.
+    Tcp6(usize),
 }
 
 /// Checks a frame the gateway sent to the guest.
@@ -543,7 +549,61 @@ fn check_frame(frame: &[u8], mtu: usize, offload: bool) -> Delivered {
             Delivered::Arp
         }
         EthernetProtocol::Ipv4 => check_ipv4(eth.payload(), offload),
+        EthernetProtocol::Ipv6 => check_ipv6(eth.payload(), offload),
         other => panic!("gateway sent an Ethernet frame of type {other}"),
+    }
+}
+
+/// Checks an IPv6 packet to the guest: lengths, and L4 checksums (UDP and
+/// ICMPv6 always; TCP unless offloaded).
+fn check_ipv6(packet: &[u8], offload: bool) -> Delivered {
+    let ip = match Ipv6Packet::new_checked(packet) {
+        Ok(ip) => ip,
+        Err(e) => panic!("gateway sent a malformed IPv6 packet ({e}): {packet:02x?}"),
+    };
+    assert_eq!(ip.version(), 6);
+    assert_eq!(
+        usize::from(ip.payload_len()) + 40,
+        packet.len(),
+        "IPv6 payload length disagrees with the frame"
+    );
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    match ip.next_header() {
+        IpProtocol::Tcp => {
+            let tcp = match TcpPacket::new_checked(ip.payload()) {
+                Ok(t) => t,
+                Err(e) => panic!("gateway sent a malformed TCP segment: {e}"),
+            };
+            assert!(
+                offload || tcp.verify_checksum(&src.into(), &dst.into()),
+                "bad TCP checksum from the gateway"
+            );
+            Delivered::Tcp6(tcp.payload().len())
+        }
+        IpProtocol::Udp => {
+            let udp = match UdpPacket::new_checked(ip.payload()) {
+                Ok(u) => u,
+                Err(e) => panic!("gateway sent a malformed UDP datagram: {e}"),
+            };
+            assert_eq!(usize::from(udp.len()), ip.payload().len());
+            assert!(
+                udp.verify_checksum(&src.into(), &dst.into()),
+                "bad UDP checksum from the gateway (IPv6 always needs one)"
+            );
+            Delivered::Udp
+        }
+        IpProtocol::Icmpv6 => {
+            let icmp = match Icmpv6Packet::new_checked(ip.payload()) {
+                Ok(i) => i,
+                Err(e) => panic!("gateway sent a malformed ICMPv6 message: {e}"),
+            };
+            assert!(
+                icmp.verify_checksum(&src, &dst),
+                "bad ICMPv6 checksum from the gateway"
+            );
+            Delivered::Icmp
+        }
+        other => panic!("gateway sent an IPv6 packet of protocol {other}"),
     }
 }
 

@@ -24,6 +24,7 @@ mod chain;
 mod dhcp;
 mod dns;
 mod frame;
+mod ipv6;
 pub mod seeds;
 
 pub use api::fuzz_api;
@@ -31,9 +32,10 @@ pub use chain::{fuzz_net_chain, run as run_net_chain};
 pub use dhcp::fuzz_dhcp;
 pub use dns::fuzz_dns;
 pub use frame::{fuzz_net_frame, run as run_net_frame, Received};
+pub use ipv6::{fuzz_ipv6_services, run as run_ipv6_services};
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -43,6 +45,7 @@ use std::time::Duration;
 
 use smoltcp::wire::EthernetAddress;
 
+use airlock_netcore::config::Ipv6Config;
 use airlock_netcore::host::Target;
 use airlock_netcore::policy::{Action, Rule};
 use airlock_netcore::services::dhcp::DhcpConfig;
@@ -58,6 +61,15 @@ pub const GUEST: Ipv4Addr = Ipv4Addr::new(192, 168, 127, 2);
 pub const HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 127, 254);
 pub const PROXY: Ipv4Addr = Ipv4Addr::new(192, 168, 127, 253);
 pub const PROXY_PORT: u16 = 3128;
+/// The IPv6 prefix and the gateway's and aliases' addresses in it.
+pub const PREFIX6: Ipv6Addr = Ipv6Addr::new(0xfd61, 0x6972, 0xc0a8, 0x7f00, 0, 0, 0, 0);
+pub const GW6: Ipv6Addr = Ipv6Addr::new(0xfd61, 0x6972, 0xc0a8, 0x7f00, 0, 0, 0, 1);
+pub const HOST6: Ipv6Addr = Ipv6Addr::new(0xfd61, 0x6972, 0xc0a8, 0x7f00, 0, 0, 0, 0xfe);
+pub const PROXY6: Ipv6Addr = Ipv6Addr::new(0xfd61, 0x6972, 0xc0a8, 0x7f00, 0, 0, 0, 0xfd);
+/// The guest's SLAAC address (its MAC's modified EUI-64).
+pub const GUEST6: Ipv6Addr = Ipv6Addr::new(
+    0xfd61, 0x6972, 0xc0a8, 0x7f00, 0x5054, 0x00ff, 0xfe12, 0x3456,
+);
 
 /// Echo servers the gateway's flows may reach, one set per process.
 pub struct Peers {
@@ -228,6 +240,13 @@ pub fn gateway_config(mtu: usize) -> GatewayConfig {
             connect_timeout: Duration::from_secs(5),
         },
         udp_timeout: Duration::from_secs(60),
+        ipv6: Some(Ipv6Config {
+            prefix: PREFIX6,
+            gateway: GW6,
+            host: Some(HOST6),
+            proxy: PROXY6,
+            lease_time: Duration::from_secs(3600),
+        }),
     }
 }
 
@@ -237,14 +256,16 @@ pub fn gateway_config(mtu: usize) -> GatewayConfig {
 pub fn dns_settings() -> DnsSettings {
     let mut records = LocalRecords::new();
     for (name, value) in [
-        ("host.airlock.internal", "192.168.127.254"),
-        ("http.airlock.internal", "192.168.127.253"),
-        ("v6.airlock.internal", "fd00::1"),
-        ("alias.airlock.internal", "host.airlock.internal"),
-        ("outside.airlock.internal", "www.example.test"),
-        ("*.apps.test", "10.0.0.9"),
+        ("host.airlock.internal", HOST.to_string()),
+        ("http.airlock.internal", PROXY.to_string()),
+        ("host.airlock.internal", HOST6.to_string()),
+        ("http.airlock.internal", PROXY6.to_string()),
+        ("v6.airlock.internal", "fd00::1".into()),
+        ("alias.airlock.internal", "host.airlock.internal".into()),
+        ("outside.airlock.internal", "www.example.test".into()),
+        ("*.apps.test", "10.0.0.9".into()),
     ] {
-        if let Ok(data) = RecordData::parse(value) {
+        if let Ok(data) = RecordData::parse(&value) {
             let _ = records.add(name, data, RecordSource::Config);
         }
     }
@@ -266,6 +287,8 @@ pub fn shared() -> Arc<Shared> {
     let cli_rules = [
         format!("{HOST}:{port}"),
         format!("{PROXY}:{PROXY_PORT}/tcp"),
+        format!("[{HOST6}]:{port}"),
+        format!("[{PROXY6}]:{PROXY_PORT}/tcp"),
     ]
     .iter()
     .filter_map(|r| Rule::parse(Action::Allow, r).ok())

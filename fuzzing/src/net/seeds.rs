@@ -4,7 +4,9 @@
 //! posted, API calls). `fuzzing/tests/` runs them and writes them to
 //! `fuzz/seeds/<target>/` (`--ignored write_fuzz_seeds`).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use smoltcp::wire::{checksum, IpProtocol};
 
 use super::frame::{addr, op, port, tcp_flags, tcp_mode};
 
@@ -25,6 +27,9 @@ pub fn all() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     }
     for (name, bytes) in api() {
         out.push(("api", name, bytes));
+    }
+    for (name, bytes) in ipv6_services() {
+        out.push(("ipv6_services", name, bytes));
     }
     out
 }
@@ -205,6 +210,146 @@ impl Steps {
     }
 }
 
+/// An Ethernet + IPv6 frame from the guest carrying `l4` as `next`, its
+/// ICMPv6, UDP or TCP checksum (at `csum_at` in `l4`) filled in.
+fn ip6_frame(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop_limit: u8,
+    next: IpProtocol,
+    mut l4: Vec<u8>,
+    csum_at: Option<usize>,
+) -> Vec<u8> {
+    if let Some(at) = csum_at {
+        l4[at..at + 2].fill(0);
+        let sum = !checksum::combine(&[
+            checksum::pseudo_header_v6(&src, &dst, next, l4.len() as u32),
+            checksum::data(&l4),
+        ]);
+        l4[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+    }
+    let mut f = vec![0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xdd];
+    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[u8::from(next), hop_limit]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&l4);
+    f
+}
+
+fn udp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
+    let mut l4 = sport.to_be_bytes().to_vec();
+    l4.extend_from_slice(&dport.to_be_bytes());
+    l4.extend_from_slice(&(8 + data.len() as u16).to_be_bytes());
+    l4.extend_from_slice(&[0, 0]);
+    l4.extend_from_slice(data);
+    ip6_frame(src, dst, 64, IpProtocol::Udp, l4, Some(6))
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .filter_map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// What a Linux guest sends on an IPv6 link (captured from Linux 6.1 and
+/// dhcpcd 9.4): DAD, a Router Solicitation, a Neighbor Solicitation for
+/// the gateway, a DHCPv6 Solicit; then echo, DNS (AAAA) and TCP to the
+/// gateway and the v6 host alias, and things a router must refuse: a
+/// fragment, a spoofed source, hop limit 1.
+fn ipv6_steps() -> Steps {
+    use super::{GUEST6, GW6, HOST6};
+    let ll: Ipv6Addr = "fe80::5054:ff:fe12:3456"
+        .parse()
+        .unwrap_or(Ipv6Addr::UNSPECIFIED);
+    let all_routers: Ipv6Addr = "ff02::2".parse().unwrap_or(Ipv6Addr::UNSPECIFIED);
+    let sn_guest: Ipv6Addr = "ff02::1:ff12:3456".parse().unwrap_or(Ipv6Addr::UNSPECIFIED);
+    let sn_gw: Ipv6Addr = "ff02::1:ff00:1".parse().unwrap_or(Ipv6Addr::UNSPECIFIED);
+    let all_dhcp: Ipv6Addr = "ff02::1:2".parse().unwrap_or(Ipv6Addr::UNSPECIFIED);
+    let dad = hex("8700681000000000fd616972c0a87f00505400fffe1234560e01b8a97e266f1c");
+    let rs = hex("850071b5000000000101525400123456");
+    let mut ns = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    ns.extend_from_slice(&GW6.octets());
+    ns.extend_from_slice(&[1, 1]);
+    ns.extend_from_slice(&GUEST_MAC);
+    let solicit = hex("011288ad0001000e0001000132a7f5e45254001234560003000c0012345600000000000000000006000a00170018002700520053000800020000000e0000");
+    let mut echo = vec![128, 0, 0, 0, 0, 7, 0, 1];
+    echo.extend_from_slice(b"ping6");
+    let aaaa = dns_query(7, "host.airlock.internal", 28, Some(1232));
+    let mut syn = 40010u16.to_be_bytes().to_vec();
+    syn.extend_from_slice(&super::peers().port.to_be_bytes());
+    syn.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    let mut steps = Steps::new(0);
+    steps
+        .raw(&ip6_frame(
+            Ipv6Addr::UNSPECIFIED,
+            sn_guest,
+            255,
+            IpProtocol::Icmpv6,
+            dad,
+            Some(2),
+        ))
+        .raw(&ip6_frame(
+            ll,
+            all_routers,
+            255,
+            IpProtocol::Icmpv6,
+            rs,
+            Some(2),
+        ))
+        .raw(&ip6_frame(ll, sn_gw, 255, IpProtocol::Icmpv6, ns, Some(2)))
+        .raw(&udp6(ll, all_dhcp, 546, 547, &solicit))
+        .deliver()
+        .raw(&ip6_frame(
+            GUEST6,
+            GW6,
+            64,
+            IpProtocol::Icmpv6,
+            echo.clone(),
+            Some(2),
+        ))
+        .raw(&udp6(GUEST6, GW6, 5353, 53, &aaaa))
+        .raw(&ip6_frame(
+            GUEST6,
+            HOST6,
+            64,
+            IpProtocol::Tcp,
+            syn,
+            Some(16),
+        ))
+        .poll(3)
+        .deliver()
+        .raw(&ip6_frame(
+            GUEST6,
+            GW6,
+            64,
+            IpProtocol::Ipv6Frag,
+            vec![17, 0, 0, 1, 0, 0, 0, 9],
+            None,
+        ))
+        .raw(&ip6_frame(
+            GW6,
+            HOST6,
+            64,
+            IpProtocol::Icmpv6,
+            echo.clone(),
+            Some(2),
+        ))
+        .raw(&ip6_frame(
+            GUEST6,
+            "2001:db8::1".parse().unwrap_or(GW6),
+            1,
+            IpProtocol::Icmpv6,
+            echo,
+            Some(2),
+        ))
+        .deliver();
+    steps
+}
+
 fn net_frame() -> Vec<(&'static str, Vec<u8>)> {
     let discover = dhcp_message(1, &[(57, &576u16.to_be_bytes()), (55, &[1, 3, 6, 15, 26])]);
     let request = dhcp_message(
@@ -322,6 +467,7 @@ fn net_frame() -> Vec<(&'static str, Vec<u8>)> {
         ("dns-tcp", dns_tcp.0),
         ("tcp-refused", refused.0),
         ("ping", ping.0),
+        ("ipv6", ipv6_steps().0),
     ]
 }
 
@@ -598,5 +744,59 @@ fn api() -> Vec<(&'static str, Vec<u8>)> {
         ("session", whole),
         ("errors", errors),
         ("dns", dns_session),
+    ]
+}
+
+// ---- ipv6_services --------------------------------------------------------------------
+
+/// `ipv6_services` inputs: a captured dhcpcd Solicit (Rapid Commit) then a
+/// Request for what it was offered, an Information-request, and the Router
+/// and Neighbor Solicitations a Linux guest sends.
+fn ipv6_services() -> Vec<(&'static str, Vec<u8>)> {
+    let solicit = hex("011288ad0001000e0001000132a7f5e45254001234560003000c0012345600000000000000000006000a00170018002700520053000800020000000e0000");
+    let ll = "fe80::5054:ff:fe12:3456"
+        .parse::<Ipv6Addr>()
+        .unwrap_or(Ipv6Addr::UNSPECIFIED);
+    let rs = hex("850071b5000000000101525400123456");
+    let mut ns = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    ns.extend_from_slice(&super::GW6.octets());
+    ns.extend_from_slice(&[1, 1]);
+    ns.extend_from_slice(&GUEST_MAC);
+    // A raw DHCPv6 message from the guest's MAC, a second later.
+    let raw = |msg: &[u8]| {
+        let mut b = vec![0, 1, 0, 0x56];
+        b.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+        b.extend_from_slice(msg);
+        b
+    };
+    let ndp = |msg: &[u8]| {
+        let mut b = vec![0, 1, 2];
+        b.extend_from_slice(&ll.octets());
+        b.push(255);
+        b.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+        b.extend_from_slice(msg);
+        b
+    };
+    // Solicit without Rapid Commit (option 14 dropped), then the Request.
+    let plain_solicit = solicit[..solicit.len() - 4].to_vec();
+    let mut request = plain_solicit.clone();
+    request[0] = 3;
+    request.extend_from_slice(&[0, 2, 0, 10, 0, 3, 0, 1, 0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xdd]);
+    let info = hex("0b0000010001000a000300015254001234560006000400170018");
+    let mut both = vec![1];
+    both.extend(raw(&plain_solicit));
+    both.extend(raw(&request));
+    let mut first = vec![1];
+    first.extend(raw(&solicit));
+    let mut information = vec![0];
+    information.extend(raw(&info));
+    let mut discovery = vec![0];
+    discovery.extend(ndp(&rs));
+    discovery.extend(ndp(&ns));
+    vec![
+        ("solicit-rapid-commit", first),
+        ("solicit-then-request", both),
+        ("information-request", information),
+        ("router-and-neighbor-solicitation", discovery),
     ]
 }

@@ -5,6 +5,8 @@
 //!
 //! This file is the demultiplexer: it parses what the guest sends, decides
 //! where it goes, and hands it to a service or a flow:
+//! - IPv6 → [`ipv6`] (its own checks, NDP, ICMPv6, DHCPv6), whose TCP and
+//!   UDP come back to the same dispatch as IPv4's;
 //! - ARP for the gateway's addresses and off-link destinations → answered;
 //! - DHCP (UDP 67) → [`crate::services::dhcp`]; DNS to the gateway →
 //!   [`crate::services::dns`] (local names, local zones) or forwarded to
@@ -15,11 +17,14 @@
 #[cfg(test)]
 mod dns_tests;
 mod egress;
+mod ipv6;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests6;
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,27 +35,29 @@ use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    HardwareAddress, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, IpCidr, IpProtocol,
-    Ipv4Packet, TcpPacket, UdpPacket,
+    HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpCidr, IpProtocol, Ipv4Packet, TcpPacket,
+    UdpPacket,
 };
 use vmm_sys_util::epoll::EventSet;
 
-use crate::config::GatewayConfig;
+use crate::config::{Dest, GatewayConfig, Ipv6Config, PREFIX6_LEN};
 use crate::flows::ping::{self, PingFlow};
 use crate::flows::published::Listeners;
 use crate::flows::tcp::TcpFlow;
 use crate::flows::udp::{UdpFlow, MAX_DATAGRAM};
 use crate::flows::{
-    is_routable, FlowKey, FlowTable, Flows, GuestPacket, Link, OpenError, Stack, Verdict,
+    FlowKey, FlowTable, Flows, GuestPacket, Link, OpenError, Stack, Unreachable, Verdict,
 };
 use crate::host::Target;
 use crate::phy::{GuestTx, IpDevice, NullTx};
 use crate::poller::{FlowId, Poller, Source};
 use crate::services::dhcp::{DhcpServer, LeaseInfo};
+use crate::services::dhcpv6::Dhcpv6Server;
 use crate::services::dns::bridge::DnsBridge;
 use crate::services::dns::{self, forward, Plan};
+use crate::services::ndp::Router;
 use crate::shared::Shared;
-use crate::stats::DropReason;
+use crate::stats::{DnsOutcome, DropReason};
 use crate::wire;
 use egress::EgressCheck;
 
@@ -58,6 +65,9 @@ pub struct Gateway {
     cfg: GatewayConfig,
     flows: Flows,
     dhcp: DhcpServer,
+    /// IPv6 services (`None` with `--no-ipv6`).
+    router: Option<Router>,
+    dhcp6: Option<Dhcpv6Server>,
     listeners: Listeners,
     egress: EgressCheck,
     /// A socket set with no sockets: smoltcp answers segments no flow owns.
@@ -90,6 +100,11 @@ impl Gateway {
         let mut iface = Interface::new(iface_cfg, &mut dev, smoltcp::time::Instant::ZERO);
         iface.update_ip_addrs(|addrs| {
             let _ = addrs.push(IpCidr::new(cfg.gateway_ip.into(), cfg.prefix_len));
+            if let Some(v6) = &cfg.ipv6 {
+                let _ = addrs.push(IpCidr::new(v6.gateway.into(), PREFIX6_LEN));
+                let ll = Ipv6Config::link_local(cfg.gateway_mac);
+                let _ = addrs.push(IpCidr::new(ll.into(), PREFIX6_LEN));
+            }
         });
         // Accept segments for every destination: each flow's socket listens
         // on the exact address the guest connected to.
@@ -101,13 +116,19 @@ impl Gateway {
             link: Link {
                 gateway_mac: cfg.gateway_mac,
                 guest_mac: EthernetAddress::BROADCAST,
+                guest_ip6: None,
                 mtu: cfg.mtu,
                 epoch,
             },
             scratch: vec![0u8; MAX_DATAGRAM],
         };
+        let seed = iface_cfg_seed();
+        let router = cfg.ipv6.as_ref().map(|v6| Router::new(&cfg, v6, seed));
+        let dhcp6 = cfg.ipv6.as_ref().map(|v6| Dhcpv6Server::new(&cfg, v6));
         let mut gateway = Gateway {
             dhcp: DhcpServer::new(cfg.dhcp.clone()),
+            router,
+            dhcp6,
             flows: Flows {
                 table: FlowTable::new(cfg.max_flows),
                 stack,
@@ -123,6 +144,7 @@ impl Gateway {
         };
         gateway.listeners.sync(&gateway.flows);
         gateway.sync_dns();
+        gateway.schedule_router();
         Ok(gateway)
     }
 
@@ -155,9 +177,14 @@ impl Gateway {
         self.flows.table.iter().map(|(_, f)| f.info(now)).collect()
     }
 
-    /// The DHCP leases.
+    /// The DHCP leases: DHCPv4's, then DHCPv6's.
     pub fn leases(&self) -> Vec<LeaseInfo> {
-        self.dhcp.leases(Instant::now())
+        let now = Instant::now();
+        let mut leases = self.dhcp.leases(now);
+        if let Some(d) = &self.dhcp6 {
+            leases.extend(d.leases(now));
+        }
+        leases
     }
 
     // ---- frames from the guest ---------------------------------------------
@@ -177,6 +204,9 @@ impl Gateway {
         match eth.ethertype() {
             EthernetProtocol::Arp => self.arp(eth.payload(), tx),
             EthernetProtocol::Ipv4 => self.ipv4(eth.payload(), partial_csum, tx),
+            EthernetProtocol::Ipv6 if self.cfg.ipv6.is_some() => {
+                self.ipv6(src, eth.payload(), partial_csum, tx)
+            }
             _ => self.dropped(DropReason::Unsupported),
         }
     }
@@ -238,8 +268,8 @@ impl Gateway {
         let (src, dst) = (pkt.src_addr(), pkt.dst_addr());
         let body = pkt.payload();
         match pkt.next_header() {
-            IpProtocol::Tcp => self.tcp(ip_bytes, src, dst, body, partial_csum, tx),
-            IpProtocol::Udp => self.udp(ip_bytes, src, dst, body, tx),
+            IpProtocol::Tcp => self.tcp(ip_bytes, src.into(), dst.into(), body, partial_csum, tx),
+            IpProtocol::Udp => self.udp(ip_bytes, src.into(), dst.into(), body, tx),
             IpProtocol::Icmp => self.icmp(ip_bytes, src, dst, body, partial_csum, tx),
             _ => self.dropped(DropReason::Unsupported),
         }
@@ -260,30 +290,23 @@ impl Gateway {
     }
 
     /// Where a new TCP connection from the guest goes, or `None` to refuse.
-    fn tcp_target(&self, dst: Ipv4Addr, port: u16) -> Option<Target> {
-        if dst == self.cfg.gateway_ip {
-            return None;
-        }
-        if Some(dst) == self.cfg.host_ip {
-            return Some(Target::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port))));
-        }
-        if dst == self.cfg.proxy_ip {
-            return match &self.cfg.proxy {
+    fn tcp_target(&self, dst: IpAddr, port: u16) -> Option<Target> {
+        match self.cfg.classify(dst) {
+            Dest::HostAlias => Some(Target::Tcp(SocketAddr::new(host_loopback(dst), port))),
+            Dest::ProxyAlias => match &self.cfg.proxy {
                 Some((p, target)) if *p == port => Some(target.clone()),
                 _ => None,
-            };
+            },
+            Dest::Outside => Some(Target::Tcp(SocketAddr::new(dst, port))),
+            Dest::Gateway | Dest::OnLink | Dest::Unroutable => None,
         }
-        if self.cfg.in_subnet(dst) || !is_routable(dst) {
-            return None;
-        }
-        Some(Target::Tcp(SocketAddr::from((dst, port))))
     }
 
     fn tcp(
         &mut self,
         ip_bytes: &[u8],
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
+        src: IpAddr,
+        dst: IpAddr,
         body: &[u8],
         partial_csum: bool,
         tx: &mut dyn GuestTx,
@@ -298,8 +321,8 @@ impl Gateway {
             self.dropped(DropReason::Malformed);
             return;
         }
-        let guest = SocketAddrV4::new(src, seg.src_port());
-        let remote = SocketAddrV4::new(dst, seg.dst_port());
+        let guest = SocketAddr::new(src, seg.src_port());
+        let remote = SocketAddr::new(dst, seg.dst_port());
         let packet = GuestPacket {
             ip: ip_bytes,
             payload: body,
@@ -314,7 +337,7 @@ impl Gateway {
             self.tcp_reset(ip_bytes, tx);
             return;
         }
-        if dst == self.cfg.gateway_ip && seg.dst_port() == 53 {
+        if self.cfg.classify(dst) == Dest::Gateway && seg.dst_port() == 53 {
             self.tcp_dns(guest, remote, &packet, tx);
             return;
         }
@@ -358,6 +381,8 @@ impl Gateway {
                 self.tcp_reset(ip_bytes, tx);
             }
             Err(OpenError::Io(e)) => {
+                // No route (a host without IPv6), refused at once …: a RST
+                // now rather than a guest waiting for its SYN-ACK.
                 log::debug!("tcp {guest} -> {remote}: cannot connect to {target}: {e}");
                 self.shared().stats.flow_refused(Proto::Tcp);
                 self.tcp_reset(ip_bytes, tx);
@@ -368,8 +393,8 @@ impl Gateway {
     /// A guest's DNS-over-TCP connection to the gateway.
     fn tcp_dns(
         &mut self,
-        guest: SocketAddrV4,
-        remote: SocketAddrV4,
+        guest: SocketAddr,
+        remote: SocketAddr,
         packet: &GuestPacket,
         tx: &mut dyn GuestTx,
     ) {
@@ -402,8 +427,8 @@ impl Gateway {
     fn udp(
         &mut self,
         ip_bytes: &[u8],
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
+        src: IpAddr,
+        dst: IpAddr,
         body: &[u8],
         tx: &mut dyn GuestTx,
     ) {
@@ -419,8 +444,8 @@ impl Gateway {
             self.dropped(DropReason::Malformed);
             return;
         };
-        let guest = SocketAddrV4::new(src, dgram.src_port());
-        let remote = SocketAddrV4::new(dst, dgram.dst_port());
+        let guest = SocketAddr::new(src, dgram.src_port());
+        let remote = SocketAddr::new(dst, dgram.dst_port());
         let packet = GuestPacket {
             ip: ip_bytes,
             payload,
@@ -436,26 +461,29 @@ impl Gateway {
                 return;
             }
         }
-        if remote.port() == 67
-            && (dst == self.cfg.gateway_ip || dst.is_broadcast() || dst == self.cfg.broadcast())
-        {
+        let broadcast = match dst {
+            IpAddr::V4(d) => d.is_broadcast() || d == self.cfg.broadcast(),
+            IpAddr::V6(_) => false,
+        };
+        if remote.port() == 67 && (dst == IpAddr::V4(self.cfg.gateway_ip) || broadcast) {
             self.dhcp_request(payload, tx);
             return;
         }
-        if dst == self.cfg.gateway_ip && remote.port() == 53 {
+        let dest = self.cfg.classify(dst);
+        if dest == Dest::Gateway && remote.port() == 53 {
             self.dns_query(guest, remote, payload, tx);
             return;
         }
-        if dst.is_broadcast() || dst.is_multicast() || dst == self.cfg.broadcast() {
+        if broadcast || dst.is_multicast() {
             return; // mDNS, SSDP, NetBIOS …: nobody to deliver to.
         }
-        let target = if Some(dst) == self.cfg.host_ip {
-            SocketAddr::from((Ipv4Addr::LOCALHOST, remote.port()))
-        } else if self.cfg.is_ours(dst) || self.cfg.in_subnet(dst) || !is_routable(dst) {
-            self.dropped(DropReason::NoService);
-            return;
-        } else {
-            SocketAddr::V4(remote)
+        let target = match dest {
+            Dest::HostAlias => SocketAddr::new(host_loopback(dst), remote.port()),
+            Dest::Outside => remote,
+            _ => {
+                self.dropped(DropReason::NoService);
+                return;
+            }
         };
         let decision = self
             .egress
@@ -463,7 +491,7 @@ impl Gateway {
         if !decision.allowed() {
             self.flows
                 .cx(tx)
-                .unreachable(guest, remote, Icmpv4DstUnreachable::CommProhibited);
+                .unreachable(guest, remote, Unreachable::Prohibited);
             return;
         }
         let timeout = self.cfg.udp_timeout;
@@ -494,7 +522,17 @@ impl Gateway {
                 // guest's socket wait for an answer that never comes.
                 self.flows
                     .cx(tx)
-                    .unreachable(guest, remote, Icmpv4DstUnreachable::CommProhibited);
+                    .unreachable(guest, remote, Unreachable::Prohibited);
+            }
+            Err(OpenError::Io(e)) if no_route(&e) => {
+                // A host without a route there (IPv6 on an IPv4-only
+                // host): the guest hears so at once.
+                log::debug!("udp {guest} -> {target}: {e}");
+                self.shared().stats.flow_refused(Proto::Udp);
+                self.dropped(DropReason::HostSendFailed);
+                self.flows
+                    .cx(tx)
+                    .unreachable(guest, remote, Unreachable::NoRoute);
             }
             Err(OpenError::Io(e)) => {
                 ratelimited!(
@@ -512,8 +550,8 @@ impl Gateway {
             Ok(Some(reply)) => {
                 let dst_mac = EthernetAddress(reply.dst_mac);
                 self.flows.cx(tx).send_udp(
-                    SocketAddrV4::new(self.cfg.gateway_ip, 67),
-                    SocketAddrV4::new(reply.dst_ip, 68),
+                    SocketAddrV4::new(self.cfg.gateway_ip, 67).into(),
+                    SocketAddrV4::new(reply.dst_ip, 68).into(),
                     &reply.payload,
                     Some(dst_mac),
                 );
@@ -531,28 +569,39 @@ impl Gateway {
 
     fn dns_query(
         &mut self,
-        guest: SocketAddrV4,
-        gateway: SocketAddrV4,
+        guest: SocketAddr,
+        gateway: SocketAddr,
         msg: &[u8],
         tx: &mut dyn GuestTx,
     ) {
-        let view = self.shared().dns.view();
+        let shared = self.flows.stack.shared.clone();
+        let (stats, live) = (&shared.stats, &shared.dns);
+        let view = live.view();
         let reply = match dns::plan(msg, &view, None) {
             Ok(Plan::Answer(reply)) => {
-                self.shared().dns.count_local();
+                stats.dns_query(DnsOutcome::Local);
+                live.count_local();
+                Some(reply)
+            }
+            Ok(Plan::NxDomain(reply)) => {
+                stats.dns_query(DnsOutcome::LocalNxdomain);
+                live.count_local();
                 Some(reply)
             }
             Ok(Plan::NoUpstream(reply)) => {
-                self.shared().dns.count_failed();
+                stats.dns_query(DnsOutcome::NoUpstream);
+                live.count_failed();
                 Some(reply)
             }
             Ok(Plan::Forward(fwd)) => {
-                self.shared().dns.count_forwarded();
+                stats.dns_query(DnsOutcome::Forwarded);
+                live.count_forwarded();
                 let timeout = self.cfg.udp_timeout;
                 forward::forward(&mut self.flows, guest, gateway, msg, fwd, timeout, tx);
                 None
             }
             Err(e) => {
+                stats.dns_query(DnsOutcome::Malformed);
                 ratelimited!(log::Level::Info, "malformed DNS query from the guest: {e}");
                 self.dropped(DropReason::Malformed);
                 e.reply_rcode().and_then(|rc| dns::error_reply(msg, rc))
@@ -563,17 +612,30 @@ impl Gateway {
         }
     }
 
-    /// Hands the DNS service's search list to DHCP when it changed (a
-    /// renewing guest picks it up): option 15 is its first domain, option
-    /// 119 all of them.
+    /// Hands the DNS service's search list, the one source of it, to
+    /// DHCP, DHCPv6 and the Router Advertisements when it changed (a
+    /// renewing guest picks it up): DHCP's option 15 is its first domain,
+    /// option 119 all of them; DHCPv6's option 24 and the RA's DNSSL all of
+    /// them. A changed DNSSL is advertised at once (rate-limited).
     fn sync_dns(&mut self) {
         let view = self.shared().dns.view();
         if self.dns_generation == Some(view.generation) {
             return;
         }
-        self.dns_generation = Some(view.generation);
+        // At start the first periodic advertisement carries it.
+        let started = self.dns_generation.replace(view.generation).is_some();
+        let search = view.search();
         self.dhcp
-            .set_domains(view.search().first().cloned(), view.search().to_vec());
+            .set_domains(search.first().cloned(), search.to_vec());
+        if let Some(d) = &mut self.dhcp6 {
+            d.set_search(search);
+        }
+        if let Some(r) = &mut self.router {
+            if r.set_search(search) && started {
+                r.changed(Instant::now());
+                self.schedule_router();
+            }
+        }
     }
 
     // ---- ICMP -----------------------------------------------------------------
@@ -615,23 +677,36 @@ impl Gateway {
             cx.send_frame(&frame);
             return;
         }
-        if self.cfg.in_subnet(dst) || !is_routable(dst) {
+        if self.cfg.classify(dst.into()) != Dest::Outside {
             return;
         }
         let packet = GuestPacket {
             ip: ip_bytes,
             payload: body,
         };
+        self.ping(src.into(), ident, dst.into(), &packet, tx);
+    }
+
+    /// An echo request to an outside address: through the ping flow of
+    /// (guest, identifier, destination), opened if the policy allows.
+    fn ping(
+        &mut self,
+        src: IpAddr,
+        ident: u16,
+        dst: IpAddr,
+        packet: &GuestPacket,
+        tx: &mut dyn GuestTx,
+    ) {
         if let Some(id) = self.flows.table.lookup(&FlowKey::Ping(src, ident, dst)) {
             self.flows
-                .with(id, tx, |flow, id, cx| flow.guest_packet(id, &packet, cx));
+                .with(id, tx, |flow, id, cx| flow.guest_packet(id, packet, cx));
             return;
         }
         let decision = self.egress.check(
             &self.flows.stack.shared,
             Proto::Icmp,
-            SocketAddrV4::new(src, 0),
-            SocketAddrV4::new(dst, 0),
+            SocketAddr::new(src, 0),
+            SocketAddr::new(dst, 0),
         );
         if !decision.allowed() {
             return;
@@ -643,7 +718,7 @@ impl Gateway {
         match opened {
             Ok(id) => self
                 .flows
-                .with(id, tx, |flow, id, cx| flow.guest_packet(id, &packet, cx)),
+                .with(id, tx, |flow, id, cx| flow.guest_packet(id, packet, cx)),
             Err(OpenError::Limit) => {
                 self.dropped(DropReason::FlowLimit);
                 self.shared().stats.flow_refused(Proto::Icmp);
@@ -697,6 +772,10 @@ impl Gateway {
         due.clear();
         self.flows.stack.poller.due(now, &mut due);
         for &id in &due {
+            if id == ROUTER_TIMER {
+                self.router_timer(now, tx);
+                continue;
+            }
             if self.flows.table.woken(id, now) {
                 self.flows.with(id, tx, |flow, id, cx| flow.timer(id, cx));
             } else {
@@ -706,10 +785,9 @@ impl Gateway {
         }
         self.due = due;
         let table = &self.flows.table;
-        self.flows
-            .stack
-            .poller
-            .compact(table.live(), |id, _| table.is_live(*id));
+        self.flows.stack.poller.compact(table.live(), |id, _| {
+            *id == ROUTER_TIMER || table.is_live(*id)
+        });
     }
 
     /// Whether something was held back for lack of guest buffers: the
@@ -763,7 +841,7 @@ impl Gateway {
             .filter_map(|(id, f)| {
                 let (proto, remote) = f.egress()?;
                 let port = (proto != Proto::Icmp).then_some(remote.port());
-                let d = policy.decide(proto, *remote.ip(), port);
+                let d = policy.decide(proto, remote.ip(), port);
                 (!d.allowed()).then(|| (id, proto, d.describe()))
             })
             .collect();
@@ -779,6 +857,33 @@ impl Gateway {
             query.answer(self.flows(), self.leases());
         }
     }
+}
+
+/// The loopback address of the host alias's family: `127.0.0.1` or `::1`.
+fn host_loopback(alias: IpAddr) -> IpAddr {
+    match alias {
+        IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+        IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+    }
+}
+
+/// Whether a host socket error means "no route there".
+fn no_route(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH) | Some(libc::EADDRNOTAVAIL)
+    )
+}
+
+/// The poller token of the gateway's own timer (periodic Router
+/// Advertisements): a slot no flow can have.
+const ROUTER_TIMER: FlowId = FlowId {
+    slot: u32::MAX,
+    generation: 0,
+};
+
+fn iface_cfg_seed() -> u64 {
+    random_seed()
 }
 
 impl Drop for Gateway {

@@ -3,7 +3,7 @@
 //! - [`GuestTx`]: where frames to the guest go, and [`Backlog`], the bounded
 //!   queue a transport drains into the guest's receive buffers;
 //! - `IpDevice`: the `smoltcp::phy::Device` that hands smoltcp at most one
-//!   IPv4 packet (the segment being processed) and writes whatever smoltcp
+//!   IP packet (the segment being processed) and writes whatever smoltcp
 //!   transmits to the guest as Ethernet frames.
 //!
 //! smoltcp runs with `Medium::Ip`: the gateway owns the Ethernet layer (ARP,
@@ -13,7 +13,9 @@ use std::collections::VecDeque;
 
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetAddress, EthernetProtocol, IpProtocol, Ipv4Packet, TcpPacket};
+use smoltcp::wire::{
+    EthernetAddress, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket,
+};
 
 use crate::wire::{write_eth, ETH_HEADER};
 
@@ -191,8 +193,13 @@ impl phy::TxToken for TxToken<'_> {
     {
         let fill = !self.tx.csum_offload();
         let buf = self.tx.frame(ETH_HEADER + len);
-        write_eth(buf, self.src_mac, self.dst_mac, EthernetProtocol::Ipv4);
         let r = f(&mut buf[ETH_HEADER..]);
+        // smoltcp wrote the IP packet; its version says the EtherType.
+        let ethertype = match buf.get(ETH_HEADER).map(|b| b >> 4) {
+            Some(6) => EthernetProtocol::Ipv6,
+            _ => EthernetProtocol::Ipv4,
+        };
+        write_eth(buf, self.src_mac, self.dst_mac, ethertype);
         if fill {
             fill_tcp_checksum(&mut buf[ETH_HEADER..]);
         }
@@ -247,9 +254,22 @@ impl phy::Device for IpDevice<'_> {
     }
 }
 
-/// Computes the TCP checksum of the IPv4 packet in `packet` (a no-op for
+/// Computes the TCP checksum of the IP packet in `packet` (a no-op for
 /// anything else): frames for a guest without checksum offload.
 pub(crate) fn fill_tcp_checksum(packet: &mut [u8]) {
+    if packet.first().is_some_and(|b| b >> 4 == 6) {
+        let Ok(mut ip) = Ipv6Packet::new_checked(packet) else {
+            return;
+        };
+        if ip.next_header() != IpProtocol::Tcp {
+            return;
+        }
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        if let Ok(mut tcp) = TcpPacket::new_checked(ip.payload_mut()) {
+            tcp.fill_checksum(&src.into(), &dst.into());
+        }
+        return;
+    }
     let Ok(mut ip) = Ipv4Packet::new_checked(packet) else {
         return;
     };

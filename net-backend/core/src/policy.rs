@@ -2,22 +2,30 @@
 //!
 //! Rules are evaluated in order; the first that matches decides, and the
 //! default (`--egress allow|deny`) applies when none does. A rule names an
-//! IPv4 network, optionally ports and a protocol:
+//! IPv4 or IPv6 network, optionally ports and a protocol; an IPv6 network
+//! with ports is written in brackets:
 //!
 //! ```text
 //! 10.0.0.0/8               any protocol, any port
 //! 192.168.1.10:443         one address, one port (TCP or UDP)
-//! 0.0.0.0/0:53/udp         UDP to port 53 anywhere
+//! 0.0.0.0/0:53/udp         UDP to port 53 anywhere (IPv4)
 //! 172.16.0.0/12:8000-8999/tcp
 //! 203.0.113.7/icmp         ICMP echo to that address
+//! 2001:db8::/32            an IPv6 network
+//! [2001:db8::1]:443/tcp    one IPv6 address, one port
+//! [::/0]:53/udp            UDP to port 53 anywhere (IPv6)
 //! ```
+//!
+//! An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) is the IPv4 address it
+//! maps, in rules and in decisions alike: an IPv4 rule cannot be got round
+//! by naming its address as IPv6.
 //!
 //! Rules apply to every flow the guest starts except the gateway's own
 //! services (DHCP, DNS): NAT destinations, the host alias and the proxy
 //! alias alike, as the guest addresses them.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 pub use airlock_api::Proto;
@@ -51,7 +59,7 @@ impl FromStr for Action {
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("{0:?} is not an IPv4 network (expected e.g. 10.0.0.0/8 or 192.168.1.10)")]
+    #[error("{0:?} is not a network (expected e.g. 10.0.0.0/8, 192.168.1.10, 2001:db8::/32 or [2001:db8::1])")]
     Network(String),
     #[error("{0:?} is not a port or port range (expected e.g. 443 or 8000-8999)")]
     Ports(String),
@@ -84,7 +92,9 @@ pub enum PolicyError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub action: Action,
-    pub net: Ipv4Addr,
+    /// The network (its host bits cleared); an IPv4-mapped IPv6 network
+    /// is stored as the IPv4 one.
+    pub net: IpAddr,
     pub prefix: u8,
     pub ports: Option<(u16, u16)>,
     pub proto: Option<Proto>,
@@ -106,23 +116,44 @@ impl Rule {
                 rest = r;
             }
         }
-        let (net_part, ports) = match rest.rsplit_once(':') {
-            Some((n, p)) => (n, Some(parse_ports(p)?)),
-            None => (rest, None),
+        // `[NET]:PORTS` (IPv6), `NET:PORTS` (IPv4), or a bare network.
+        let (net_part, ports) = if let Some(inner) = rest.strip_prefix('[') {
+            let (net, after) = inner
+                .split_once(']')
+                .ok_or_else(|| PolicyError::Network(rest.to_owned()))?;
+            match after {
+                "" => (net, None),
+                _ => match after.strip_prefix(':') {
+                    Some(p) => (net, Some(parse_ports(p)?)),
+                    None => return Err(PolicyError::Network(rest.to_owned())),
+                },
+            }
+        } else if rest.matches(':').count() > 1 {
+            (rest, None)
+        } else {
+            match rest.rsplit_once(':') {
+                Some((n, p)) => (n, Some(parse_ports(p)?)),
+                None => (rest, None),
+            }
         };
         if ports.is_some() && proto == Some(Proto::Icmp) {
             return Err(PolicyError::IcmpPorts(text.to_owned()));
         }
+        let bad = || PolicyError::Network(net_part.to_owned());
         let (addr, prefix) = match net_part.split_once('/') {
-            Some((a, p)) => (a, p.parse::<u8>().ok().filter(|p| *p <= 32)),
-            None => (net_part, Some(32)),
+            Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (net_part, None),
         };
-        let (Ok(addr), Some(prefix)) = (addr.parse::<Ipv4Addr>(), prefix) else {
-            return Err(PolicyError::Network(net_part.to_owned()));
-        };
+        let addr = addr.parse::<IpAddr>().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        let (net, prefix) = canonical_net(addr, prefix);
         Ok(Rule {
             action,
-            net: Ipv4Addr::from(u32::from(addr) & mask(prefix)),
+            net,
             prefix,
             ports,
             proto,
@@ -130,11 +161,11 @@ impl Rule {
         })
     }
 
-    pub fn matches(&self, proto: Proto, dst: Ipv4Addr, port: Option<u16>) -> bool {
+    pub fn matches(&self, proto: Proto, dst: IpAddr, port: Option<u16>) -> bool {
         if self.proto.is_some_and(|p| p != proto) {
             return false;
         }
-        if u32::from(dst) & mask(self.prefix) != u32::from(self.net) {
+        if !in_net(dst.to_canonical(), self.net, self.prefix) {
             return false;
         }
         match (self.ports, port) {
@@ -153,6 +184,35 @@ impl fmt::Display for Rule {
 
 fn mask(prefix: u8) -> u32 {
     u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+fn mask6(prefix: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
+}
+
+/// A network with its host bits cleared; an IPv4-mapped IPv6 network
+/// (`::ffff:0:0/96` and longer) becomes the IPv4 network it maps.
+fn canonical_net(addr: IpAddr, prefix: u8) -> (IpAddr, u8) {
+    match addr {
+        IpAddr::V6(v6) if prefix >= 96 && v6.to_ipv4_mapped().is_some() => {
+            let v4 = Ipv4Addr::from((u128::from(v6) & 0xffff_ffff) as u32);
+            canonical_net(IpAddr::V4(v4), prefix - 96)
+        }
+        IpAddr::V4(v4) => (Ipv4Addr::from(u32::from(v4) & mask(prefix)).into(), prefix),
+        IpAddr::V6(v6) => (
+            Ipv6Addr::from(u128::from(v6) & mask6(prefix)).into(),
+            prefix,
+        ),
+    }
+}
+
+/// Whether `a` is in `net`/`prefix` (of the same family).
+fn in_net(a: IpAddr, net: IpAddr, prefix: u8) -> bool {
+    match (a, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => u32::from(a) & mask(prefix) == u32::from(n),
+        (IpAddr::V6(a), IpAddr::V6(n)) => u128::from(a) & mask6(prefix) == u128::from(n),
+        _ => false,
+    }
 }
 
 fn parse_ports(s: &str) -> Result<(u16, u16), PolicyError> {
@@ -211,7 +271,9 @@ impl Default for Policy {
 }
 
 impl Policy {
-    pub fn decide(&self, proto: Proto, dst: Ipv4Addr, port: Option<u16>) -> Decision {
+    /// The decision for a flow to `dst` (an IPv4-mapped IPv6 address is
+    /// decided as the IPv4 address it maps).
+    pub fn decide(&self, proto: Proto, dst: IpAddr, port: Option<u16>) -> Decision {
         for (i, r) in self.rules.iter().enumerate() {
             if r.matches(proto, dst, port) {
                 return Decision {
@@ -265,7 +327,7 @@ impl Policy {
 mod tests {
     use super::*;
 
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
@@ -287,6 +349,20 @@ mod tests {
         assert_eq!(r.ports, Some((8000, 8999)));
         let r = Rule::parse(Action::Deny, "203.0.113.7/icmp").unwrap();
         assert_eq!(r.proto, Some(Proto::Icmp));
+        let r = Rule::parse(Action::Deny, "2001:db8:1:2::7/32").unwrap();
+        assert_eq!((r.net, r.prefix, r.ports), (ip("2001:db8::"), 32, None));
+        let r = Rule::parse(Action::Allow, "[2001:db8::1]:443/tcp").unwrap();
+        assert_eq!(
+            (r.net, r.prefix, r.ports, r.proto),
+            (ip("2001:db8::1"), 128, Some((443, 443)), Some(Proto::Tcp))
+        );
+        let r = Rule::parse(Action::Allow, "[::/0]:53-54/udp").unwrap();
+        assert_eq!((r.prefix, r.ports), (0, Some((53, 54))));
+        let r = Rule::parse(Action::Deny, "fd00::/8/icmp").unwrap();
+        assert_eq!((r.net, r.prefix), (ip("fd00::"), 8));
+        // A v4-mapped network is the IPv4 network.
+        let r = Rule::parse(Action::Deny, "::ffff:10.1.2.3/104").unwrap();
+        assert_eq!((r.net, r.prefix), (ip("10.0.0.0"), 8));
         for bad in [
             "",
             "10.0.0.0/33",
@@ -296,6 +372,11 @@ mod tests {
             "1.2.3.4:x",
             "1.2.3.4:80/icmp",
             "1.2.3.4/sctp",
+            "2001:db8::/129",
+            "[2001:db8::1]443",
+            "[2001:db8::1:443",
+            "[::1]:0",
+            "2001:db8::x",
         ] {
             assert!(Rule::parse(Action::Deny, bad).is_err(), "{bad:?} accepted");
         }
@@ -325,6 +406,35 @@ mod tests {
         assert!(!deny_all
             .decide(Proto::Tcp, ip("1.1.1.1"), Some(1))
             .allowed());
+    }
+
+    #[test]
+    fn ipv6_rules_and_v4_mapped_addresses() {
+        let p = Policy {
+            rules: vec![
+                Rule::parse(Action::Deny, "10.0.0.0/8").unwrap(),
+                Rule::parse(Action::Deny, "[fd77:200::/64]:80/tcp").unwrap(),
+            ],
+            default: Action::Allow,
+        };
+        // The IPv4 rule holds for the v4-mapped form of its addresses.
+        assert!(!p
+            .decide(Proto::Tcp, ip("::ffff:10.9.9.9"), Some(1))
+            .allowed());
+        assert!(!p.decide(Proto::Tcp, ip("10.9.9.9"), Some(1)).allowed());
+        assert!(p
+            .decide(Proto::Tcp, ip("::ffff:11.9.9.9"), Some(1))
+            .allowed());
+        // IPv6 rules match IPv6 destinations only.
+        assert!(!p.decide(Proto::Tcp, ip("fd77:200::2"), Some(80)).allowed());
+        assert!(p.decide(Proto::Tcp, ip("fd77:200::2"), Some(81)).allowed());
+        assert!(p.decide(Proto::Udp, ip("fd77:200::2"), Some(80)).allowed());
+        assert!(p.decide(Proto::Tcp, ip("fd77:201::2"), Some(80)).allowed());
+        let all_v4 = Rule::parse(Action::Deny, "0.0.0.0/0").unwrap();
+        assert!(!all_v4.matches(Proto::Tcp, ip("2001:db8::1"), Some(1)));
+        let all_v6 = Rule::parse(Action::Deny, "::/0").unwrap();
+        assert!(!all_v6.matches(Proto::Tcp, ip("1.2.3.4"), Some(1)));
+        assert!(all_v6.matches(Proto::Icmp, ip("2001:db8::1"), None));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use airlock_api::{FlowCount, FlowCounts, Proto, Stats as Snapshot, Traffic};
 pub enum DropReason {
     /// A frame from the guest that does not parse (bad lengths, checksums).
     Malformed,
-    /// EtherType or IP protocol the gateway does not handle (IPv6, …).
+    /// EtherType or IP protocol the gateway does not handle (IPv6 with
+    /// `--no-ipv6`, …).
     Unsupported,
     /// Larger than the negotiated MTU or the receive buffer.
     Oversize,
@@ -27,10 +28,15 @@ pub enum DropReason {
     PingNotPermitted,
     /// Traffic to a gateway service that does not exist.
     NoService,
+    /// The guest used a source address that is not its own (the gateway's,
+    /// an alias's, multicast, or unspecified where that is not allowed).
+    SourceAddress,
+    /// An IPv6 fragment (not reassembled).
+    Fragment,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Malformed,
         DropReason::Unsupported,
         DropReason::Oversize,
@@ -40,6 +46,8 @@ impl DropReason {
         DropReason::Policy,
         DropReason::PingNotPermitted,
         DropReason::NoService,
+        DropReason::SourceAddress,
+        DropReason::Fragment,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +61,44 @@ impl DropReason {
             DropReason::Policy => "policy",
             DropReason::PingNotPermitted => "ping_not_permitted",
             DropReason::NoService => "no_service",
+            DropReason::SourceAddress => "source_address",
+            DropReason::Fragment => "fragment",
+        }
+    }
+}
+
+/// What the gateway did with a DNS query the guest sent it over UDP.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DnsOutcome {
+    /// Answered from the gateway's own names.
+    Local,
+    /// A name in the gateway's own zones that it does not have: NXDOMAIN
+    /// without leaving the host.
+    LocalNxdomain,
+    /// Forwarded to an upstream resolver.
+    Forwarded,
+    /// No upstream resolver configured: SERVFAIL.
+    NoUpstream,
+    /// Not a DNS query the gateway can parse.
+    Malformed,
+}
+
+impl DnsOutcome {
+    pub const ALL: [DnsOutcome; 5] = [
+        DnsOutcome::Local,
+        DnsOutcome::LocalNxdomain,
+        DnsOutcome::Forwarded,
+        DnsOutcome::NoUpstream,
+        DnsOutcome::Malformed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DnsOutcome::Local => "local",
+            DnsOutcome::LocalNxdomain => "local_nxdomain",
+            DnsOutcome::Forwarded => "forwarded",
+            DnsOutcome::NoUpstream => "no_upstream",
+            DnsOutcome::Malformed => "malformed",
         }
     }
 }
@@ -75,6 +121,7 @@ pub struct Stats {
     udp: FlowCounters,
     icmp: FlowCounters,
     drops: [AtomicU64; DropReason::ALL.len()],
+    dns: [AtomicU64; DnsOutcome::ALL.len()],
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -90,6 +137,18 @@ impl Stats {
     pub fn frame_to_guest(&self, len: usize) {
         add(&self.frames_to_guest, 1);
         add(&self.bytes_to_guest, len as u64);
+    }
+
+    pub fn dns_query(&self, outcome: DnsOutcome) {
+        add(&self.dns[outcome as usize], 1);
+    }
+
+    /// DNS queries by outcome, in [`DnsOutcome::ALL`]'s order.
+    pub fn dns_queries(&self) -> Vec<(&'static str, u64)> {
+        DnsOutcome::ALL
+            .iter()
+            .map(|o| (o.name(), self.dns[*o as usize].load(Ordering::Relaxed)))
+            .collect()
     }
 
     pub fn dropped(&self, why: DropReason) {

@@ -1,5 +1,8 @@
 //! Building the frames the gateway sends to the guest: Ethernet + ARP,
-//! Ethernet + IPv4 + UDP/ICMP. Parsing uses `smoltcp::wire` directly.
+//! Ethernet + IPv4 + UDP/ICMP ([`ipv6`]: Ethernet + IPv6 + UDP/ICMPv6).
+//! Parsing uses `smoltcp::wire` directly.
+
+pub(crate) mod ipv6;
 
 use std::net::Ipv4Addr;
 
@@ -54,16 +57,16 @@ pub(crate) fn arp_reply(
     buf
 }
 
-/// Addresses of a frame to the guest.
+/// Addresses of a frame to the guest (`A`: the IP address type).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Route {
+pub(crate) struct Route<A = Ipv4Addr> {
     pub src_mac: EthernetAddress,
     pub dst_mac: EthernetAddress,
-    pub src_ip: Ipv4Addr,
-    pub dst_ip: Ipv4Addr,
+    pub src_ip: A,
+    pub dst_ip: A,
 }
 
-fn checksums(offload: bool) -> ChecksumCapabilities {
+pub(crate) fn checksums(offload: bool) -> ChecksumCapabilities {
     let mut caps = ChecksumCapabilities::default();
     if offload {
         // The guest is told the L4 checksum is valid (DATA_VALID).

@@ -47,6 +47,9 @@ pub struct Head {
     pub expect_continue: bool,
 }
 
+/// `Content-Type` of JSON bodies.
+const JSON: &str = "application/json";
+
 /// A response to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
@@ -57,6 +60,8 @@ pub struct Response {
     pub body: Vec<u8>,
     /// Close the connection after this response.
     pub close: bool,
+    /// `Content-Type` of the body.
+    pub content_type: &'static str,
 }
 
 impl Response {
@@ -70,6 +75,7 @@ impl Response {
                     headers: Vec::new(),
                     body,
                     close: false,
+                    content_type: JSON,
                 }
             }
             Err(e) => Response::error(500, &format!("cannot encode the response: {e}")),
@@ -87,6 +93,18 @@ impl Response {
             headers: Vec::new(),
             body,
             close: false,
+            content_type: JSON,
+        }
+    }
+
+    /// `status` with a text body of the given type (`/metrics`).
+    pub fn text(status: u16, body: String, content_type: &'static str) -> Response {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: body.into_bytes(),
+            close: false,
+            content_type,
         }
     }
 
@@ -105,9 +123,10 @@ impl Response {
     /// is still the body's); `keep_alive` decides the `Connection` field.
     pub fn to_bytes(&self, head_only: bool, keep_alive: bool) -> Vec<u8> {
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {}\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
             self.status,
             reason(self.status),
+            self.content_type,
             self.body.len(),
             if keep_alive { "keep-alive" } else { "close" },
         );

@@ -12,7 +12,7 @@
 //! airlock-guest-probe errno OP ARG...        # "errno OP ARG...: ok" or ": EXDEV"
 //! airlock-guest-probe tcp-flood IP:PORT N SECONDS
 //! airlock-guest-probe udp-flows IP:PORT N MILLISECONDS
-//! airlock-guest-probe hold-files DIR N
+//! airlock-guest-probe hold-files DIR N      # past the first refusal, also mkdir, mkfifo, ...
 //! ```
 
 use std::collections::BTreeMap;
@@ -515,6 +515,61 @@ fn udp_answers(
     Ok((replies, open.len()))
 }
 
+/// With the file server out of descriptors: closes one held file (the
+/// server then has one descriptor free, and a create needs two: it makes
+/// the file with the first and fails to look it up), then tries `gK`
+/// (create) and each other way of making a name a few times — `dK`
+/// (mkdir), `pK` (mkfifo), `sK` (symlink), `lK` (a hard link to `f1`) —
+/// and prints `hold-files others made=NAME,... refused=NAME:ERRNO,...`, so
+/// the test can check that the host has exactly the names made. What is
+/// made stays open or in place.
+fn make_others(dir: &str, files: &mut Vec<OwnedFd>) -> Result<(), String> {
+    let c = |name: &str| {
+        CString::new(Path::new(dir).join(name).as_os_str().as_bytes())
+            .map_err(|_| format!("{dir:?} contains a NUL byte"))
+    };
+    // f0 goes; f1 is what the hard links point to.
+    files.remove(0);
+    let first = c("f1")?;
+    let target = CString::new("f1").unwrap_or_default();
+    let (mut made, mut refused) = (Vec::new(), Vec::new());
+    for k in 0..4 {
+        for kind in ["g", "d", "p", "s", "l"] {
+            let name = format!("{kind}{k}");
+            let path = c(&name)?;
+            // SAFETY: every path is NUL-terminated and outlives its call.
+            let rc = unsafe {
+                match kind {
+                    "g" => libc::open(
+                        path.as_ptr(),
+                        libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC,
+                        0o644,
+                    ),
+                    "d" => libc::mkdir(path.as_ptr(), 0o755),
+                    "p" => libc::mknod(path.as_ptr(), libc::S_IFIFO | 0o644, 0),
+                    "s" => libc::symlink(target.as_ptr(), path.as_ptr()),
+                    _ => libc::link(first.as_ptr(), path.as_ptr()),
+                }
+            };
+            if rc < 0 {
+                refused.push(format!("{name}:{}", errno_name(last_errno())));
+                continue;
+            }
+            if kind == "g" {
+                // SAFETY: `rc` was just opened and nothing else owns it.
+                files.push(unsafe { OwnedFd::from_raw_fd(rc) });
+            }
+            made.push(name);
+        }
+    }
+    println!(
+        "hold-files others made={} refused={}",
+        made.join(","),
+        refused.join(",")
+    );
+    Ok(())
+}
+
 /// Creates `DIR/f0` … and keeps every file open. Prints `hold-files
 /// opened=K failed=F first_failure=I errors=[...]` (it stops after
 /// [`GIVE_UP_AFTER`] failures in a row), holds them until told, closes them.
@@ -558,6 +613,9 @@ fn hold_files(dir: &str, n: &str) -> Result<(), String> {
         first_failure.map_or("none".to_string(), |i| i.to_string()),
         summary(&errors)
     );
+    if failed > 0 && files.len() > 1 {
+        make_others(dir, &mut files)?;
+    }
     hold();
     let closed = files.len();
     drop(files);

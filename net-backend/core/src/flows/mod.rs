@@ -21,13 +21,16 @@ pub(crate) mod udp;
 
 use std::any::Any;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_api::{FlowInfo, Proto};
 use smoltcp::iface::Interface;
-use smoltcp::wire::{EthernetAddress, Icmpv4DstUnreachable, Icmpv4Repr, IpProtocol, Ipv4Repr};
+use smoltcp::wire::{
+    EthernetAddress, Icmpv4DstUnreachable, Icmpv4Repr, Icmpv6DstUnreachable, Icmpv6Repr,
+    IpProtocol, Ipv4Repr, Ipv6Repr,
+};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::phy::GuestTx;
@@ -43,16 +46,16 @@ pub(crate) use table::FlowTable;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum FlowKey {
     /// A TCP connection: (guest endpoint, the endpoint the guest sees).
-    Tcp(SocketAddrV4, SocketAddrV4),
+    Tcp(SocketAddr, SocketAddr),
     /// A NAT UDP mapping: (guest endpoint, destination).
-    Udp(SocketAddrV4, SocketAddrV4),
+    Udp(SocketAddr, SocketAddr),
     /// Forwarded DNS queries from one guest endpoint.
-    DnsUdp(SocketAddrV4),
+    DnsUdp(SocketAddr),
     /// An echo session: (guest, identifier, destination).
-    Ping(Ipv4Addr, u16, Ipv4Addr),
+    Ping(IpAddr, u16, IpAddr),
     /// A published UDP port's client as the guest sees it:
     /// (guest endpoint, source the guest answers to).
-    PublishedUdp(SocketAddrV4, SocketAddrV4),
+    PublishedUdp(SocketAddr, SocketAddr),
     /// The same client from the host side: (published port id, client).
     PublishedClient(u64, SocketAddr),
 }
@@ -96,7 +99,7 @@ impl End {
 
 /// One packet from the guest for a flow, its headers already checked.
 pub(crate) struct GuestPacket<'a> {
-    /// The whole IPv4 packet (what smoltcp takes).
+    /// The whole IP packet (what smoltcp takes).
     pub ip: &'a [u8],
     /// The layer-4 payload: a UDP datagram's data, an ICMP message.
     pub payload: &'a [u8],
@@ -131,7 +134,7 @@ pub(crate) trait Flow: Any + Send {
 
     /// Where the guest sent this flow, for the egress policy to re-decide
     /// on reload; `None` for inbound flows and the gateway's own services.
-    fn egress(&self) -> Option<(Proto, SocketAddrV4)> {
+    fn egress(&self) -> Option<(Proto, SocketAddr)> {
         None
     }
 
@@ -164,6 +167,9 @@ pub(crate) struct Link {
     pub gateway_mac: EthernetAddress,
     /// The guest's MAC, learnt from its frames (broadcast until then).
     pub guest_mac: EthernetAddress,
+    /// The guest's IPv6 address in the prefix, learnt from its Duplicate
+    /// Address Detection or DHCPv6 (where published ports reach it).
+    pub guest_ip6: Option<Ipv6Addr>,
     pub mtu: usize,
     /// smoltcp's time zero.
     pub epoch: Instant,
@@ -219,7 +225,7 @@ impl Cx<'_> {
     }
 
     /// The addresses of a frame from `from` to the guest at `to`.
-    pub(crate) fn route(&self, from: Ipv4Addr, to: Ipv4Addr) -> wire::Route {
+    pub(crate) fn route<A>(&self, from: A, to: A) -> wire::Route<A> {
         wire::Route {
             src_mac: self.stack.link.gateway_mac,
             dst_mac: self.stack.link.guest_mac,
@@ -239,15 +245,20 @@ impl Cx<'_> {
     }
 
     /// Sends a UDP datagram to the guest (`dst_mac`: to another MAC than
-    /// the guest's known one, as DHCP replies may).
+    /// the guest's known one, as DHCP replies may). Both ends are of one
+    /// family.
     pub(crate) fn send_udp(
         &mut self,
-        from: SocketAddrV4,
-        to: SocketAddrV4,
+        from: SocketAddr,
+        to: SocketAddr,
         payload: &[u8],
         dst_mac: Option<EthernetAddress>,
     ) {
-        let len = wire::udp_frame_len(payload.len());
+        let len = match (from, to) {
+            (SocketAddr::V4(_), SocketAddr::V4(_)) => wire::udp_frame_len(payload.len()),
+            (SocketAddr::V6(_), SocketAddr::V6(_)) => wire::ipv6::udp_frame_len(payload.len()),
+            _ => return,
+        };
         if len - wire::ETH_HEADER > self.stack.link.mtu {
             self.dropped(DropReason::Oversize);
             return;
@@ -257,23 +268,31 @@ impl Cx<'_> {
             self.dropped(DropReason::GuestRxFull);
             return;
         }
-        let mut route = self.route(*from.ip(), *to.ip());
-        if let Some(mac) = dst_mac {
-            route.dst_mac = mac;
-        }
         let offload = self.tx.csum_offload();
-        let buf = self.tx.frame(len);
-        wire::write_udp(buf, route, from.port(), to.port(), payload, offload);
+        match (from, to) {
+            (SocketAddr::V4(f), SocketAddr::V4(t)) => {
+                let mut route = self.route(*f.ip(), *t.ip());
+                if let Some(mac) = dst_mac {
+                    route.dst_mac = mac;
+                }
+                let buf = self.tx.frame(len);
+                wire::write_udp(buf, route, f.port(), t.port(), payload, offload);
+            }
+            (SocketAddr::V6(f), SocketAddr::V6(t)) => {
+                let mut route = self.route(*f.ip(), *t.ip());
+                if let Some(mac) = dst_mac {
+                    route.dst_mac = mac;
+                }
+                let buf = self.tx.frame(len);
+                wire::ipv6::write_udp(buf, route, f.port(), t.port(), payload, offload);
+            }
+            _ => {}
+        }
     }
 
     /// Tells the guest its datagram from `guest` to `remote` cannot be
     /// delivered.
-    pub(crate) fn unreachable(
-        &mut self,
-        guest: SocketAddrV4,
-        remote: SocketAddrV4,
-        reason: Icmpv4DstUnreachable,
-    ) {
+    pub(crate) fn unreachable(&mut self, guest: SocketAddr, remote: SocketAddr, why: Unreachable) {
         // The quoted header lets the guest's stack find the socket.
         let udp_header = {
             let mut h = [0u8; 8];
@@ -282,20 +301,61 @@ impl Cx<'_> {
             h[4..6].copy_from_slice(&8u16.to_be_bytes());
             h
         };
-        let repr = Icmpv4Repr::DstUnreachable {
-            reason,
-            header: Ipv4Repr {
-                src_addr: *guest.ip(),
-                dst_addr: *remote.ip(),
-                next_header: IpProtocol::Udp,
-                payload_len: 8,
-                hop_limit: wire::TTL,
-            },
-            data: &udp_header,
+        let frame = match (guest.ip(), remote.ip()) {
+            (IpAddr::V4(g), IpAddr::V4(r)) => {
+                let reason = match why {
+                    Unreachable::Port => Icmpv4DstUnreachable::PortUnreachable,
+                    Unreachable::Prohibited => Icmpv4DstUnreachable::CommProhibited,
+                    Unreachable::NoRoute => Icmpv4DstUnreachable::NetUnreachable,
+                };
+                let repr = Icmpv4Repr::DstUnreachable {
+                    reason,
+                    header: Ipv4Repr {
+                        src_addr: g,
+                        dst_addr: r,
+                        next_header: IpProtocol::Udp,
+                        payload_len: 8,
+                        hop_limit: wire::TTL,
+                    },
+                    data: &udp_header,
+                };
+                wire::icmp_frame(self.route(r, g), &repr)
+            }
+            (IpAddr::V6(g), IpAddr::V6(r)) => {
+                let reason = match why {
+                    Unreachable::Port => Icmpv6DstUnreachable::PortUnreachable,
+                    Unreachable::Prohibited => Icmpv6DstUnreachable::AdminProhibit,
+                    Unreachable::NoRoute => Icmpv6DstUnreachable::NoRoute,
+                };
+                let repr = Icmpv6Repr::DstUnreachable {
+                    reason,
+                    header: Ipv6Repr {
+                        src_addr: g,
+                        dst_addr: r,
+                        next_header: IpProtocol::Udp,
+                        payload_len: 8,
+                        hop_limit: wire::TTL,
+                    },
+                    data: &udp_header,
+                };
+                wire::ipv6::icmp_frame(self.route(r, g), &repr)
+            }
+            _ => return,
         };
-        let frame = wire::icmp_frame(self.route(*remote.ip(), *guest.ip()), &repr);
         self.send_frame(&frame);
     }
+}
+
+/// Why a datagram cannot be delivered, as an ICMP or ICMPv6 Destination
+/// Unreachable says it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Unreachable {
+    /// Nothing listens on the port.
+    Port,
+    /// The egress policy or a limit refused it.
+    Prohibited,
+    /// The host has no route there.
+    NoRoute,
 }
 
 /// Why a flow could not be opened.
@@ -458,12 +518,27 @@ pub(crate) fn age_ms(opened: Instant, now: Instant) -> u64 {
     now.saturating_duration_since(opened).as_millis() as u64
 }
 
-/// Addresses a NAT flow may go to (not loopback, multicast, broadcast,
-/// unspecified, or 0.0.0.0/8).
+/// IPv4 addresses a NAT flow may go to (not loopback, multicast,
+/// broadcast, unspecified, or 0.0.0.0/8).
 pub(crate) fn is_routable(a: Ipv4Addr) -> bool {
     !(a.is_loopback()
         || a.is_multicast()
         || a.is_broadcast()
         || a.is_unspecified()
         || a.octets()[0] == 0)
+}
+
+/// IPv6 addresses a NAT flow may go to: not loopback, multicast,
+/// unspecified or link-local, and not an IPv4 address in IPv6 clothing
+/// (v4-mapped `::ffff:0:0/96` or the deprecated v4-compatible `::/96`): a
+/// host socket would reach the IPv4 address behind it, past the IPv4
+/// egress rules' meaning and the guest's IPv4 view.
+pub(crate) fn is_routable6(a: Ipv6Addr) -> bool {
+    let v = u128::from(a);
+    !(a.is_loopback()
+        || a.is_multicast()
+        || a.is_unspecified()
+        || a.is_unicast_link_local()
+        || v >> 32 == 0xffff
+        || v >> 32 == 0)
 }

@@ -1,18 +1,19 @@
-//! ICMP echo to the outside through unprivileged ping sockets
-//! (`socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)`), one per (guest, echo
-//! identifier, destination). The kernel picks the identifier on the wire;
-//! replies are rewritten back to the guest's identifier.
+//! ICMP and ICMPv6 echo to the outside through unprivileged ping sockets
+//! (`socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)`, or `AF_INET6` with
+//! `IPPROTO_ICMPV6`), one per (guest, echo identifier, destination). The
+//! kernel picks the identifier on the wire; replies are rewritten back to
+//! the guest's identifier.
 
 use std::any::Any;
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::io::AsRawFd;
 use std::time::{Duration, Instant};
 
 use airlock_api::{Direction, FlowInfo, Proto};
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr};
+use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr};
 use socket2::{Domain, Protocol, Socket, Type};
 use vmm_sys_util::epoll::EventSet;
 
@@ -25,9 +26,9 @@ use crate::wire;
 const READ_BATCH: usize = 64;
 
 pub(crate) struct PingFlow {
-    pub guest: Ipv4Addr,
+    pub guest: IpAddr,
     pub ident: u16,
-    pub remote: Ipv4Addr,
+    pub remote: IpAddr,
     sock: Socket,
     idle: Idle,
     opened: Instant,
@@ -42,16 +43,20 @@ pub(crate) fn not_permitted(e: &io::Error) -> bool {
 impl PingFlow {
     pub(crate) fn open(
         id: FlowId,
-        guest: Ipv4Addr,
+        guest: IpAddr,
         ident: u16,
-        remote: Ipv4Addr,
+        remote: IpAddr,
         timeout: Duration,
         cx: &Cx,
     ) -> io::Result<PingFlow> {
         let (now, poller) = (cx.now, &cx.stack.poller);
-        let sock = Socket::new(Domain::IPV4, Type::DGRAM.cloexec(), Some(Protocol::ICMPV4))?;
+        let (domain, protocol) = match remote {
+            IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4),
+            IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6),
+        };
+        let sock = Socket::new(domain, Type::DGRAM.cloexec(), Some(protocol))?;
         sock.set_nonblocking(true)?;
-        sock.connect(&SocketAddr::V4(SocketAddrV4::new(remote, 0)).into())?;
+        sock.connect(&SocketAddr::new(remote, 0).into())?;
         poller.add(sock.as_raw_fd(), EventSet::IN, id, Source::Host)?;
         Ok(PingFlow {
             guest,
@@ -82,6 +87,45 @@ impl PingFlow {
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+}
+
+impl PingFlow {
+    /// The frame carrying an echo reply the host received (`message`, the
+    /// ICMP message) to the guest, with the guest's identifier.
+    fn reply_frame(&self, message: &[u8], cx: &Cx) -> Option<Vec<u8>> {
+        let caps = ChecksumCapabilities::ignored();
+        match (self.guest, self.remote) {
+            (IpAddr::V4(guest), IpAddr::V4(remote)) => {
+                let parsed =
+                    Icmpv4Packet::new_checked(message).and_then(|p| Icmpv4Repr::parse(&p, &caps));
+                let Ok(Icmpv4Repr::EchoReply { seq_no, data, .. }) = parsed else {
+                    return None;
+                };
+                let reply = Icmpv4Repr::EchoReply {
+                    ident: self.ident,
+                    seq_no,
+                    data,
+                };
+                Some(wire::icmp_frame(cx.route(remote, guest), &reply))
+            }
+            (IpAddr::V6(guest), IpAddr::V6(remote)) => {
+                // The kernel checked the checksum; the pseudo-header it
+                // covered named the host's address, not the guest's.
+                let packet = Icmpv6Packet::new_checked(message).ok()?;
+                let parsed = Icmpv6Repr::parse(&remote, &guest, &packet, &caps);
+                let Ok(Icmpv6Repr::EchoReply { seq_no, data, .. }) = parsed else {
+                    return None;
+                };
+                let reply = Icmpv6Repr::EchoReply {
+                    ident: self.ident,
+                    seq_no,
+                    data,
+                };
+                Some(wire::ipv6::icmp_frame(cx.route(remote, guest), &reply))
+            }
+            _ => None,
         }
     }
 }
@@ -120,16 +164,7 @@ impl Flow for PingFlow {
         for _ in 0..READ_BATCH {
             match self.recv(&mut buf, cx.now) {
                 Ok(Some(n)) => {
-                    let caps = ChecksumCapabilities::ignored();
-                    let parsed = Icmpv4Packet::new_checked(&buf[..n])
-                        .and_then(|p| Icmpv4Repr::parse(&p, &caps));
-                    if let Ok(Icmpv4Repr::EchoReply { seq_no, data, .. }) = parsed {
-                        let reply = Icmpv4Repr::EchoReply {
-                            ident: self.ident,
-                            seq_no,
-                            data,
-                        };
-                        let frame = wire::icmp_frame(cx.route(self.remote, self.guest), &reply);
+                    if let Some(frame) = self.reply_frame(&buf[..n], cx) {
                         cx.send_frame(&frame);
                     }
                 }
@@ -152,8 +187,8 @@ impl Flow for PingFlow {
         self.idle.verdict(cx.now)
     }
 
-    fn egress(&self) -> Option<(Proto, SocketAddrV4)> {
-        Some((Proto::Icmp, SocketAddrV4::new(self.remote, 0)))
+    fn egress(&self) -> Option<(Proto, SocketAddr)> {
+        Some((Proto::Icmp, SocketAddr::new(self.remote, 0)))
     }
 
     fn close(&mut self, poller: &Poller) {

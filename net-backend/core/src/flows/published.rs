@@ -15,7 +15,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::io::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,8 +27,8 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::tcp::{TcpFlow, TcpLimits};
 use super::udp::MAX_DATAGRAM;
-use super::{age_ms, is_routable, Cx, Flow, FlowKey, Flows, GuestPacket, Idle, OpenError, Verdict};
-use crate::config::{GatewayConfig, PublishSource};
+use super::{age_ms, Cx, Flow, FlowKey, Flows, GuestPacket, Idle, OpenError, Verdict};
+use crate::config::{Dest, GatewayConfig, PublishSource};
 use crate::phy::GuestTx;
 use crate::poller::{FlowId, Poller, Source};
 use crate::publish::PublishedSocket;
@@ -39,9 +39,9 @@ pub(crate) struct PubUdpFlow {
     entry: u64,
     peer: SocketAddr,
     /// The guest's endpoint (the published guest port).
-    guest: SocketAddrV4,
+    guest: SocketAddr,
     /// The source the guest sees (and answers to).
-    local: SocketAddrV4,
+    local: SocketAddr,
     socket: Arc<PublishedSocket>,
     idle: Idle,
     opened: Instant,
@@ -224,18 +224,26 @@ impl Listeners {
     fn inbound_source(
         &mut self,
         client: SocketAddr,
-        guest: SocketAddrV4,
+        guest: SocketAddr,
         proto: Proto,
         flows: &Flows,
         cfg: &GatewayConfig,
-    ) -> Option<SocketAddrV4> {
+    ) -> Option<SocketAddr> {
         use PublishSource as P;
-        let ip = match (cfg.publish_source, client.ip()) {
-            (P::Client, IpAddr::V4(v4)) if v4.is_loopback() => {
-                cfg.host_ip.unwrap_or(cfg.gateway_ip)
+        // The gateway and host alias of the family the guest is reached by.
+        let (gateway, host): (IpAddr, Option<IpAddr>) = match guest {
+            SocketAddr::V4(_) => (cfg.gateway_ip.into(), cfg.host_ip.map(IpAddr::from)),
+            SocketAddr::V6(_) => {
+                let v6 = cfg.ipv6.as_ref()?;
+                (v6.gateway.into(), v6.host.map(IpAddr::from))
             }
-            (P::Client, IpAddr::V4(v4)) if is_routable(v4) && !cfg.in_subnet(v4) => v4,
-            _ => cfg.gateway_ip,
+        };
+        let client_ip = client.ip().to_canonical();
+        let same_family = client_ip.is_ipv4() == guest.is_ipv4();
+        let ip = match cfg.publish_source {
+            P::Client if client_ip.is_loopback() => host.unwrap_or(gateway),
+            P::Client if same_family && cfg.classify(client_ip) == Dest::Outside => client_ip,
+            _ => gateway,
         };
         for _ in 0..(61000 - 32768) {
             self.next_port = if self.next_port < 32768 || self.next_port >= 61000 {
@@ -243,7 +251,7 @@ impl Listeners {
             } else {
                 self.next_port + 1
             };
-            let local = SocketAddrV4::new(ip, self.next_port);
+            let local = SocketAddr::new(ip, self.next_port);
             let key = match proto {
                 Proto::Tcp => FlowKey::Tcp(guest, local),
                 _ => FlowKey::PublishedUdp(guest, local),
@@ -268,7 +276,11 @@ impl Listeners {
             refuse_client(stream, spec, "no guest is attached yet");
             return;
         }
-        let Some(local) = self.inbound_source(client, spec.guest, Proto::Tcp, flows, cfg) else {
+        let Some(guest) = guest_target(spec, flows) else {
+            refuse_client(stream, spec, "the guest has no IPv6 address yet");
+            return;
+        };
+        let Some(local) = self.inbound_source(client, guest, Proto::Tcp, flows, cfg) else {
             refuse_client(stream, spec, "no free source port");
             return;
         };
@@ -279,7 +291,7 @@ impl Listeners {
             let stream = stream
                 .take()
                 .ok_or_else(|| io::Error::other("client stream already taken"))?;
-            let flow = TcpFlow::open_inbound(id, stream, client, spec.guest, local, limits, cx)?;
+            let flow = TcpFlow::open_inbound(id, stream, client, guest, local, limits, cx)?;
             Ok(Box::new(flow))
         });
         match opened {
@@ -288,7 +300,7 @@ impl Listeners {
                 flows.stack.shared.audit(json!({
                     "event": "flow-open", "direction": "inbound", "proto": "tcp",
                     "client": client.to_string(), "host": spec.host.to_string(),
-                    "guest": spec.guest.to_string(), "source": local.to_string(),
+                    "guest": guest.to_string(), "source": local.to_string(),
                 }));
                 // Sends the SYN.
                 flows.with(id, tx, |flow, id, cx| flow.guest_room(id, cx));
@@ -318,8 +330,15 @@ impl Listeners {
         let id = match flows.table.lookup(&FlowKey::PublishedClient(entry, peer)) {
             Some(id) => id,
             None => {
-                let Some(local) = self.inbound_source(peer, spec.guest, Proto::Udp, flows, cfg)
-                else {
+                let Some(guest) = guest_target(spec, flows) else {
+                    ratelimited!(
+                        log::Level::Info,
+                        "published port {spec}: dropping a datagram: the guest has no IPv6 address yet"
+                    );
+                    flows.stack.shared.stats.dropped(DropReason::NoService);
+                    return;
+                };
+                let Some(local) = self.inbound_source(peer, guest, Proto::Udp, flows, cfg) else {
                     flows.stack.shared.stats.dropped(DropReason::FlowLimit);
                     return;
                 };
@@ -328,7 +347,7 @@ impl Listeners {
                     Ok(Box::new(PubUdpFlow {
                         entry,
                         peer,
-                        guest: spec.guest,
+                        guest,
                         local,
                         socket: socket.clone(),
                         idle: Idle::new(cx.now, timeout),
@@ -342,7 +361,7 @@ impl Listeners {
                         flows.stack.shared.audit(json!({
                             "event": "flow-open", "direction": "inbound", "proto": "udp",
                             "client": peer.to_string(), "host": spec.host.to_string(),
-                            "guest": spec.guest.to_string(), "source": local.to_string(),
+                            "guest": guest.to_string(), "source": local.to_string(),
                         }));
                         id
                     }
@@ -354,6 +373,20 @@ impl Listeners {
             }
         };
         flows.with_as::<PubUdpFlow>(id, tx, |flow, _, cx| flow.client_datagram(payload, cx));
+    }
+}
+
+/// Where a published port's client goes in the guest: its address, or for
+/// [`airlock_api::GUEST_IPV6`] the IPv6 address the guest took (`None`
+/// until the gateway has seen it).
+fn guest_target(spec: PortSpec, flows: &Flows) -> Option<SocketAddr> {
+    match spec.guest {
+        SocketAddr::V6(g) if *g.ip() == airlock_api::GUEST_IPV6 => flows
+            .stack
+            .link
+            .guest_ip6
+            .map(|ip| SocketAddr::new(ip.into(), g.port())),
+        other => Some(other),
     }
 }
 

@@ -19,7 +19,7 @@
 
 use std::any::Any;
 use std::io::{self, Read, Write};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -45,9 +45,9 @@ pub struct TcpLimits {
 
 pub(crate) struct TcpFlow {
     /// The guest's endpoint.
-    pub guest: SocketAddrV4,
+    pub guest: SocketAddr,
     /// The other end as the guest sees it.
-    pub remote: SocketAddrV4,
+    pub remote: SocketAddr,
     /// The host side: where an outbound flow connects, or the client of an
     /// inbound one.
     pub target: Target,
@@ -83,7 +83,7 @@ impl TcpFlow {
     /// The smoltcp socket for a guest SYN to `remote`: listening on that
     /// exact endpoint, optionally holding its SYN-ACK back.
     fn listening_socket(
-        remote: SocketAddrV4,
+        remote: SocketAddr,
         limits: TcpLimits,
         hold_synack: bool,
     ) -> io::Result<(SocketSet<'static>, SocketHandle)> {
@@ -95,7 +95,7 @@ impl TcpFlow {
         socket.set_nagle_enabled(false);
         socket
             .listen(IpListenEndpoint {
-                addr: Some((*remote.ip()).into()),
+                addr: Some(remote.ip().into()),
                 port: remote.port(),
             })
             .map_err(|e| io::Error::other(format!("cannot listen on {remote}: {e}")))?;
@@ -105,8 +105,8 @@ impl TcpFlow {
     }
 
     fn with_parts(
-        guest: SocketAddrV4,
-        remote: SocketAddrV4,
+        guest: SocketAddr,
+        remote: SocketAddr,
         target: Target,
         (sockets, handle): (SocketSet<'static>, SocketHandle),
         now: Instant,
@@ -139,8 +139,8 @@ impl TcpFlow {
     /// [`TcpFlow::ingress`].
     pub(crate) fn open(
         id: FlowId,
-        guest: SocketAddrV4,
-        remote: SocketAddrV4,
+        guest: SocketAddr,
+        remote: SocketAddr,
         target: Target,
         limits: TcpLimits,
         cx: &mut Cx,
@@ -161,14 +161,14 @@ impl TcpFlow {
 
     /// Creates the flow for a guest's DNS-over-TCP connection to the gateway.
     pub(crate) fn open_dns(
-        guest: SocketAddrV4,
-        remote: SocketAddrV4,
+        guest: SocketAddr,
+        remote: SocketAddr,
         bridge: DnsBridge,
         limits: TcpLimits,
         now: Instant,
     ) -> io::Result<TcpFlow> {
         let parts = Self::listening_socket(remote, limits, false)?;
-        let mut flow = Self::with_parts(guest, remote, Target::Tcp(remote.into()), parts, now);
+        let mut flow = Self::with_parts(guest, remote, Target::Tcp(remote), parts, now);
         flow.dns = Some(bridge);
         Ok(flow)
     }
@@ -181,8 +181,8 @@ impl TcpFlow {
         id: FlowId,
         stream: std::net::TcpStream,
         client: std::net::SocketAddr,
-        guest: SocketAddrV4,
-        local: SocketAddrV4,
+        guest: SocketAddr,
+        local: SocketAddr,
         limits: TcpLimits,
         cx: &mut Cx,
     ) -> io::Result<TcpFlow> {
@@ -195,9 +195,9 @@ impl TcpFlow {
         socket
             .connect(
                 cx.stack.iface.context(),
-                IpEndpoint::new((*guest.ip()).into(), guest.port()),
+                IpEndpoint::new(guest.ip().into(), guest.port()),
                 IpListenEndpoint {
-                    addr: Some((*local.ip()).into()),
+                    addr: Some(local.ip().into()),
                     port: local.port(),
                 },
             )
@@ -601,7 +601,7 @@ impl Flow for TcpFlow {
         self.verdict()
     }
 
-    fn egress(&self) -> Option<(Proto, SocketAddrV4)> {
+    fn egress(&self) -> Option<(Proto, SocketAddr)> {
         (self.direction == Direction::Outbound && self.dns.is_none())
             .then_some((Proto::Tcp, self.remote))
     }

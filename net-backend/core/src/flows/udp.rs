@@ -5,15 +5,14 @@
 
 use std::any::Any;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::unix::io::AsRawFd;
 use std::time::{Duration, Instant};
 
 use airlock_api::{Direction, FlowInfo, Proto};
-use smoltcp::wire::Icmpv4DstUnreachable;
 use vmm_sys_util::epoll::EventSet;
 
-use super::{age_ms, Cx, Flow, FlowKey, GuestPacket, Idle, Verdict};
+use super::{age_ms, Cx, Flow, FlowKey, GuestPacket, Idle, Unreachable, Verdict};
 use crate::poller::{FlowId, Poller, Source};
 use crate::stats::DropReason;
 
@@ -110,8 +109,8 @@ impl HostUdp {
     /// here, until [`HostUdp::resume`].
     pub(crate) fn deliver(
         &mut self,
-        guest: SocketAddrV4,
-        remote: SocketAddrV4,
+        guest: SocketAddr,
+        remote: SocketAddr,
         cx: &mut Cx,
         mut on_datagram: impl FnMut(),
     ) {
@@ -131,9 +130,7 @@ impl HostUdp {
                     on_datagram();
                     cx.send_udp(remote, guest, &buf[..n], None);
                 }
-                Ok(Received::Refused) => {
-                    cx.unreachable(guest, remote, Icmpv4DstUnreachable::PortUnreachable)
-                }
+                Ok(Received::Refused) => cx.unreachable(guest, remote, Unreachable::Port),
                 Ok(Received::Nothing) => break,
                 Err(e) => {
                     log::debug!("udp {guest} -> {remote}: {e}");
@@ -163,17 +160,17 @@ impl HostUdp {
 /// through one host socket connected to `target`.
 pub(crate) struct UdpFlow {
     /// The guest's endpoint.
-    pub guest: SocketAddrV4,
+    pub guest: SocketAddr,
     /// The endpoint the guest addressed; replies appear to come from it.
-    pub remote: SocketAddrV4,
+    pub remote: SocketAddr,
     host: HostUdp,
 }
 
 impl UdpFlow {
     pub(crate) fn open(
         id: FlowId,
-        guest: SocketAddrV4,
-        remote: SocketAddrV4,
+        guest: SocketAddr,
+        remote: SocketAddr,
         target: SocketAddr,
         timeout: Duration,
         cx: &Cx,
@@ -209,11 +206,7 @@ impl Flow for UdpFlow {
         if let Err(e) = self.host.send(packet.payload, cx.now) {
             log::debug!("udp {} -> {}: {e}", self.guest, self.host.target);
             if e.kind() == io::ErrorKind::ConnectionRefused {
-                cx.unreachable(
-                    self.guest,
-                    self.remote,
-                    Icmpv4DstUnreachable::PortUnreachable,
-                );
+                cx.unreachable(self.guest, self.remote, Unreachable::Port);
             } else {
                 cx.dropped(DropReason::HostSendFailed);
             }
@@ -240,7 +233,7 @@ impl Flow for UdpFlow {
         Verdict::Keep
     }
 
-    fn egress(&self) -> Option<(Proto, SocketAddrV4)> {
+    fn egress(&self) -> Option<(Proto, SocketAddr)> {
         Some((Proto::Udp, self.remote))
     }
 

@@ -2,7 +2,7 @@
 //! counted, logged and audited.
 
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -20,7 +20,7 @@ const DENY_AUDIT_WINDOW: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub(crate) struct EgressCheck {
     /// When a denied flow was last written to the audit log.
-    denied: HashMap<(Proto, SocketAddrV4, SocketAddrV4), Instant>,
+    denied: HashMap<(Proto, SocketAddr, SocketAddr), Instant>,
 }
 
 impl EgressCheck {
@@ -28,11 +28,11 @@ impl EgressCheck {
         &mut self,
         shared: &Shared,
         proto: Proto,
-        guest: SocketAddrV4,
-        remote: SocketAddrV4,
+        guest: SocketAddr,
+        remote: SocketAddr,
     ) -> Decision {
         let port = (proto != Proto::Icmp).then_some(remote.port());
-        let decision = shared.policy().decide(proto, *remote.ip(), port);
+        let decision = shared.policy().decide(proto, remote.ip(), port);
         if !decision.allowed() {
             shared.stats.dropped(DropReason::Policy);
             shared.stats.flow_refused(proto);

@@ -3,7 +3,7 @@
 //! sockets on 127.0.0.1.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,8 @@ use smoltcp::wire::{
 };
 
 use super::Gateway;
-use crate::config::GatewayConfig;
 use crate::config::PublishSource;
+use crate::config::{GatewayConfig, Ipv6Config};
 use crate::flows::tcp::TcpLimits;
 use crate::host::Target;
 use crate::phy::GuestTx;
@@ -34,6 +34,14 @@ pub const GUEST_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0x12, 0x3
 pub const GW: Ipv4Addr = Ipv4Addr::new(192, 168, 127, 1);
 pub const GUEST: Ipv4Addr = Ipv4Addr::new(192, 168, 127, 2);
 pub const HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 127, 254);
+pub const PREFIX6: Ipv6Addr = Ipv6Addr::new(0xfd61, 0x6972, 0xc0a8, 0x7f00, 0, 0, 0, 0);
+pub const GW6: Ipv6Addr = Ipv6Addr::new(0xfd61, 0x6972, 0xc0a8, 0x7f00, 0, 0, 0, 1);
+pub const HOST6: Ipv6Addr = Ipv6Addr::new(0xfd61, 0x6972, 0xc0a8, 0x7f00, 0, 0, 0, 0xfe);
+pub const PROXY6: Ipv6Addr = Ipv6Addr::new(0xfd61, 0x6972, 0xc0a8, 0x7f00, 0, 0, 0, 0xfd);
+/// The guest's SLAAC address: the modified EUI-64 of [`GUEST_MAC`].
+pub const GUEST6: Ipv6Addr = Ipv6Addr::new(
+    0xfd61, 0x6972, 0xc0a8, 0x7f00, 0x5054, 0x00ff, 0xfe12, 0x3456,
+);
 
 /// Records frames to the guest; `room` simulates guest receive buffers.
 #[derive(Default)]
@@ -76,6 +84,13 @@ pub fn config() -> GatewayConfig {
             connect_timeout: Duration::from_secs(5),
         },
         udp_timeout: Duration::from_secs(60),
+        ipv6: Some(Ipv6Config {
+            prefix: PREFIX6,
+            gateway: GW6,
+            host: Some(HOST6),
+            proxy: PROXY6,
+            lease_time: Duration::from_secs(3600),
+        }),
     }
 }
 
@@ -201,17 +216,15 @@ pub fn parse_tcp(frame: &[u8]) -> Option<Seg> {
     })
 }
 
-/// The gateway's DNS at start: `host.airlock.internal`, the local zone
-/// `airlock.internal`, no resolvers.
+/// The gateway's DNS at start: `host.airlock.internal` (A and AAAA), the
+/// local zone `airlock.internal`, no resolvers.
 pub fn dns_settings() -> DnsSettings {
     let mut records = LocalRecords::new();
-    records
-        .add(
-            "host.airlock.internal",
-            RecordData::A(HOST),
-            RecordSource::Builtin,
-        )
-        .unwrap();
+    for data in [RecordData::A(HOST), RecordData::Aaaa(HOST6)] {
+        records
+            .add("host.airlock.internal", data, RecordSource::Builtin)
+            .unwrap();
+    }
     DnsSettings {
         source: "test".into(),
         zones: vec![ZoneSpec {
@@ -1203,7 +1216,10 @@ fn policy_reload_closes_flows_it_now_denies() {
     // A broken file keeps the old policy.
     std::fs::write(&rules, "nonsense\n").unwrap();
     assert!(shared.reload_policy().is_err());
-    assert!(!shared.policy().decide(Proto::Tcp, HOST, Some(1)).allowed());
+    assert!(!shared
+        .policy()
+        .decide(Proto::Tcp, HOST.into(), Some(1))
+        .allowed());
 }
 
 /// The guest ARPs for the gateway (which teaches the gateway its MAC).

@@ -27,7 +27,7 @@
 //!   fit, the search list (119) and then the domain name (15) are left out.
 //! - Replies are padded to the 300-byte BOOTP minimum (RFC 1542 §2.1).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 /// BOOTP `op` of a client message.
@@ -215,8 +215,8 @@ pub struct DhcpReply {
 pub struct LeaseInfo {
     /// The client's MAC (`chaddr`).
     pub mac: [u8; 6],
-    /// The leased address.
-    pub ip: Ipv4Addr,
+    /// The leased address (IPv6 for a DHCPv6 lease).
+    pub ip: IpAddr,
     /// Host name the client sent in option 12, with bytes outside printable
     /// ASCII replaced by `?`.
     pub hostname: Option<String>,
@@ -423,7 +423,7 @@ impl DhcpServer {
             .filter(|l| !l.remaining(now).is_zero())
             .map(|l| LeaseInfo {
                 mac: l.mac,
-                ip: self.config.guest_ip,
+                ip: IpAddr::V4(self.config.guest_ip),
                 hostname: l.hostname.clone(),
                 expires_in: l.remaining(now),
             })

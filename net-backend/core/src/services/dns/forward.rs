@@ -24,7 +24,7 @@
 use std::any::Any;
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -225,9 +225,9 @@ fn read_error_queue(sock: &UdpSocket) -> io::Result<Option<(SocketAddr, Vec<u8>)
 }
 
 pub(crate) struct DnsForwardFlow {
-    guest: SocketAddrV4,
+    guest: SocketAddr,
     /// The gateway's DNS endpoint as the guest addressed it.
-    gateway: SocketAddrV4,
+    gateway: SocketAddr,
     sockets: Sockets,
     pending: Vec<Pending>,
     idle: Idle,
@@ -545,8 +545,8 @@ impl Flow for DnsForwardFlow {
 /// `gateway` endpoint) as `forward` says.
 pub(crate) fn forward(
     flows: &mut Flows,
-    guest: SocketAddrV4,
-    gateway: SocketAddrV4,
+    guest: SocketAddr,
+    gateway: SocketAddr,
     msg: &[u8],
     forward: Forward,
     timeout: Duration,

@@ -505,8 +505,11 @@ fn local_reply(
 /// What the gateway does with a guest's query.
 #[derive(Debug)]
 pub enum Plan {
-    /// A local answer (or NXDOMAIN in a local zone): send it.
+    /// A local answer: send it.
     Answer(Vec<u8>),
+    /// A name in a local zone without records: send this NXDOMAIN (the
+    /// query never leaves the host).
+    NxDomain(Vec<u8>),
     /// Nobody to ask (no resolvers for the name): send this SERVFAIL.
     NoUpstream(Vec<u8>),
     /// Ask upstream.
@@ -549,7 +552,7 @@ pub fn plan(msg: &[u8], view: &DnsView, transport_limit: Option<usize>) -> Resul
                 Some(c) => c.finish_local(Rcode::NxDomain),
                 None => error_reply(msg, Rcode::NxDomain),
             };
-            return Ok(Plan::Answer(reply.unwrap_or_default()));
+            return Ok(Plan::NxDomain(reply.unwrap_or_default()));
         }
         Route::Upstreams(list) => list,
     };

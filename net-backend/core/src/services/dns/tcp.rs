@@ -142,7 +142,7 @@ impl DnsTcpSession {
         let mut actions = TcpActions::default();
         for msg in self.guest.push(bytes)? {
             match plan(&msg, &self.view, Some(TCP_LIMIT)) {
-                Ok(Plan::Answer(reply)) => {
+                Ok(Plan::Answer(reply) | Plan::NxDomain(reply)) => {
                     actions.local += 1;
                     push_frame(&mut actions.to_guest, &reply)?
                 }

@@ -674,7 +674,7 @@ fn plan_routes_by_zone() {
     assert_eq!((f.query, f.chase.is_none()), (q, true), "unchanged");
     let p = plan(&query(2, "other.test", 1, None), &v, None).unwrap();
     assert_eq!(forwarded_to(&p), ["127.0.0.1:53"]);
-    let Plan::Answer(nx) = plan(&query(3, "nope.airlock.internal", 1, None), &v, None).unwrap()
+    let Plan::NxDomain(nx) = plan(&query(3, "nope.airlock.internal", 1, None), &v, None).unwrap()
     else {
         panic!()
     };
@@ -790,7 +790,7 @@ fn cname_to_an_outside_name_is_chased_upstream() {
 #[test]
 fn cname_into_a_local_zone_without_the_name_is_nxdomain() {
     let v = zoned(typed_records());
-    let Plan::Answer(reply) = plan(&query(1, "gone.test", 1, None), &v, None).unwrap() else {
+    let Plan::NxDomain(reply) = plan(&query(1, "gone.test", 1, None), &v, None).unwrap() else {
         panic!()
     };
     let r = decode_full(&reply);
@@ -1092,4 +1092,58 @@ fn random_input_never_panics() {
         answered > 2_000,
         "mutations kept too few queries valid: {answered}"
     );
+}
+
+#[test]
+fn aaaa_any_and_ip6_ptr_for_local_names() {
+    let v6: Ipv6Addr = "fd61:6972:c0a8:7f00::fe".parse().unwrap();
+    let mut recs = records();
+    recs.add(
+        "HOST.airlock.internal.",
+        RecordData::Aaaa(v6),
+        RecordSource::Config,
+    )
+    .unwrap();
+    // An AAAA record joins the name's A record.
+    assert_eq!(recs.lookup("host.airlock.internal"), Some(HOST));
+    assert_eq!(
+        recs.find("host.airlock.internal"),
+        [&RecordData::A(HOST), &RecordData::Aaaa(v6)]
+    );
+    let r = answer(&query(1, "host.airlock.internal", 28, None), &recs);
+    assert_eq!(r.answers.len(), 1);
+    assert_eq!(
+        (r.answers[0].1, r.answers[0].3.clone()),
+        (28, v6.octets().to_vec())
+    );
+    let r = answer(&query(2, "host.airlock.internal", 255, None), &recs);
+    let types: Vec<u16> = r.answers.iter().map(|a| a.1).collect();
+    assert_eq!(types, vec![1, 28], "ANY: both families");
+    // A name without an IPv6 address: NODATA for AAAA, not a forward.
+    let r = answer(&query(3, "gateway.airlock.internal", 28, None), &recs);
+    assert_eq!((r.flags & 0xf, r.answers.len()), (0, 0));
+    // The ip6.arpa name of the address.
+    let nibbles: String = format!("{:032x}", u128::from(v6))
+        .chars()
+        .rev()
+        .map(|c| format!("{c}."))
+        .collect();
+    let r = answer(&query(4, &format!("{nibbles}ip6.arpa"), 12, None), &recs);
+    assert_eq!(r.answers.len(), 1);
+    assert_eq!(
+        r.answers[0].3,
+        b"\x04host\x07airlock\x08internal\x00".to_vec()
+    );
+    // A malformed or foreign reverse name is forwarded.
+    for name in [
+        "f.ip6.arpa",
+        "x.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa",
+    ] {
+        assert_eq!(
+            answer_local(&query(5, name, 12, None), &recs),
+            Ok(LocalOutcome::Forward)
+        );
+    }
+    assert_eq!(recs.remove("host.airlock.internal", None).len(), 2);
+    assert!(recs.find("host.airlock.internal").is_empty());
 }
