@@ -6,6 +6,7 @@
 //! - [`audit`]: the JSON-lines audit log writer every daemon uses;
 //! - [`report`]: printing an error chain and mapping it to an exit code;
 //! - [`daemon`]: the start-up steps every daemon shares;
+//! - [`panic`]: the panic hook (panics also reach syslog);
 //! - [`config_file`]: `--config FILE`, options from a TOML file;
 //! - [`sandbox`] / [`seccomp`]: confinement (mount namespace, read-only
 //!   mounts, `--user`) and the `--seccomp` allow-list filter;
@@ -16,6 +17,7 @@ pub mod daemon;
 pub mod listen;
 pub mod logging;
 pub mod notify;
+pub mod panic;
 pub mod report;
 pub mod sandbox;
 pub mod seccomp;

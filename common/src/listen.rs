@@ -42,6 +42,24 @@ pub enum ListenError {
     NotListening(RawFd),
 }
 
+impl ListenError {
+    /// Whether the command line (or the environment systemd set) asked for
+    /// something unusable — exit status 2 — rather than the socket failing
+    /// (in use, cannot bind: status 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            ListenError::NoSource
+                | ListenError::Conflict(_)
+                | ListenError::TooManyActivated(_)
+                | ListenError::BadListenFds(_)
+                | ListenError::Group(..)
+                | ListenError::BadFd(..)
+                | ListenError::NotListening(_)
+        )
+    }
+}
+
 /// `--socket-path`, `--socket-group`, `--fd`: shared by every vhost-user daemon.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ListenArgs {
@@ -150,13 +168,34 @@ fn adopt_fd(fd: RawFd) -> Result<UnixListener, ListenError> {
     Ok(unsafe { UnixListener::from_raw_fd(fd) })
 }
 
+/// Who may use a socket that [`bind_socket`] creates, besides root.
+#[derive(Clone, Copy, Debug)]
+pub enum SocketAccess {
+    /// Mode 0600, owned by this process's user.
+    Owner,
+    /// Mode 0660, in group `gid` (`--socket-group`).
+    Group(libc::gid_t),
+    /// Mode 0600, owned by `uid`:`gid` — the user a daemon started as root
+    /// serves as, so it can still accept on it and remove it at exit.
+    User(libc::uid_t, libc::gid_t),
+}
+
 /// Binds `path` with mode 0600 (0660 and group `group` if given), replacing a
 /// stale socket file but never a live socket or a non-socket file. Used for
 /// the vhost-user socket and for control sockets alike.
 pub fn bind_path(path: &Path, group: Option<&str>) -> Result<UnixListener, ListenError> {
-    let gid = group
-        .map(|g| sys::resolve_group(g).map_err(|e| ListenError::Group(g.to_owned(), e)))
-        .transpose()?;
+    let access = match group {
+        Some(g) => SocketAccess::Group(
+            sys::resolve_group(g).map_err(|e| ListenError::Group(g.to_owned(), e))?,
+        ),
+        None => SocketAccess::Owner,
+    };
+    bind_socket(path, access)
+}
+
+/// Binds `path` for `access`, replacing a stale socket file (one nobody
+/// listens on) but never a live socket or a non-socket file.
+pub fn bind_socket(path: &Path, access: SocketAccess) -> Result<UnixListener, ListenError> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
             Ok(_) => return Err(ListenError::InUse(path.to_owned())),
@@ -179,13 +218,15 @@ pub fn bind_path(path: &Path, group: Option<&str>) -> Result<UnixListener, Liste
     // SAFETY: as above; restores the previous mask.
     unsafe { libc::umask(old) };
     let listener = bound.map_err(|e| ListenError::Bind(path.to_owned(), e))?;
-    if let Some(gid) = gid {
-        let set = std::os::unix::fs::chown(path, None, Some(gid))
-            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)));
-        if let Err(e) = set {
-            let _ = std::fs::remove_file(path);
-            return Err(ListenError::Permissions(path.to_owned(), e));
-        }
+    let set = match access {
+        SocketAccess::Owner => Ok(()),
+        SocketAccess::Group(gid) => std::os::unix::fs::chown(path, None, Some(gid))
+            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))),
+        SocketAccess::User(uid, gid) => std::os::unix::fs::chown(path, Some(uid), Some(gid)),
+    };
+    if let Err(e) = set {
+        let _ = std::fs::remove_file(path);
+        return Err(ListenError::Permissions(path.to_owned(), e));
     }
     Ok(listener)
 }

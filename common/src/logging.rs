@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -150,6 +151,15 @@ impl Log for Logger {
     fn flush(&self) {}
 }
 
+/// Set by [`init`] when records go to syslog rather than stderr.
+static TO_SYSLOG: AtomicBool = AtomicBool::new(false);
+
+/// Whether the process logger writes to syslog (`--syslog`): then what goes
+/// to stderr is not in the log, and the other way round.
+pub fn to_syslog() -> bool {
+    TO_SYSLOG.load(Ordering::Relaxed)
+}
+
 /// Installs the process logger. `ident` names the daemon in syslog;
 /// `own_prefix` lists the crate names (module path prefixes) of our own code.
 pub fn init(args: &LogArgs, ident: &'static str, own_prefix: &'static [&'static str]) {
@@ -172,6 +182,7 @@ pub fn init(args: &LogArgs, ident: &'static str, own_prefix: &'static [&'static 
     };
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(threshold);
+        TO_SYSLOG.store(args.syslog, Ordering::Relaxed);
     }
 }
 

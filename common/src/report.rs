@@ -21,12 +21,13 @@ pub fn chain(err: &dyn Error) -> String {
     out
 }
 
-/// Prints the chain of `err` on stderr (and to the log, which may be syslog)
-/// and returns `code` as the exit status.
+/// Prints the chain of `err` on stderr (and, with `--syslog`, to syslog too:
+/// logged to stderr it would be printed twice) and returns `code` as the
+/// exit status.
 pub fn report(err: &dyn Error, code: u8) -> ExitCode {
     let text = chain(err);
     eprintln!("{text}");
-    if log::log_enabled!(log::Level::Error) {
+    if crate::logging::to_syslog() && log::log_enabled!(log::Level::Error) {
         log::error!("{}", text.replace('\n', "; "));
     }
     ExitCode::from(code)

@@ -11,12 +11,12 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// Set once this process has its own mount namespace: nothing here may touch
 /// the mounts of a namespace it shares with the host.
@@ -65,12 +65,15 @@ pub fn keep_socket_dirs<'a>(sockets: impl IntoIterator<Item = &'a Path>) {
 
 /// Removes a socket file the daemon created, through the directory kept by
 /// [`keep_socket_dir`] if there is one. A daemon that switched users may
-/// not be allowed to (the directory is root's): the file then stays, and
-/// the next start replaces it as a stale socket. Failures are logged here;
-/// the result is for callers that act on it.
+/// not be allowed to (the directory is root's): then the [socket
+/// reaper](spawn_socket_reaper), forked while it was root, removes the
+/// socket once it has exited, or — without a reaper — the file stays and
+/// the next start replaces it. Failures are logged here; the result is for
+/// callers that act on it.
 pub fn remove_socket(socket: &Path) -> io::Result<()> {
     let dirs = SOCKET_DIRS.lock().unwrap_or_else(|e| e.into_inner());
-    let result = match dirs.iter().find(|(p, _, _)| p == socket) {
+    let kept = dirs.iter().find(|(p, _, _)| p == socket);
+    let result = match kept {
         Some((_, dir, name)) => {
             // SAFETY: `dir` is an open directory descriptor and `name` a
             // NUL-terminated file name.
@@ -81,16 +84,183 @@ pub fn remove_socket(socket: &Path) -> io::Result<()> {
     match &result {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => log::info!(
-            "leaving {}: this process (uid {}) may not remove files from its \
-             directory; the next start replaces it",
-            socket.display(),
-            // SAFETY: geteuid(2) has no preconditions and cannot fail.
-            unsafe { libc::geteuid() }
-        ),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            if kept.is_some() && REAPER.get().is_some() {
+                log::debug!(
+                    "{} is removed by the socket reaper after exit",
+                    socket.display()
+                );
+                return Ok(());
+            }
+            log::info!(
+                "leaving {}: this process (uid {}) may not remove files from its \
+                 directory; the next start replaces it",
+                socket.display(),
+                // SAFETY: geteuid(2) has no preconditions and cannot fail.
+                unsafe { libc::geteuid() }
+            )
+        }
         Err(e) => log::warn!("cannot remove socket {}: {e}", socket.display()),
     }
     result
+}
+
+/// The write end of the pipe the socket reaper waits on; set once it runs.
+static REAPER: OnceLock<OwnedFd> = OnceLock::new();
+
+/// A socket the reaper removes: its directory, name and identity.
+struct ReapTarget {
+    dir: RawFd,
+    name: *const libc::c_char,
+    dev: libc::dev_t,
+    ino: libc::ino_t,
+    /// What the reaper writes to stderr if it cannot remove it.
+    failure: Vec<u8>,
+}
+
+/// Forks a helper that removes the daemon's sockets (those kept with
+/// [`keep_socket_dir`] that exist now) once the daemon has exited, however
+/// it exits. It is for `--user`: the switched-to user usually may not
+/// delete files in the sockets' directories, so the daemon could not.
+///
+/// The helper stays root but can do little: it closes every descriptor but
+/// the socket directories, stdio and a pipe, blocks every signal, installs
+/// a seccomp filter allowing read, stat, unlink, write and exit, and waits
+/// for the pipe to close (the daemon exited). It unlinks a socket only if
+/// the name still refers to the one this daemon bound (a new daemon may
+/// have replaced it). Call it while root, before the user switch; the
+/// process may already have threads (the child only makes system calls).
+pub fn spawn_socket_reaper() -> io::Result<()> {
+    let dirs = SOCKET_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut targets = Vec::new();
+    for (path, dir, name) in dirs.iter() {
+        // SAFETY: a zeroed stat is valid storage for fstatat to fill.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `dir` is an open directory descriptor, `name` a
+        // NUL-terminated file name, `st` valid for writes.
+        let rc = unsafe {
+            libc::fstatat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK {
+            targets.push(ReapTarget {
+                dir: dir.as_raw_fd(),
+                name: name.as_ptr(),
+                dev: st.st_dev,
+                ino: st.st_ino,
+                failure: format!(
+                    "airlock: cannot remove socket {} after exit\n",
+                    path.display()
+                )
+                .into_bytes(),
+            });
+        }
+    }
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let filter = reaper_filter()?;
+    let mut pipe = [0 as libc::c_int; 2];
+    // SAFETY: `pipe` is valid for writes of two descriptors.
+    check(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    let mut keep: Vec<RawFd> = targets.iter().map(|t| t.dir).collect();
+    keep.push(pipe[0]);
+    keep.sort_unstable();
+    keep.dedup();
+    // SAFETY: the child only makes async-signal-safe system calls on
+    // memory prepared here (no allocation, no locks) and ends in _exit.
+    match unsafe { libc::fork() } {
+        -1 => {
+            let e = io::Error::last_os_error();
+            // SAFETY: both descriptors were just created and are ours.
+            unsafe {
+                libc::close(pipe[0]);
+                libc::close(pipe[1]);
+            }
+            Err(e)
+        }
+        // SAFETY: in the child; see reap.
+        0 => unsafe { reap(pipe[0], &keep, &targets, &filter) },
+        _ => {
+            // SAFETY: the read end is the child's; the write end is ours
+            // alone and stays open until this process exits.
+            unsafe { libc::close(pipe[0]) };
+            // SAFETY: `pipe[1]` is an open descriptor owned by nobody else.
+            let _ = REAPER.set(unsafe { OwnedFd::from_raw_fd(pipe[1]) });
+            drop(dirs);
+            log::debug!("socket reaper started: the sockets are removed after exit");
+            Ok(())
+        }
+    }
+}
+
+/// The reaper's filter: what waiting and unlinking takes.
+fn reaper_filter() -> io::Result<seccompiler::BpfProgram> {
+    let list = "read\nwrite\nclose\nnewfstatat\nstatx\nunlinkat\nexit\nexit_group\nrt_sigreturn\n";
+    crate::seccomp::compile(list, crate::seccomp::SeccompMode::Kill)
+        .ok()
+        .flatten()
+        .and_then(|mut map| map.remove("main"))
+        .ok_or_else(|| io::Error::other("cannot compile the socket reaper's filter"))
+}
+
+/// The reaper child: see [`spawn_socket_reaper`].
+///
+/// # Safety
+///
+/// Only in the child of a fork: it makes raw system calls on the memory it
+/// is given and never returns.
+unsafe fn reap(
+    pipe: RawFd,
+    keep: &[RawFd],
+    targets: &[ReapTarget],
+    filter: &seccompiler::BpfProgram,
+) -> ! {
+    // SAFETY: system calls on valid pointers into memory the parent
+    // prepared, which the child's copy of the address space holds; no
+    // allocation and no locks (other threads of the parent do not exist
+    // here).
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        libc::prctl(libc::PR_SET_NAME, c"airlock-reaper".as_ptr());
+        // Everything but stdio, the pipe and the socket directories: the
+        // listening sockets must not outlive the daemon in here.
+        let mut next: libc::c_uint = 3;
+        for &fd in keep {
+            let fd = fd as libc::c_uint;
+            if fd > next {
+                libc::syscall(libc::SYS_close_range, next, fd - 1, 0);
+            }
+            next = fd + 1;
+        }
+        libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0);
+        if seccompiler::apply_filter(filter).is_err() {
+            libc::_exit(1);
+        }
+        let mut byte = 0u8;
+        loop {
+            let n = libc::read(pipe, (&mut byte as *mut u8).cast(), 1);
+            if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
+                break;
+            }
+        }
+        for t in targets {
+            let mut st: libc::stat = std::mem::zeroed();
+            let same = libc::fstatat(t.dir, t.name, &mut st, libc::AT_SYMLINK_NOFOLLOW) == 0
+                && st.st_dev == t.dev
+                && st.st_ino == t.ino;
+            if same && libc::unlinkat(t.dir, t.name, 0) != 0 {
+                libc::write(2, t.failure.as_ptr().cast(), t.failure.len());
+            }
+        }
+        libc::_exit(0)
+    }
 }
 
 /// `--sandbox` for airlock-net and airlock-proxy.
@@ -193,6 +363,14 @@ pub enum SandboxError {
     SwitchUser(String, #[source] io::Error),
     #[error("cannot drop supplementary groups")]
     Groups(#[source] io::Error),
+}
+
+impl SandboxError {
+    /// Whether the command line named something that does not exist (a
+    /// `--user` typo): exit status 2. The rest are failures to confine (1).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, SandboxError::UnknownUser(..))
+    }
 }
 
 /// Whether the effective user is root.
@@ -441,6 +619,12 @@ pub fn confine(args: &ConfineArgs) -> Result<(), SandboxError> {
     }
     match (args.switch_to(), args.identity()?) {
         (Some(user), Some((uid, gid))) => {
+            // The user switched to may not delete the sockets at exit.
+            if is_root() {
+                if let Err(e) = spawn_socket_reaper() {
+                    log::warn!("cannot start the socket reaper: {e}; sockets may be left at exit");
+                }
+            }
             switch_to_ids(user, uid, gid)?;
             log::info!("serving as user {user} (uid {uid}, gid {gid}), without capabilities");
         }

@@ -142,8 +142,8 @@ pub struct Args {
     #[arg(long, value_name = "RULE")]
     pub translate_gid: Vec<Rule>,
 
-    /// Serve requests on N worker threads; 0 serves them on the queue thread
-    /// [default: 0].
+    /// Serve requests on N worker threads (at most 1024, the most requests
+    /// a queue holds); 0 serves them on the queue thread [default: 0].
     #[arg(long, value_name = "N")]
     pub thread_pool_size: Option<usize>,
 

@@ -33,6 +33,34 @@ pub enum ConfigError {
     Locks(String, &'static str),
     #[error("invalid --translate-{0} rules")]
     IdMap(&'static str, #[source] IdMapError),
+    #[error("shared directory {0} cannot be listed and searched by this process (uid {1})")]
+    Unreadable(PathBuf, u32, #[source] std::io::Error),
+    #[error(
+        "--thread-pool-size {0} is more than {MAX_THREAD_POOL}: a request queue holds at most \
+         {MAX_THREAD_POOL} requests at once, so more threads would only idle"
+    )]
+    ThreadPool(usize),
+}
+
+/// Most `--thread-pool-size` threads: one per request the largest queue
+/// can hold.
+pub const MAX_THREAD_POOL: usize = crate::device::MAX_QUEUE_SIZE;
+
+/// Whether this process, with its effective ids, may list and search
+/// `dir` (read and execute permission), as serving it needs.
+fn check_readable(dir: &std::path::Path) -> std::io::Result<()> {
+    let path = airlock_common::sandbox::cstr(dir)?;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call;
+    // faccessat only reads it.
+    let rc = unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::R_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        )
+    };
+    airlock_common::sandbox::check(rc)
 }
 
 /// Everything airlock-fs needs to run, validated.
@@ -204,6 +232,14 @@ impl TryFrom<Args> for Config {
         if !shared_dir.is_dir() {
             return Err(ConfigError::NotADirectory(shared_dir));
         }
+        if let Err(e) = check_readable(&shared_dir) {
+            // SAFETY: geteuid(2) has no preconditions and cannot fail.
+            let uid = unsafe { libc::geteuid() };
+            return Err(ConfigError::Unreadable(shared_dir, uid, e));
+        }
+        if let Some(n) = a.thread_pool_size.filter(|&n| n > MAX_THREAD_POOL) {
+            return Err(ConfigError::ThreadPool(n));
+        }
         let cache = pick(a.cache, legacy.cache, "cache")?.unwrap_or(Cache::Auto);
         let uid_map = IdMap::new(&a.translate_uid).map_err(|e| ConfigError::IdMap("uid", e))?;
         let gid_map = IdMap::new(&a.translate_gid).map_err(|e| ConfigError::IdMap("gid", e))?;
@@ -373,6 +409,16 @@ mod tests {
             parse(&["--shared-dir", d, "-o", "source=/elsewhere"]),
             Err(ConfigError::TwoSharedDirs(..))
         ));
+        assert!(matches!(
+            parse(&["--shared-dir", d, "--thread-pool-size", "20000"]),
+            Err(ConfigError::ThreadPool(20000))
+        ));
+        assert_eq!(
+            parse(&["--shared-dir", d, "--thread-pool-size", "1024"])
+                .unwrap()
+                .thread_pool_size,
+            1024
+        );
         assert!(matches!(
             parse(&["--shared-dir", d, "--xattr", "-o", "no_xattr"]),
             Err(ConfigError::Conflict(..))

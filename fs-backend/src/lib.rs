@@ -64,12 +64,33 @@ pub enum FsError {
     Share(String, #[source] io::Error),
     #[error("cannot drop capabilities")]
     Capabilities(#[source] io::Error),
+    #[error("cannot start {0} request threads (--thread-pool-size)")]
+    Threads(usize, #[source] io::Error),
     #[error("cannot set up signal handling")]
     Signals(#[source] io::Error),
     #[error(transparent)]
     Notify(#[from] notify::NotifyError),
     #[error(transparent)]
     Run(#[from] RunError),
+}
+
+impl FsError {
+    /// 2 for what the user asked for (no socket to serve, an audit log
+    /// path that cannot be opened), 1 for failures while starting or
+    /// running.
+    pub fn exit_code(&self) -> u8 {
+        use airlock_common::report::{EXIT_FAILURE, EXIT_USAGE};
+        let usage = match self {
+            FsError::Audit(_) => true,
+            FsError::Listen(e) => e.is_usage(),
+            _ => false,
+        };
+        if usage {
+            EXIT_USAGE
+        } else {
+            EXIT_FAILURE
+        }
+    }
 }
 
 /// The system calls airlock-fs may make once it serves a guest.
@@ -223,18 +244,34 @@ pub fn run(config: Config) -> Result<(), FsError> {
     runner::run(listener, "airlock-fs", config.exit_on_disconnect, || {
         let (fs, reset) = match &shared_fs {
             Some(fs) => (fs.clone(), true),
-            None => (Arc::new(new_fs(&config, &root, audit.clone())?), false),
+            None => (
+                Arc::new(new_fs(&config, &root, audit.clone()).map_err(SessionError::Share)?),
+                false,
+            ),
         };
         FsSession::new(fs, config.thread_pool_size, reset)
+            .map_err(|e| SessionError::Threads(config.thread_pool_size, e))
     })
     .map_err(|e| match e {
-        RunError::Session(e) => match e.downcast::<io::Error>() {
-            Ok(e) => FsError::Share(shared, *e),
+        RunError::Session(e) => match e.downcast::<SessionError>() {
+            Ok(e) => match *e {
+                SessionError::Share(e) => FsError::Share(shared, e),
+                SessionError::Threads(n, e) => FsError::Threads(n, e),
+            },
             Err(e) => FsError::Run(RunError::Session(e)),
         },
         e => FsError::Run(e),
     })?;
     Ok(())
+}
+
+/// What creating one frontend's session can fail at.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("cannot open the shared directory")]
+    Share(#[source] io::Error),
+    #[error("cannot start the request threads")]
+    Threads(usize, #[source] io::Error),
 }
 
 #[cfg(test)]

@@ -26,12 +26,13 @@ fn main() -> ExitCode {
         "airlock-fs",
         &["airlock_fs", "airlock_vhost", "airlock_common"],
     );
+    airlock_common::panic::install();
     // Namespaces first: threads spawned from here on share them.
     if let Err(e) = airlock_fs::sandbox::unshare(config.sandbox) {
         return report(&e, EXIT_FAILURE);
     }
     match airlock_fs::run(config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(&e, EXIT_FAILURE),
+        Err(e) => report(&e, e.exit_code()),
     }
 }

@@ -175,11 +175,12 @@ fn usage_errors_are_chains_with_status_2() {
 }
 
 #[test]
-fn no_socket_source_is_a_runtime_error() {
+fn no_socket_source_is_a_usage_error_printed_once() {
     let dir = share();
     let (code, _, err) = run(&["--shared-dir", dir.path().to_str().unwrap()]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("no socket to serve"), "{err}");
+    assert_eq!(err.matches("no socket to serve").count(), 1, "{err}");
 }
 
 #[test]
@@ -211,6 +212,15 @@ fn socket_is_private_live_one_refused_stale_one_replaced() {
     UnixStream::connect(&sock).unwrap();
 }
 
+/// Connects as a frontend does: a connection is served once its first
+/// message arrived (QEMU's GET_FEATURES: request 1, version 1, no payload).
+fn frontend(socket: &Path) -> UnixStream {
+    use std::io::Write;
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.write_all(&[1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    s
+}
+
 #[test]
 fn sigterm_exits_zero_promptly_and_removes_the_socket() {
     let dir = share();
@@ -219,7 +229,7 @@ fn sigterm_exits_zero_promptly_and_removes_the_socket() {
         let mut d = daemon_on_path(dir.path(), &sock, &[]);
         d.wait_log("listening for a vhost-user frontend");
         // Also while a frontend is connected.
-        let _conn = UnixStream::connect(&sock).unwrap();
+        let _conn = frontend(&sock);
         d.wait_log("frontend connected");
         d.signal(sig);
         assert_eq!(d.wait_exit(3), Some(0), "{}", d.log());
@@ -302,7 +312,7 @@ fn inherited_fd_and_socket_activation_are_served() {
         dir.path().join("fd.log"),
     );
     d.wait_log("listening for a vhost-user frontend on inherited fd 7");
-    let _c = UnixStream::connect(&path).unwrap();
+    let _c = frontend(&path);
     d.wait_log("frontend connected");
     drop(d);
     assert!(
@@ -320,7 +330,7 @@ fn inherited_fd_and_socket_activation_are_served() {
         dir.path().join("act.log"),
     );
     d.wait_log("listening for a vhost-user frontend on systemd socket fd 3");
-    let _c = UnixStream::connect(&path).unwrap();
+    let _c = frontend(&path);
     d.wait_log("frontend connected");
 
     // Both at once is refused.
@@ -336,7 +346,7 @@ fn inherited_fd_and_socket_activation_are_served() {
         &[("LISTEN_FDS", "1")],
         dir.path().join("both.log"),
     );
-    assert_eq!(d.wait_exit(5), Some(1));
+    assert_eq!(d.wait_exit(5), Some(2));
     assert!(d.log().contains("both given"), "{}", d.log());
 
     // An fd that is not a listening socket is refused clearly.
@@ -359,7 +369,7 @@ fn inherited_fd_and_socket_activation_are_served() {
         .unwrap()
         .read_to_string(&mut out)
         .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(1));
+    assert_eq!(child.wait().unwrap().code(), Some(2));
     assert!(
         out.contains("is not a listening Unix stream socket"),
         "{out}"

@@ -36,11 +36,12 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use airlock_proxy::client::Shared;
 use airlock_proxy::config::Limits;
 use airlock_proxy::credentials::Credentials;
 use airlock_proxy::noproxy::{Host, PatternList};
 use airlock_proxy::policy::{Action, Policy};
-use airlock_proxy::server::{serve_connection, Shared};
+use airlock_proxy::server::serve_connection;
 use airlock_proxy::target::Target;
 use airlock_proxy::upstream::{UpstreamArgs, Upstreams};
 

@@ -45,7 +45,9 @@ pub struct Args {
     #[command(flatten)]
     pub listen: ListenArgs,
 
-    /// The virtual subnet the guest lives in.
+    /// The virtual subnet the guest lives in: a network address (no host
+    /// bits) with a prefix of /29 or shorter, outside 0.0.0.0/8, loopback
+    /// 127.0.0.0/8, multicast 224.0.0.0/4 and 240.0.0.0/4.
     #[arg(long, value_name = "CIDR", default_value = "192.168.127.0/24")]
     pub subnet: String,
 
@@ -82,9 +84,9 @@ pub struct Args {
     #[arg(long, value_name = "IP")]
     pub proxy_ip: Option<Ipv4Addr>,
 
-    /// Where connections to http.airlock.internal:--proxy-port go: HOST:PORT
-    /// or unix:PATH (airlock-proxy's --listen). Without it, the alias
-    /// refuses connections.
+    /// Where connections to http.airlock.internal:--proxy-port go: IP:PORT
+    /// (names are not resolved) or unix:PATH (airlock-proxy's --listen).
+    /// Without it, the alias refuses connections.
     #[arg(long, value_name = "ADDR")]
     pub proxy_target: Option<String>,
 
@@ -199,7 +201,10 @@ pub struct Args {
     /// or, with ports, [2001:db8::/32]:443/tcp). Rules (--allow,
     /// --deny, then --egress-rules) are checked in order; the first match
     /// decides. They apply to every flow the guest starts except DHCP and
-    /// DNS to the gateway, including the host and proxy aliases.
+    /// DNS to the gateway, including the host and proxy aliases, by the
+    /// address the guest used: the host's loopback is the host alias
+    /// (rules within 127.0.0.0/8, 0.0.0.0/8, ::1, ::/96, link-local or
+    /// multicast never match and are refused).
     #[arg(long, value_name = "RULE")]
     pub allow: Vec<String>,
 

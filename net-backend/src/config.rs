@@ -25,6 +25,10 @@ pub enum ConfigError {
     Subnet(String),
     #[error("invalid --subnet6 {0:?}: expected an IPv6 /64 prefix such as fd00:1:2:3::/64")]
     Subnet6(String),
+    #[error("invalid --subnet {0:?}: host bits are set; the network is {1}/{2}")]
+    SubnetHostBits(String, Ipv4Addr, u8),
+    #[error("invalid --subnet {0:?}: it overlaps {1} ({2}); the guest's subnet must be ordinary unicast addresses such as 192.168.127.0/24")]
+    SubnetReserved(String, &'static str, &'static str),
     #[error("--{0} {1} is not a usable address in subnet {2}")]
     OutsideSubnet(&'static str, Ipv4Addr, String),
     #[error("--{0} and --{1} are both {2}: each address must be distinct")]
@@ -47,8 +51,10 @@ pub enum ConfigError {
     Name(String, #[source] dns::DnsError),
     #[error("invalid --tcp-buffer {0:?}: expected a size such as 256K or 1M, between 16K and 64M")]
     Size(String),
-    #[error("invalid --proxy-target {0:?}: expected HOST:PORT or unix:PATH")]
+    #[error("invalid --proxy-target {0:?}: expected IP:PORT (e.g. 127.0.0.1:3128, [::1]:3128) or unix:PATH; names are not resolved")]
     ProxyTarget(String),
+    #[error("--api-socket and --socket-path are both {0}: give each its own path")]
+    SamePath(PathBuf),
     #[error("--max-flows must be at least 1")]
     MaxFlows,
     #[error("--{0} must be at least 1 second")]
@@ -63,8 +69,8 @@ pub enum ConfigError {
     Rule(&'static str, String, #[source] PolicyError),
     #[error("invalid --egress {0:?}: allow or deny")]
     Egress(String),
-    #[error("{0}")]
-    RulesFile(#[source] PolicyError),
+    #[error(transparent)]
+    RulesFile(PolicyError),
     #[error("invalid --pcap-size {0:?}: expected a size such as 64M or 1G, at least {min} bytes", min = crate::pcap::MIN_SIZE)]
     PcapSize(String),
 }
@@ -97,15 +103,57 @@ pub struct Config {
     pub pcap: Option<(PathBuf, u64)>,
 }
 
-fn parse_subnet(s: &str) -> Option<(Ipv4Addr, u8)> {
-    let (addr, prefix) = s.split_once('/')?;
-    let addr: Ipv4Addr = addr.parse().ok()?;
-    let prefix: u8 = prefix.parse().ok()?;
+/// Address blocks a guest subnet may not touch, as (network, prefix,
+/// written, what): smoltcp refuses interface addresses that are not unicast
+/// (it panicked on 224.0.0.0/24), and neither the guest nor the host can
+/// use these as ordinary addresses.
+const RESERVED_BLOCKS: [(u32, u8, &str, &str); 4] = [
+    (
+        0x0000_0000,
+        8,
+        "0.0.0.0/8",
+        "\"this network\", the unspecified address",
+    ),
+    (0x7f00_0000, 8, "127.0.0.0/8", "loopback"),
+    (0xe000_0000, 4, "224.0.0.0/4", "multicast"),
+    (
+        0xf000_0000,
+        4,
+        "240.0.0.0/4",
+        "reserved, the broadcast address",
+    ),
+];
+
+/// The netmask of a prefix length (`/24` → 255.255.255.0).
+fn mask(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+/// `192.168.127.0/24` → (network, prefix), refusing host bits and subnets
+/// that overlap [`RESERVED_BLOCKS`].
+fn parse_subnet(s: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
+    let bad = || ConfigError::Subnet(s.to_owned());
+    let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
     if prefix > 29 {
-        return None;
+        return Err(bad());
     }
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-    Some((Ipv4Addr::from(u32::from(addr) & mask), prefix))
+    let first = u32::from(addr) & mask(prefix);
+    if first != u32::from(addr) {
+        return Err(ConfigError::SubnetHostBits(
+            s.to_owned(),
+            Ipv4Addr::from(first),
+            prefix,
+        ));
+    }
+    let last = first | !mask(prefix);
+    for (block, bits, written, what) in RESERVED_BLOCKS {
+        if first <= block | !mask(bits) && block <= last {
+            return Err(ConfigError::SubnetReserved(s.to_owned(), written, what));
+        }
+    }
+    Ok((Ipv4Addr::from(first), prefix))
 }
 
 /// `PREFIX/64`: a unicast, non-link-local /64 (host bits cleared).
@@ -176,8 +224,7 @@ impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
     fn try_from(a: Args) -> Result<Self, Self::Error> {
-        let (network, prefix) =
-            parse_subnet(&a.subnet).ok_or_else(|| ConfigError::Subnet(a.subnet.clone()))?;
+        let (network, prefix) = parse_subnet(&a.subnet)?;
         let net = u32::from(network);
         let size = 1u32 << (32 - u32::from(prefix));
         let broadcast = net + size - 1;
@@ -316,6 +363,14 @@ impl TryFrom<Args> for Config {
                 .filter(|d| !d.is_empty())
                 .map(str::to_owned)
                 .collect();
+        }
+
+        if let (Some(api), Some(socket)) = (&a.api_socket, &a.listen.socket_path) {
+            let same =
+                |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+            if same(api) == same(socket) {
+                return Err(ConfigError::SamePath(api.clone()));
+            }
         }
         let proxy = match &a.proxy_target {
             Some(t) => Some((
@@ -496,7 +551,7 @@ mod tests {
 
     #[test]
     fn other_subnet_derives_addresses() {
-        let c = parse(&["--subnet", "10.9.0.77/16", "--no-host-alias"]).unwrap();
+        let c = parse(&["--subnet", "10.9.0.0/16", "--no-host-alias"]).unwrap();
         assert_eq!(c.gateway.gateway_ip, Ipv4Addr::new(10, 9, 0, 1));
         assert_eq!(c.gateway.guest_ip, Ipv4Addr::new(10, 9, 0, 2));
         assert_eq!(c.gateway.proxy_ip, Ipv4Addr::new(10, 9, 255, 253));
@@ -545,6 +600,31 @@ mod tests {
             parse(&["--subnet", "nonsense"]),
             Err(ConfigError::Subnet(_))
         ));
+        // Subnets smoltcp (or the guest) cannot use as unicast addresses.
+        for (subnet, block) in [
+            ("224.0.0.0/24", "224.0.0.0/4"),
+            ("239.255.255.0/24", "224.0.0.0/4"),
+            ("127.0.0.0/24", "127.0.0.0/8"),
+            ("0.0.0.0/24", "0.0.0.0/8"),
+            ("255.255.255.0/24", "240.0.0.0/4"),
+            ("240.0.0.0/16", "240.0.0.0/4"),
+            // A short prefix that reaches into loopback.
+            ("96.0.0.0/3", "127.0.0.0/8"),
+        ] {
+            match parse(&["--subnet", subnet]) {
+                Err(e @ ConfigError::SubnetReserved(_, b, _)) if b == block => {
+                    assert!(e.to_string().contains(block), "{e}")
+                }
+                other => panic!("{subnet}: {other:?}"),
+            }
+        }
+        let e = parse(&["--subnet", "10.0.0.5/24"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid --subnet \"10.0.0.5/24\": host bits are set; the network is 10.0.0.0/24"
+        );
+        assert!(parse(&["--subnet", "223.255.255.0/24"]).is_ok());
+        assert!(parse(&["--subnet", "1.0.0.0/8"]).is_ok());
         assert!(matches!(
             parse(&["--guest-ip", "10.0.0.2"]),
             Err(ConfigError::OutsideSubnet("guest-ip", ..))
@@ -589,6 +669,16 @@ mod tests {
             parse(&["--proxy-target", "nowhere"]),
             Err(ConfigError::ProxyTarget(_))
         ));
+        let e = parse(&["--proxy-target", "localhost:3128"]).unwrap_err();
+        assert!(e.to_string().contains("names are not resolved"), "{e}");
+        let e = parse(&[
+            "--socket-path",
+            "/run/x/net.sock",
+            "--api-socket",
+            "/run/x/./net.sock",
+        ])
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::SamePath(_)), "{e}");
         assert!(matches!(
             parse(&["--max-flows", "0"]),
             Err(ConfigError::MaxFlows)

@@ -97,6 +97,26 @@ pub const LOG_TARGETS: &[&str] = &[
     "airlock_common",
 ];
 
+impl NetError {
+    /// 2 for what the user asked for (no socket to serve, a --user or audit
+    /// log path that cannot be used), 1 for failures while starting or
+    /// running (a port or socket in use).
+    pub fn exit_code(&self) -> u8 {
+        use airlock_common::report::{EXIT_FAILURE, EXIT_USAGE};
+        let usage = match self {
+            NetError::Audit(_) | NetError::Pcap(_) => true,
+            NetError::Listen(e) => e.is_usage(),
+            NetError::Sandbox(e) => e.is_usage(),
+            _ => false,
+        };
+        if usage {
+            EXIT_USAGE
+        } else {
+            EXIT_FAILURE
+        }
+    }
+}
+
 /// The system calls airlock-net may make once it serves a guest.
 pub const SECCOMP_ALLOW_LIST: &str = include_str!("../seccomp.allow");
 

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use airlock_common::config_file;
-use airlock_common::report::{report, EXIT_FAILURE, EXIT_USAGE};
+use airlock_common::report::{report, EXIT_USAGE};
 use airlock_net::args::Args;
 use airlock_net::config::Config;
 use clap::CommandFactory;
@@ -23,12 +23,13 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     airlock_common::logging::init(&args.log, "airlock-net", airlock_net::LOG_TARGETS);
+    airlock_common::panic::install();
     let config = match Config::try_from(args) {
         Ok(c) => c,
         Err(e) => return report(&e, EXIT_USAGE),
     };
     match airlock_net::run(config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(&e, EXIT_FAILURE),
+        Err(e) => report(&e, e.exit_code()),
     }
 }

@@ -647,7 +647,10 @@ pub fn translate(args: &[OsString], probe: &dyn PortProbe) -> Result<Translation
                 "airlock-net's subnet holds at least the guest, gateway and two aliases: /29 or larger",
             ));
         }
-        out.extend(["--subnet".into(), format!("{a}/{prefix}")]);
+        // airlock-net's --subnet is the network: the address's host bits cleared.
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+        let network = Ipv4Addr::from(u32::from(a) & mask);
+        out.extend(["--subnet".into(), format!("{network}/{prefix}")]);
         out.extend(["--guest-ip".into(), a.to_string()]);
     } else if netmask.is_some() {
         return Err(PasstError::BadValue {
@@ -830,6 +833,7 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     airlock_common::logging::init(&args.log, "passt", crate::LOG_TARGETS);
+    airlock_common::panic::install();
     log::info!(
         "started as passt: {}",
         t.argv
@@ -852,7 +856,7 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
     };
     match crate::run_with(config, startup) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(&e, EXIT_FAILURE),
+        Err(e) => report(&e, e.exit_code()),
     }
 }
 
@@ -944,7 +948,7 @@ mod tests {
                 "--mtu",
                 "65520",
                 "--subnet",
-                "10.0.2.15/24",
+                "10.0.2.0/24",
                 "--guest-ip",
                 "10.0.2.15",
                 "--publish",
@@ -984,7 +988,7 @@ mod tests {
         let a = argv(&t);
         assert!(a.ends_with(&["--transport".into(), "vhost-user".into()]));
         // No --netmask: the address's classful block, as passt does.
-        assert!(a.windows(2).any(|w| w == ["--subnet", "192.168.50.7/24"]));
+        assert!(a.windows(2).any(|w| w == ["--subnet", "192.168.50.0/24"]));
         assert!(a
             .windows(2)
             .any(|w| w == ["--publish", "0.0.0.0:8022:22/tcp"]));

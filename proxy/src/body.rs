@@ -76,6 +76,47 @@ impl ProxyBody {
     }
 }
 
+/// How a request body from the client failed on its way through.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UploadFailure {
+    #[error("the client closed the connection before its request body was complete")]
+    Aborted,
+    #[error("the request body from the client is malformed: {0}")]
+    Malformed(String),
+}
+
+impl UploadFailure {
+    /// Classifies the error of a client's body stream (hyper's "error
+    /// reading a body from connection", with an I/O error as its cause:
+    /// end of file for a body cut short, invalid data for bad framing).
+    pub fn of(e: &hyper::Error) -> UploadFailure {
+        let mut causes = Vec::new();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                ) {
+                    return UploadFailure::Aborted;
+                }
+            }
+            causes.push(c.to_string());
+            cause = c.source();
+        }
+        if e.is_incomplete_message() {
+            return UploadFailure::Aborted;
+        }
+        UploadFailure::Malformed(match causes.is_empty() {
+            true => e.to_string(),
+            false => causes.join(": "),
+        })
+    }
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -98,8 +139,12 @@ impl Body for ProxyBody {
             Poll::Ready(None) => this.finished = true,
             Poll::Ready(Some(Err(e))) => {
                 this.finished = true;
-                if let Some((ex, _)) = &this.meter {
-                    ex.set_error(format!("body transfer failed: {e}"));
+                match &this.meter {
+                    Some((ex, Direction::Up)) => ex.set_error(UploadFailure::of(e).to_string()),
+                    Some((ex, Direction::Down)) => {
+                        ex.set_error(format!("response body transfer failed: {e}"))
+                    }
+                    None => {}
                 }
             }
             _ => {}

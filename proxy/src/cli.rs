@@ -132,7 +132,8 @@ pub struct Args {
     pub connect_timeout: Duration,
 
     /// Largest request head (request line and headers) accepted from a
-    /// client, in bytes (8192..=1048576); larger ones get 431.
+    /// client, in bytes (8192..=1048576); larger ones get 431, as do heads
+    /// with more than 100 header fields.
     #[arg(long, value_name = "BYTES", default_value_t = 65536)]
     pub max_header_bytes: usize,
 

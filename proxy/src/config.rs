@@ -111,7 +111,9 @@ impl Config {
         let mut listen: Vec<Listen> = Vec::with_capacity(args.listen.len());
         for text in &args.listen {
             let l: Listen = text.parse()?;
-            if listen.contains(&l) {
+            // Port 0 twice is two ports, each picked when bound.
+            let any_port = matches!(l, Listen::Tcp(a) if a.port() == 0);
+            if !any_port && listen.contains(&l) {
                 return Err(ConfigError::DuplicateListen(l.to_string()));
             }
             listen.push(l);
@@ -206,6 +208,9 @@ mod tests {
         }
         let err = config(&["--listen", "127.0.0.1:1", "--listen", "127.0.0.1:1"]).unwrap_err();
         assert!(matches!(err, ConfigError::DuplicateListen(_)));
+        // Port 0 twice: two ports picked at bind time.
+        let c = config(&["--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"]).unwrap();
+        assert_eq!(c.listen.len(), 2);
     }
 
     #[test]

@@ -18,11 +18,11 @@ use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
 
 use crate::audit::Exchange;
-use crate::body::{Direction, ProxyBody};
+use crate::body::{Direction, ProxyBody, UploadFailure};
+use crate::client::{ClientConn, PoolKey, Pooled, Shared};
 use crate::connect::{dial, ConnectError};
 use crate::headers;
 use crate::response;
-use crate::server::{ClientConn, Shared};
 use crate::target::{Target, TargetError};
 use crate::upstream::{Kind, Upstream};
 
@@ -62,6 +62,13 @@ pub enum ForwardError {
          (upgrades such as WebSocket go through CONNECT)"
     )]
     UnaskedUpgrade(String),
+    #[error(
+        "transfer coding {0} is not supported: airlock-proxy only undoes chunked \
+         (send the body chunked or with a Content-Length; Content-Encoding is passed on)"
+    )]
+    TransferCoding(String),
+    #[error(transparent)]
+    Upload(UploadFailure),
     #[error("HTTP exchange with {peer} failed")]
     Exchange {
         peer: String,
@@ -73,13 +80,18 @@ pub enum ForwardError {
 impl ForwardError {
     fn status(&self) -> StatusCode {
         match self {
-            ForwardError::NotAbsolute(_) | ForwardError::Scheme(_) | ForwardError::Target(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ForwardError::NotAbsolute(_)
+            | ForwardError::Scheme(_)
+            | ForwardError::Target(_)
+            | ForwardError::Upload(_) => StatusCode::BAD_REQUEST,
+            ForwardError::TransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
             ForwardError::Origin(e) | ForwardError::Upstream { source: e, .. }
                 if e.is_timeout() =>
             {
                 StatusCode::GATEWAY_TIMEOUT
+            }
+            ForwardError::Origin(e) | ForwardError::Upstream { source: e, .. } if e.is_loop() => {
+                StatusCode::LOOP_DETECTED
             }
             _ => StatusCode::BAD_GATEWAY,
         }
@@ -87,28 +99,17 @@ impl ForwardError {
 
     fn proxy_status(&self) -> &'static str {
         match self {
-            ForwardError::NotAbsolute(_) | ForwardError::Scheme(_) | ForwardError::Target(_) => {
-                "http_request_error"
-            }
+            ForwardError::NotAbsolute(_)
+            | ForwardError::Scheme(_)
+            | ForwardError::Target(_)
+            | ForwardError::TransferCoding(_)
+            | ForwardError::Upload(_) => "http_request_error",
             ForwardError::Origin(e) | ForwardError::Upstream { source: e, .. } => e.proxy_status(),
             ForwardError::Exchange { .. } | ForwardError::UnaskedUpgrade(_) => {
                 "http_protocol_error"
             }
         }
     }
-}
-
-/// Which connection a kept-alive origin connection leads to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum PoolKey {
-    Direct(Target),
-    Upstream(Target),
-}
-
-/// A kept-alive connection held by a [`ClientConn`].
-pub struct Pooled {
-    key: PoolKey,
-    sender: SendRequest<ProxyBody>,
 }
 
 pub async fn handle(
@@ -154,6 +155,10 @@ async fn forward(
     exchange.set_target(&target);
     if let Some(refusal) = shared.refusal(&target, exchange, &conn.client) {
         return Ok(refusal);
+    }
+    let codings = headers::other_transfer_codings(req.headers());
+    if !codings.is_empty() {
+        return Err(ForwardError::TransferCoding(codings.join(", ")));
     }
     let upstream = shared.upstreams.select(Kind::Http, &target.host);
     exchange.set_upstream(upstream);
@@ -208,9 +213,11 @@ async fn forward(
         Some(u) => format!("the upstream proxy {u}"),
         None => format!("the origin {target}"),
     };
-    let exchange_failed = |source| ForwardError::Exchange {
-        peer: peer(),
-        source,
+    let exchange_failed = |source: hyper::Error| {
+        client_body_error(source).unwrap_or_else(|source| ForwardError::Exchange {
+            peer: peer(),
+            source,
+        })
     };
     let response = match sender.try_send_request(outgoing).await {
         Ok(response) => response,
@@ -244,7 +251,15 @@ async fn forward(
         return Err(ForwardError::UnaskedUpgrade(peer()));
     }
     let (mut parts, body) = response.into_parts();
+    // Codings besides chunked stay on the body: keep saying so (hyper
+    // frames it chunked again).
+    let codings = headers::other_transfer_codings(&parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);
+    if !codings.is_empty() {
+        if let Ok(v) = http::HeaderValue::try_from(format!("{}, chunked", codings.join(", "))) {
+            parts.headers.insert(header::TRANSFER_ENCODING, v);
+        }
+    }
     if let Some(auth) = upstream.and_then(Upstream::auth) {
         headers::scrub_secret(&mut parts.headers, auth);
     }
@@ -256,6 +271,17 @@ async fn forward(
         parts,
         ProxyBody::stream(body).metered(exchange.clone(), Direction::Down),
     ))
+}
+
+/// The client's request body failing on its way to the origin: the only
+/// body hyper's client sends is the client's (a "user" body error, whose
+/// cause is the client connection's error). `Err` gives `e` back otherwise.
+fn client_body_error(e: hyper::Error) -> Result<ForwardError, hyper::Error> {
+    let incoming = std::error::Error::source(&e).and_then(|c| c.downcast_ref::<hyper::Error>());
+    match incoming {
+        Some(cause) if e.is_user() => Ok(ForwardError::Upload(UploadFailure::of(cause))),
+        _ => Err(e),
+    }
 }
 
 /// Whether `response` is the upstream proxy refusing *our* credentials:
@@ -340,14 +366,16 @@ async fn connect(
 ) -> Result<SendRequest<ProxyBody>, ForwardError> {
     let timeout = shared.limits.connect_timeout;
     let stream = match (upstream, key) {
-        (Some(u), _) => dial(&u.addr, timeout)
+        (Some(u), _) => dial(&u.addr, timeout, &shared.loops)
             .await
             .map_err(|source| ForwardError::Upstream {
                 upstream: u.to_string(),
                 source,
             })?,
         (None, PoolKey::Direct(target) | PoolKey::Upstream(target)) => {
-            dial(target, timeout).await.map_err(ForwardError::Origin)?
+            dial(target, timeout, &shared.loops)
+                .await
+                .map_err(ForwardError::Origin)?
         }
     };
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

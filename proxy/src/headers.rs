@@ -46,6 +46,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The transfer codings of a message besides `chunked`
+/// (`Transfer-Encoding: gzip, chunked` → `["gzip"]`). hyper undoes the
+/// chunked framing only: any other coding is still on the body bytes, and
+/// dropping the header with the other hop-by-hop ones would hide it.
+pub fn other_transfer_codings(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| {
+            let text = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            text.split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter(|c| !c.is_empty() && c != "chunked")
+        .collect()
+}
+
 /// Request-only: `Expect: 100-continue` is answered by this proxy itself
 /// (hyper sends `100 Continue` when the body is first read) and not passed on.
 pub fn strip_request_extras(headers: &mut HeaderMap) {
@@ -167,6 +185,21 @@ mod tests {
         let mut h = map(&[("content-length", "10")]);
         strip_hop_by_hop(&mut h);
         assert_eq!(names(&h), ["content-length"]);
+    }
+
+    #[test]
+    fn transfer_codings_other_than_chunked() {
+        let codings = |pairs: &[(&str, &str)]| other_transfer_codings(&map(pairs));
+        assert!(codings(&[("transfer-encoding", "chunked")]).is_empty());
+        assert!(codings(&[]).is_empty());
+        assert_eq!(codings(&[("transfer-encoding", "GZIP, chunked")]), ["gzip"]);
+        assert_eq!(
+            codings(&[
+                ("transfer-encoding", "deflate"),
+                ("transfer-encoding", "gzip ,chunked")
+            ]),
+            ["deflate", "gzip"]
+        );
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! Byte counting and idle detection for sockets: [`Metered`] wraps any
 //! tokio stream and records, in a shared [`Meter`], how many bytes were read
 //! and written and when the last one moved; [`Meter::idle`] resolves once
-//! nothing has moved for a given time.
+//! nothing has moved for a given time. [`SharedIo`] lets the server answer
+//! on a connection hyper has given up on.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ pub struct Meter {
     last: AtomicU64,
     read: AtomicU64,
     written: AtomicU64,
+    /// `read` when the last byte was written.
+    read_at_last_write: AtomicU64,
 }
 
 impl Meter {
@@ -28,7 +31,15 @@ impl Meter {
             last: AtomicU64::new(0),
             read: AtomicU64::new(0),
             written: AtomicU64::new(0),
+            read_at_last_write: AtomicU64::new(0),
         })
+    }
+
+    /// Bytes read since the last write: on a client connection, the part
+    /// of a request that has not been answered (a head still arriving).
+    pub fn unanswered(&self) -> u64 {
+        self.bytes_read()
+            .saturating_sub(self.read_at_last_write.load(Ordering::Relaxed))
     }
 
     fn now_ms(&self) -> u64 {
@@ -143,8 +154,80 @@ impl<T> Metered<T> {
     fn record_write(&self, n: usize) {
         if n > 0 {
             self.meter.written.fetch_add(n as u64, Ordering::Relaxed);
+            self.meter
+                .read_at_last_write
+                .store(self.meter.bytes_read(), Ordering::Relaxed);
             self.meter.touch();
         }
+    }
+}
+
+/// An I/O object shared by hyper, which serves the connection through one
+/// handle, and the server, which keeps another to answer once hyper has
+/// given up on it (hyper closes a connection whose request head times out
+/// without a word; the server sends 408). Each read or write locks it for
+/// the duration of that call only.
+pub struct SharedIo<T> {
+    inner: Arc<Mutex<T>>,
+}
+
+impl<T> Clone for SharedIo<T> {
+    fn clone(&self) -> Self {
+        SharedIo {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T> SharedIo<T> {
+    pub fn new(io: T) -> Self {
+        SharedIo {
+            inner: Arc::new(Mutex::new(io)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for SharedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for SharedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.lock()).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.lock()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.lock().is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_shutdown(cx)
     }
 }
 
@@ -170,5 +253,33 @@ mod tests {
         let start = tokio::time::Instant::now();
         meter.idle(Duration::from_secs(10)).await;
         assert!(start.elapsed() >= Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn unanswered_bytes_are_those_read_since_the_last_write() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let meter = Meter::new();
+        let mut m = Metered::new(a, meter.clone());
+        let mut buf = [0u8; 8];
+        b.write_all(b"GET /").await.unwrap();
+        let n = m.read(&mut buf).await.unwrap();
+        assert_eq!(meter.unanswered(), n as u64);
+        m.write_all(b"HTTP/1.1 200").await.unwrap();
+        assert_eq!(meter.unanswered(), 0);
+        b.write_all(b"GE").await.unwrap();
+        let n = m.read(&mut buf).await.unwrap();
+        assert_eq!(meter.unanswered(), n as u64);
+    }
+
+    #[tokio::test]
+    async fn a_shared_io_answers_after_the_other_handle_is_gone() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let first = SharedIo::new(a);
+        let mut second = first.clone();
+        drop(first);
+        second.write_all(b"408").await.unwrap();
+        let mut buf = [0u8; 3];
+        b.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"408");
     }
 }

@@ -19,6 +19,7 @@ use airlock_common::report::{EXIT_FAILURE, EXIT_USAGE};
 pub mod audit;
 pub mod body;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod connect;
 pub mod credentials;
@@ -52,10 +53,16 @@ pub const SECCOMP_ALLOW_LIST: &str = include_str!("../seccomp.allow");
 
 impl RunError {
     /// 2 for what the user asked for (an audit log path that cannot be
-    /// opened), 1 for failures while starting or running (port in use).
+    /// opened, a --user that does not exist), 1 for failures while starting
+    /// or running (port in use).
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Audit(_) => EXIT_USAGE,
+            RunError::Sandbox(e) | RunError::Server(server::ServerError::Sandbox(e))
+                if e.is_usage() =>
+            {
+                EXIT_USAGE
+            }
             RunError::Runtime(_) | RunError::Server(_) | RunError::Sandbox(_) => EXIT_FAILURE,
         }
     }

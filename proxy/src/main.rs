@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         "airlock-proxy",
         &["airlock_proxy", "airlock_common"],
     );
+    airlock_common::panic::install();
     let config = match Config::try_from(args) {
         Ok(config) => config,
         Err(e) => return report(&e, EXIT_USAGE),

@@ -27,7 +27,9 @@
 //! IPv4 spellings the resolver accepts (`127.1`, `0x7f.0.0.1`, `2130706433`)
 //! are normalised to the IPv4 address they denote, in hosts and entries, so
 //! a policy on `127.0.0.0/8` cannot be side-stepped by spelling the address
-//! differently.
+//! differently; for the policy, the unspecified addresses (`0.0.0.0/8`,
+//! `::`) also match as the loopback address a connection to them reaches
+//! ([`Host::loopback_alias`]).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -103,6 +105,25 @@ impl Host {
         match text.parse::<Ipv6Addr>() {
             Ok(v6) => Ok(Host::Ip(canonical_ip(IpAddr::V6(v6)))),
             Err(_) => Host::parse(text),
+        }
+    }
+}
+
+impl Host {
+    /// The loopback address a connection to this host reaches, when that is
+    /// not the host itself: Linux connects `0.0.0.0` (and, for want of a
+    /// route, the rest of `0.0.0.0/8` counts too) to `127.0.0.1`, and `::`
+    /// to `::1`. The policy matches such a host as that loopback address
+    /// too, so `--deny 127.0.0.0/8,::1` cannot be bypassed through them.
+    pub fn loopback_alias(&self) -> Option<Host> {
+        match self {
+            Host::Ip(IpAddr::V4(v4)) if v4.octets()[0] == 0 => {
+                Some(Host::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)))
+            }
+            Host::Ip(IpAddr::V6(v6)) if v6.is_unspecified() => {
+                Some(Host::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)))
+            }
+            _ => None,
         }
     }
 }

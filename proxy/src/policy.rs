@@ -7,7 +7,9 @@
 //! [`crate::noproxy`]): a domain suffix, `*`, an IP address or a CIDR block,
 //! or several of those separated by commas. Rules look at the host as the
 //! client wrote it (names are not resolved): a CIDR rule only catches
-//! requests that name an IP address.
+//! requests that name an IP address. The unspecified addresses (`0.0.0.0/8`,
+//! `::`), which connect to the host's loopback, also match rules on
+//! `127.0.0.1` and `::1`.
 
 use std::fmt;
 
@@ -129,9 +131,15 @@ impl Policy {
         !self.rules.iter().any(|r| r.action == Action::Allow)
     }
 
+    /// The first rule matching `host` decides; a host that connects to a
+    /// loopback address under another name (`0.0.0.0`, `::`) matches a
+    /// rule on that loopback address as well.
     pub fn evaluate(&self, host: &Host) -> Verdict {
+        let alias = host.loopback_alias();
         for (i, rule) in self.rules.iter().enumerate() {
-            if rule.patterns.matches(host) {
+            if rule.patterns.matches(host)
+                || alias.as_ref().is_some_and(|a| rule.patterns.matches(a))
+            {
                 return Verdict {
                     allowed: rule.action == Action::Allow,
                     rule: Some(i + 1),
@@ -227,6 +235,34 @@ mod tests {
             assert_eq!(eval(&p, h), (false, Some(1)), "{h}");
         }
         assert_eq!(eval(&p, "example.com"), (true, Some(2)));
+    }
+
+    #[test]
+    fn unspecified_addresses_match_as_loopback() {
+        let p = policy(&[(Deny, "127.0.0.0/8,::1"), (Allow, "*")]);
+        for h in [
+            "0.0.0.0",
+            "0",
+            "0x0",
+            "0.1.2.3",
+            "[::]",
+            "[::ffff:0.0.0.0]",
+            "[0:0:0:0:0:0:0:0]",
+        ] {
+            assert_eq!(eval(&p, h), (false, Some(1)), "{h}");
+        }
+        // Only the family's own loopback: a rule on ::1 alone still covers
+        // ::, one on 127.0.0.0/8 alone covers 0.0.0.0 but not ::.
+        let v6 = policy(&[(Deny, "::1")]);
+        assert_eq!(eval(&v6, "[::]"), (false, Some(1)));
+        assert_eq!(eval(&v6, "0.0.0.0"), (true, None));
+        // The address itself still matches its own rules first.
+        let p = policy(&[(Allow, "0.0.0.0/8"), (Deny, "127.0.0.0/8")]);
+        assert_eq!(eval(&p, "0.0.0.0"), (true, Some(1)));
+        // Other addresses are not affected.
+        let p = policy(&[(Deny, "127.0.0.0/8")]);
+        assert_eq!(eval(&p, "1.0.0.0"), (true, None));
+        assert_eq!(eval(&p, "[::2]"), (true, None));
     }
 
     #[test]

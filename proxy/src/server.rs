@@ -4,12 +4,12 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_common::audit::AuditLog;
+use airlock_common::listen::{ListenError, SocketAccess};
 use airlock_common::ratelimited;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -22,19 +22,18 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::audit::{record_rejected, Exchange};
 use crate::body::ProxyBody;
-use crate::config::{Config, Limits, Listen};
-use crate::forward::{self, Pooled};
+use crate::client::{ClientConn, Shared};
+use crate::config::{Config, Listen};
+use crate::connect::{Inbound, Loops, Secs};
+use crate::forward;
 use crate::headers;
-use crate::io::{Meter, Metered};
-use crate::policy::Policy;
+use crate::io::{Meter, Metered, SharedIo};
 use crate::response;
-use crate::target::Target;
 use crate::tunnel;
-use crate::upstream::Upstreams;
 
-/// Connections being refused (503) at once, beyond which they are just
-/// closed.
-const MAX_REFUSING: usize = 64;
+/// Most header fields in a request head (hyper's default, named here so
+/// the 431 for too many can say so).
+pub const MAX_HEADERS: usize = 100;
 /// Time a refused connection gets to read its 503.
 const REFUSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -42,93 +41,14 @@ const REFUSE_GRACE: Duration = Duration::from_secs(2);
 pub enum ServerError {
     #[error("cannot listen on {0}")]
     Bind(Listen, #[source] io::Error),
-    #[error("cannot listen on unix:{0}: a running process is listening on that socket")]
-    SocketInUse(PathBuf),
-    #[error(
-        "cannot listen on unix:{0}: the path exists and is not a socket; refusing to replace it"
-    )]
-    NotASocket(PathBuf),
-    #[error("cannot remove the stale socket {0}")]
-    RemoveStale(PathBuf, #[source] io::Error),
+    #[error("cannot listen on {0}")]
+    Listen(Listen, #[source] ListenError),
     #[error("cannot set up signal handling")]
     Signals(#[source] io::Error),
     #[error(transparent)]
     Sandbox(#[from] airlock_common::sandbox::SandboxError),
     #[error(transparent)]
     Seccomp(#[from] airlock_common::seccomp::SeccompError),
-}
-
-/// What every connection needs.
-pub struct Shared {
-    pub upstreams: Upstreams,
-    pub policy: Policy,
-    pub audit: Option<Arc<AuditLog>>,
-    pub limits: Limits,
-    refusing: Arc<Semaphore>,
-}
-
-impl Shared {
-    pub fn new(
-        upstreams: Upstreams,
-        policy: Policy,
-        audit: Option<Arc<AuditLog>>,
-        limits: Limits,
-    ) -> Shared {
-        Shared {
-            upstreams,
-            policy,
-            audit,
-            limits,
-            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
-        }
-    }
-
-    /// Applies the policy to `target`: `Some` is the 403 to send instead.
-    pub fn refusal(
-        &self,
-        target: &Target,
-        exchange: &Arc<Exchange>,
-        client: &str,
-    ) -> Option<Response<ProxyBody>> {
-        let verdict = self.policy.evaluate(&target.host);
-        exchange.set_verdict(verdict);
-        if verdict.allowed {
-            return None;
-        }
-        let why = self.policy.explain(&verdict);
-        ratelimited!(
-            log::Level::Info,
-            "{client}: {target} forbidden by policy: {why}"
-        );
-        Some(response::text(
-            StatusCode::FORBIDDEN,
-            Some("http_request_denied"),
-            format!(
-                "forbidden by policy: {why}\n\
-                 {target} may not be reached through airlock-proxy.\n"
-            ),
-            exchange,
-        ))
-    }
-}
-
-/// One client connection: who it is, its kept-alive origin connection, and
-/// its `--max-connections` slot (held until the connection and any tunnel
-/// it became are gone).
-pub struct ClientConn {
-    pub client: Arc<str>,
-    kept: Mutex<Option<Pooled>>,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl ClientConn {
-    pub fn take_kept(&self) -> Option<Pooled> {
-        self.kept.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-
-    pub fn keep(&self, pooled: Pooled) {
-        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(pooled);
-    }
 }
 
 enum Bound {
@@ -194,12 +114,17 @@ pub async fn run(config: Config, audit: Option<Arc<AuditLog>>) -> Result<(), Ser
         return Err(e);
     }
 
-    let shared = Arc::new(Shared::new(
-        config.upstreams,
-        config.policy,
-        audit,
-        config.limits,
-    ));
+    let mut shared = Shared::new(config.upstreams, config.policy, audit, config.limits);
+    shared.loops = Loops::new(
+        bound
+            .iter()
+            .filter_map(|b| match b {
+                Bound::Tcp(listener) => listener.local_addr().ok(),
+                Bound::Unix(..) => None,
+            })
+            .collect(),
+    );
+    let shared = Arc::new(shared);
     let slots = Arc::new(Semaphore::new(
         config.limits.max_connections.min(Semaphore::MAX_PERMITS),
     ));
@@ -260,32 +185,14 @@ fn bind(listen: &Listen, owner: Owner) -> Result<Bound, ServerError> {
 /// replacing a stale socket file (one nobody listens on) but never a live
 /// socket or a non-socket.
 fn bind_unix(listen: &Listen, path: &Path, owner: Owner) -> Result<UnixListener, ServerError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(ServerError::SocketInUse(path.to_owned()));
-            }
-            std::fs::remove_file(path).map_err(|e| ServerError::RemoveStale(path.to_owned(), e))?;
-        }
-        Ok(_) => return Err(ServerError::NotASocket(path.to_owned())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(ServerError::Bind(listen.clone(), e)),
-    }
-    // SAFETY: umask(2) has no memory-safety preconditions and cannot fail.
-    // It is process-wide: this runs at startup, before any connection is
-    // served, so nothing else of ours creates files meanwhile; the socket is
-    // therefore never accessible to others, not even briefly.
-    let old_mask = unsafe { libc::umask(0o177) };
-    let result = std::os::unix::net::UnixListener::bind(path);
-    // SAFETY: as above; this restores the previous mask.
-    unsafe { libc::umask(old_mask) };
-    let std_listener = result.map_err(|e| ServerError::Bind(listen.clone(), e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| match owner {
-            Some((uid, gid)) => std::os::unix::fs::chown(path, Some(uid), Some(gid)),
-            None => Ok(()),
-        })
-        .and_then(|()| std_listener.set_nonblocking(true))
+    let access = match owner {
+        Some((uid, gid)) => SocketAccess::User(uid, gid),
+        None => SocketAccess::Owner,
+    };
+    let std_listener = airlock_common::listen::bind_socket(path, access)
+        .map_err(|e| ServerError::Listen(listen.clone(), e))?;
+    std_listener
+        .set_nonblocking(true)
         .map_err(|e| ServerError::Bind(listen.clone(), e))?;
     UnixListener::from_std(std_listener).map_err(|e| ServerError::Bind(listen.clone(), e))
 }
@@ -301,7 +208,21 @@ async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>, slots: Arc<Semap
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                start(stream, Arc::from(peer.to_string()), &shared, &slots);
+                let client = Arc::from(peer.to_string());
+                let Some(inbound) = shared.loops.admit(&stream) else {
+                    refuse(
+                        stream,
+                        client,
+                        &shared,
+                        StatusCode::LOOP_DETECTED,
+                        "proxy_loop_detected",
+                        "this connection comes from airlock-proxy itself (a forwarding loop): \
+                         tunnels through the proxy do not nest"
+                            .to_owned(),
+                    );
+                    continue;
+                };
+                start(stream, client, Some(inbound), &shared, &slots);
             }
             Err(e) => accept_failed(e).await,
         }
@@ -326,51 +247,91 @@ async fn accept_unix(
                     ),
                     Err(_) => format!("unix:{}", path.display()),
                 };
-                start(stream, Arc::from(client), &shared, &slots);
+                start(stream, Arc::from(client), None, &shared, &slots);
             }
             Err(e) => accept_failed(e).await,
         }
     }
 }
 
-/// Serves a new connection if a slot is free, else answers 503.
-fn start<I>(io: I, client: Arc<str>, shared: &Arc<Shared>, slots: &Arc<Semaphore>)
-where
+/// Serves a new connection if a slot is free, else answers 503. A TCP
+/// client stays known to [`Loops`] (`inbound`) while it is served.
+fn start<I>(
+    io: I,
+    client: Arc<str>,
+    inbound: Option<Inbound>,
+    shared: &Arc<Shared>,
+    slots: &Arc<Semaphore>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     match slots.clone().try_acquire_owned() {
         Ok(slot) => {
-            tokio::spawn(serve_connection(io, client, shared.clone(), slot));
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                serve_connection(io, client, shared, slot).await;
+                drop(inbound);
+            });
         }
         Err(_) => {
             let limit = shared.limits.max_connections;
-            ratelimited!(
-                log::Level::Warn,
-                "refusing connection from {client}: --max-connections {limit} reached"
+            refuse(
+                io,
+                client,
+                shared,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "connection_limit_reached",
+                format!("too many connections: --max-connections {limit} reached; try again later"),
             );
-            if let Ok(permit) = shared.refusing.clone().try_acquire_owned() {
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(REFUSE_GRACE, refuse_busy(io, limit)).await;
-                    drop(permit);
-                });
-            }
         }
     }
 }
 
-/// Writes a 503 and lets the client read it: the write side is shut and
-/// what the client sends is drained, so closing does not reset the
-/// connection before the answer is read.
-async fn refuse_busy<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, limit: usize) -> io::Result<()> {
-    let body = format!(
-        "503 Service Unavailable (airlock-proxy)\n\
-         too many connections: --max-connections {limit} reached; try again later\n"
+/// Answers a connection that will not be served with `status` and `why`
+/// (logged, rate-limited, and audited), without taking a slot. At most
+/// [`MAX_REFUSING`](crate::client) are answered at once; past that they are just closed.
+fn refuse<I>(
+    io: I,
+    client: Arc<str>,
+    shared: &Shared,
+    status: StatusCode,
+    kind: &'static str,
+    why: String,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    ratelimited!(log::Level::Warn, "refusing connection from {client}: {why}");
+    record_rejected(
+        shared.audit.as_deref(),
+        &client,
+        status,
+        format!("connection refused: {why}"),
     );
+    if let Ok(permit) = shared.refusing.clone().try_acquire_owned() {
+        tokio::spawn(async move {
+            let _ =
+                tokio::time::timeout(REFUSE_GRACE, answer_and_close(io, status, kind, &why)).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Writes `status` with `why` as its body and lets the client read it: the
+/// write side is shut and what the client sends is drained, so closing
+/// does not reset the connection before the answer is read.
+async fn answer_and_close<I: AsyncRead + AsyncWrite + Unpin>(
+    mut io: I,
+    status: StatusCode,
+    kind: &str,
+    why: &str,
+) -> io::Result<()> {
+    let line = response::status_line(status);
+    let body = format!("{line} (airlock-proxy)\n{why}\n");
     let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\n\
+        "HTTP/1.1 {line}\r\n\
          content-type: text/plain; charset=utf-8\r\n\
          content-length: {}\r\n\
-         proxy-status: {}; error=connection_limit_reached\r\n\
+         proxy-status: {}; error={kind}\r\n\
          connection: close\r\n\r\n",
         body.len(),
         headers::VIA_PSEUDONYM
@@ -394,12 +355,9 @@ pub async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let meter = Meter::new();
-    let io = TokioIo::new(Metered::new(io, meter.clone()));
-    let conn = Arc::new(ClientConn {
-        client: client.clone(),
-        kept: Mutex::new(None),
-        _slot: slot,
-    });
+    let answer = SharedIo::new(io);
+    let io = TokioIo::new(Metered::new(answer.clone(), meter.clone()));
+    let conn = Arc::new(ClientConn::new(client.clone(), slot));
     let service_shared = shared.clone();
     let service = service_fn(move |req| {
         let shared = service_shared.clone();
@@ -408,43 +366,80 @@ pub async fn serve_connection<I>(
     });
     let idle = shared.limits.idle_timeout;
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // half_close: a client that shuts its write side after the request
+    // (nc -N, some HTTP/1.0 tools) still gets the response.
     builder
         .max_buf_size(shared.limits.max_header_bytes)
+        .max_headers(MAX_HEADERS)
         .timer(TokioTimer::new())
         .header_read_timeout(idle)
+        .half_close(true)
         .keep_alive(true);
     let connection = builder.serve_connection(io, service).with_upgrades();
-    tokio::select! {
-        result = connection => {
-            if let Err(e) = result {
+    let timed_out = tokio::select! {
+        result = connection => match result {
+            Ok(()) => false,
+            Err(e) if e.is_timeout() => true,
+            Err(e) => {
                 connection_error(&e, &client, &shared);
+                false
             }
-        }
-        () = meter.idle(idle) => log::debug!("{client}: closing connection idle for {idle:?}"),
+        },
+        () = meter.idle(idle) => true,
+    };
+    if !timed_out {
+        return;
     }
+    // Part of a request head arrived and the rest did not: 408 (hyper would
+    // close without a word). A connection idle between requests just closes.
+    let pending = meter.unanswered();
+    if pending == 0 {
+        log::debug!("{client}: closing connection idle for {idle:?}");
+        return;
+    }
+    let why = format!(
+        "the request head was not complete within --idle-timeout {} ({pending} bytes received)",
+        Secs(idle)
+    );
+    ratelimited!(log::Level::Info, "{client}: {why}: answered 408");
+    record_rejected(
+        shared.audit.as_deref(),
+        &client,
+        StatusCode::REQUEST_TIMEOUT,
+        why.clone(),
+    );
+    let _ = tokio::time::timeout(
+        REFUSE_GRACE,
+        answer_and_close(
+            answer,
+            StatusCode::REQUEST_TIMEOUT,
+            "http_request_error",
+            &why,
+        ),
+    )
+    .await;
 }
 
 /// Reports a connection hyper gave up on. For malformed requests hyper has
 /// already answered (400, or 431 for headers over --max-header-bytes).
 fn connection_error(e: &hyper::Error, client: &str, shared: &Shared) {
-    let status = if e.is_parse_too_large() {
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    let (status, why) = if e.is_parse_too_large() {
+        (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "request head too large: over --max-header-bytes {} bytes, \
+                 or over {MAX_HEADERS} header fields ({e})",
+                shared.limits.max_header_bytes
+            ),
+        )
     } else if e.is_parse() {
-        StatusCode::BAD_REQUEST
+        (StatusCode::BAD_REQUEST, format!("malformed request: {e}"))
     } else {
         log::debug!("{client}: connection ended: {e}");
         return;
     };
-    ratelimited!(
-        log::Level::Info,
-        "{client}: malformed request ({e}): answered {status}"
-    );
-    record_rejected(
-        shared.audit.as_deref(),
-        client,
-        status,
-        format!("malformed request: {e}"),
-    );
+    ratelimited!(log::Level::Info, "{client}: {why}: answered {status}");
+    record_rejected(shared.audit.as_deref(), client, status, why);
 }
 
 async fn handle(

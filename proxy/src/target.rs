@@ -23,6 +23,8 @@ pub enum TargetError {
     Host(String, #[source] HostError),
     #[error("{0:?} has no port (CONNECT needs host:port)")]
     NoPort(String),
+    #[error("port {1:?} in {0:?} is not a port number (1 to 65535)")]
+    BadPort(String, String),
     #[error("port 0 in {0:?} is not a port one can connect to")]
     PortZero(String),
 }
@@ -44,10 +46,19 @@ impl Target {
                 .to_owned()
         };
         let host = Host::parse(authority.host()).map_err(|e| TargetError::Host(shown(), e))?;
-        let port = match (authority.port_u16(), default_port) {
-            (Some(p), _) => p,
-            (None, Some(p)) => p,
-            (None, None) => return Err(TargetError::NoPort(shown())),
+        // `port_u16` is also `None` for a port that is not a u16 (99999).
+        let written = authority
+            .as_str()
+            .rsplit_once(':')
+            .map(|(_, p)| p)
+            .filter(|p| !p.contains(']'));
+        let port = match (authority.port_u16(), written, default_port) {
+            (Some(p), _, _) => p,
+            (None, Some(text), _) if !text.is_empty() => {
+                return Err(TargetError::BadPort(shown(), text.to_owned()))
+            }
+            (None, _, Some(p)) => p,
+            (None, _, None) => return Err(TargetError::NoPort(shown())),
         };
         if port == 0 {
             return Err(TargetError::PortZero(shown()));
@@ -124,6 +135,23 @@ mod tests {
             Target::from_authority(&auth("example.com:0"), Some(80)),
             Err(TargetError::PortZero(_))
         ));
+        for (text, port) in [("example.com:99999", "99999"), ("[::1]:70000", "70000")] {
+            let err = Target::from_authority(&auth(text), None).unwrap_err();
+            assert_eq!(err, TargetError::BadPort(text.into(), port.into()));
+            assert_eq!(
+                err.to_string(),
+                format!("port {port:?} in {text:?} is not a port number (1 to 65535)")
+            );
+        }
+        // An empty port is no port.
+        assert_eq!(
+            Target::from_authority(&auth("example.com:"), None),
+            Err(TargetError::NoPort("example.com:".into()))
+        );
+        assert_eq!(
+            Target::from_authority(&auth("[::1]"), Some(80)).map(|t| t.port),
+            Ok(80)
+        );
         assert!(matches!(
             Target::from_authority(&auth("ex!mple.com:80"), Some(80)),
             Err(TargetError::Host(..))

@@ -15,15 +15,14 @@ use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use crate::audit::Exchange;
 use crate::body::ProxyBody;
-use crate::connect::{dial, ConnectError, Secs};
+use crate::client::{ClientConn, Shared};
+use crate::connect::{dial, ConnectError, Loops, Outbound, Secs};
 use crate::headers;
 use crate::io::{Meter, Metered};
 use crate::response;
-use crate::server::{ClientConn, Shared};
 use crate::target::{Target, TargetError};
 use crate::upstream::{Kind, Upstream};
 
@@ -78,6 +77,9 @@ impl TunnelError {
             TunnelError::Origin(e) | TunnelError::Upstream { source: e, .. } if e.is_timeout() => {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            TunnelError::Origin(e) | TunnelError::Upstream { source: e, .. } if e.is_loop() => {
+                StatusCode::LOOP_DETECTED
+            }
             TunnelError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             // The guest sees what the upstream said (403, 502, 503, ...).
             TunnelError::UpstreamRefused { status, .. } => *status,
@@ -101,7 +103,7 @@ impl TunnelError {
 
 /// The server side of a tunnel.
 enum ServerSide {
-    Direct(TcpStream),
+    Direct(Outbound),
     ThroughUpstream(TokioIo<Upgraded>),
 }
 
@@ -181,8 +183,14 @@ async fn open(
     exchange.set_upstream(upstream);
     let timeout = shared.limits.connect_timeout;
     let side = match upstream {
-        None => ServerSide::Direct(dial(&target, timeout).await.map_err(TunnelError::Origin)?),
-        Some(u) => ServerSide::ThroughUpstream(connect_via(u, &target, timeout).await?),
+        None => ServerSide::Direct(
+            dial(&target, timeout, &shared.loops)
+                .await
+                .map_err(TunnelError::Origin)?,
+        ),
+        Some(u) => {
+            ServerSide::ThroughUpstream(connect_via(u, &target, timeout, &shared.loops).await?)
+        }
     };
     Ok(Opened::Server(side))
 }
@@ -193,15 +201,15 @@ async fn connect_via(
     upstream: &Upstream,
     target: &Target,
     timeout: Duration,
+    loops: &Loops,
 ) -> Result<TokioIo<Upgraded>, TunnelError> {
     let work = async {
-        let stream =
-            dial(&upstream.addr, timeout)
-                .await
-                .map_err(|source| TunnelError::Upstream {
-                    upstream: upstream.to_string(),
-                    source,
-                })?;
+        let stream = dial(&upstream.addr, timeout, loops)
+            .await
+            .map_err(|source| TunnelError::Upstream {
+                upstream: upstream.to_string(),
+                source,
+            })?;
         let exchange_error = |source| TunnelError::UpstreamExchange {
             upstream: upstream.to_string(),
             target: target.clone(),

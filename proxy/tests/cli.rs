@@ -77,6 +77,8 @@ fn usage_errors_exit_2_with_a_cause_chain() {
         let (status, _, err) = run_to_exit(args, &[]);
         assert_eq!(status.code(), Some(2), "{args:?}: {err}");
         assert!(err.starts_with("error: "), "{args:?}: {err}");
+        // Printed once (not again through the logger).
+        assert_eq!(err.matches("error: ").count(), 1, "{args:?}: {err}");
         assert!(
             err.contains(expected),
             "{args:?}: expected {expected:?} in:\n{err}"
@@ -172,10 +174,7 @@ async fn unix_socket_listener_is_private_and_serves() {
     // A second instance may not take over a live socket.
     let (status, _, err) = run_to_exit(&["--ignore-proxy-env", "--listen", &listen], &[]);
     assert_eq!(status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("a running process is listening on that socket"),
-        "{err}"
-    );
+    assert!(err.contains("is in use by a running process"), "{err}");
 
     // SIGTERM: exit 0, socket removed.
     let status = proxy.terminate();

@@ -4,6 +4,9 @@ mod support;
 
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,6 +218,58 @@ async fn policy_refuses_with_403_naming_the_rule() {
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     // Only the allowed request reached the origin.
     assert_eq!(origin.seen().len(), 1);
+}
+
+/// `0.0.0.0` and `::` connect to the host's loopback: a loopback deny
+/// rule must catch them in every spelling, for plain requests and CONNECT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unspecified_addresses_are_denied_as_loopback() {
+    let origin = Origin::start().await;
+    let port = origin.addr.port();
+    // A service listening on [::] only (IPv6, so `[::]` reaches it).
+    let v6 = tokio::net::TcpListener::bind("[::]:0").await.unwrap();
+    let v6_port = v6.local_addr().unwrap().port();
+    let reached_v6 = Arc::new(AtomicUsize::new(0));
+    let counter = reached_v6.clone();
+    let v6_task = tokio::spawn(async move {
+        while v6.accept().await.is_ok() {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let proxy = Proxy::start(&["--ignore-proxy-env", "--deny", "127.0.0.0/8,::1"]);
+    let urls = [
+        format!("http://0.0.0.0:{port}/hello"),
+        format!("http://0:{port}/hello"),
+        format!("http://[::ffff:0.0.0.0]:{port}/hello"),
+        format!("http://0.1.2.3:{port}/hello"),
+        format!("http://[::]:{v6_port}/hello"),
+    ];
+    for url in &urls {
+        let reply = proxy_get(&proxy.addr, url).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "{url}: {}",
+            reply.text()
+        );
+        assert!(
+            reply
+                .text()
+                .starts_with("forbidden by policy: rule 1 (--deny 127.0.0.0/8,::1)\n"),
+            "{url}: {}",
+            reply.text()
+        );
+    }
+    for authority in [format!("0.0.0.0:{port}"), format!("[::]:{v6_port}")] {
+        let (_s, head) = connect_tunnel(&proxy.addr, &authority).await;
+        assert!(
+            head.starts_with("HTTP/1.1 403"),
+            "CONNECT {authority}: {head}"
+        );
+    }
+    assert!(origin.seen().is_empty(), "{:?}", origin.seen());
+    assert_eq!(reached_v6.load(Ordering::SeqCst), 0);
+    v6_task.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,5 +503,66 @@ async fn a_kept_alive_connection_closed_under_a_request_is_retried_only_when_saf
             (2, "GET /second HTTP/1.1".to_owned()),
             (2, "POST /post HTTP/1.1 (unanswered)".to_owned()),
         ]
+    );
+}
+
+/// Sends `request`, shuts the write side (as `nc -N` does), and reads until
+/// the proxy closes (or 10 s pass).
+async fn half_closed_exchange(proxy: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(request).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A client that half-closes after its request still gets the response,
+/// and every request that reached the origin has its audit record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_closed_requests_get_their_response_and_a_record() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let proxy = Proxy::start(&["--ignore-proxy-env", "--audit-log", audit.to_str().unwrap()]);
+    let hello = origin.url("/hello");
+    let upload = origin.url("/upload");
+    let requests = [
+        format!("GET {hello} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        format!("POST {upload} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nabcde"),
+        format!("GET {hello} HTTP/1.0\r\n\r\n"),
+        format!("POST {upload} HTTP/1.0\r\nContent-Length: 3\r\n\r\nxyz"),
+    ];
+    for request in &requests {
+        let out = half_closed_exchange(&proxy.addr, request.as_bytes()).await;
+        // A 1.0 client is answered in 1.0.
+        assert!(
+            out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"),
+            "{request:?} → {out:?}"
+        );
+        let want = if request.starts_with("GET") {
+            "hello from origin"
+        } else if request.contains("abcde") {
+            "len=5 "
+        } else {
+            "len=3 "
+        };
+        assert!(out.contains(want), "{request:?} → {out:?}");
+    }
+    assert_eq!(origin.seen().len(), requests.len());
+    let records = eventually(|| {
+        let l = audit_lines(&audit);
+        (l.len() >= requests.len()).then_some(l)
+    })
+    .await;
+    let methods: Vec<(&str, u64)> = records
+        .iter()
+        .map(|r| (r["method"].as_str().unwrap(), r["status"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        methods,
+        [("GET", 200), ("POST", 200), ("GET", 200), ("POST", 200)],
+        "{records:#?}"
     );
 }

@@ -72,7 +72,15 @@ async fn oversized_headers_get_431() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_get_503() {
     let origin = Origin::start().await;
-    let proxy = Proxy::start(&["--ignore-proxy-env", "--max-connections", "2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let proxy = Proxy::start(&[
+        "--ignore-proxy-env",
+        "--max-connections",
+        "2",
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ]);
     let mut first = connect_client(&proxy.addr).await;
     let mut second = connect_client(&proxy.addr).await;
     assert_eq!(
@@ -101,6 +109,19 @@ async fn connections_beyond_the_limit_get_503() {
             .then_some(())
     })
     .await;
+    // The refusal is in the audit log.
+    let refused = eventually(|| audit_lines(&audit).into_iter().find(|r| r["status"] == 503)).await;
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("--max-connections 2 reached"),
+        "{refused}"
+    );
+    assert!(refused["client"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
 }
 
 /// Retries a GET until it succeeds (slots are released asynchronously).
@@ -178,4 +199,202 @@ async fn slow_headers_hit_the_timeout() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// A request head that never completes gets 408 and an audit record when
+/// the header time (--idle-timeout) runs out; an idle connection between
+/// requests is just closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incomplete_request_head_gets_408_and_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let proxy = Proxy::start(&[
+        "--ignore-proxy-env",
+        "--idle-timeout",
+        "1s",
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ]);
+    let out = raw_exchange(
+        &proxy.addr,
+        b"GET http://example.invalid/ HTTP/1.1\r\nHost: ex",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 408 Request Timeout"), "{out:?}");
+    assert!(
+        out.contains("not complete within --idle-timeout 1s"),
+        "{out:?}"
+    );
+    let out = raw_exchange(&proxy.addr, b"").await;
+    assert_eq!(out, "", "an idle connection is closed without a word");
+    let records = eventually(|| {
+        let l = audit_lines(&audit);
+        (!l.is_empty()).then_some(l)
+    })
+    .await;
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["status"], 408);
+    assert!(records[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("request head was not complete"));
+}
+
+/// More than 100 header fields get 431 even when small; the log and the
+/// audit record say which limits apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_header_fields_get_431_naming_the_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let proxy = Proxy::start(&["--ignore-proxy-env", "--audit-log", audit.to_str().unwrap()]);
+    let mut request = String::from("GET http://example.invalid/ HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..101 {
+        request.push_str(&format!("X-{i}: y\r\n"));
+    }
+    request.push_str("\r\n");
+    assert!(request.len() < 1500);
+    let out = raw_exchange(&proxy.addr, request.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out:?}");
+    let record = eventually(|| audit_lines(&audit).into_iter().next()).await;
+    assert_eq!(record["status"], 431);
+    let error = record["error"].as_str().unwrap();
+    assert!(
+        error.contains("over --max-header-bytes 65536 bytes, or over 100 header fields"),
+        "{error}"
+    );
+    eventually(|| {
+        proxy
+            .stderr()
+            .contains("over 100 header fields")
+            .then_some(())
+    })
+    .await;
+}
+
+/// Request bodies that fail on the client's side are the client's error:
+/// a malformed chunked body gets 400, and an upload the client abandons is
+/// recorded as such (not as 502, which blames the origin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_body_errors_are_400_not_502() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let proxy = Proxy::start(&["--ignore-proxy-env", "--audit-log", audit.to_str().unwrap()]);
+    let upload = origin.url("/upload");
+    let out = raw_exchange(
+        &proxy.addr,
+        format!(
+            "POST {upload} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+             5\r\nabcde\r\nZZ\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out:?}");
+    assert!(
+        out.contains("the request body from the client is malformed"),
+        "{out:?}"
+    );
+    // An upload cut off by the client: 10 of 1000 bytes, then gone.
+    {
+        let mut s = TcpStream::connect(&proxy.addr).await.unwrap();
+        s.write_all(
+            format!("POST {upload} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        // The origin has the request once the head went through.
+        eventually(|| (origin.seen().len() == 2).then_some(())).await;
+    }
+    let records = eventually(|| {
+        let l = audit_lines(&audit);
+        (l.len() >= 2).then_some(l)
+    })
+    .await;
+    assert_eq!(records[0]["status"], 400, "{records:#?}");
+    let aborted = &records[1];
+    assert_eq!(aborted["status"], 400, "{aborted}");
+    assert!(
+        aborted["error"]
+            .as_str()
+            .unwrap()
+            .contains("closed the connection before its request body was complete"),
+        "{aborted}"
+    );
+}
+
+/// A transfer coding besides chunked is on the body bytes: forwarding the
+/// body without it would corrupt it, so the request is refused (501).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_codings_other_than_chunked_are_refused() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&["--ignore-proxy-env"]);
+    let out = raw_exchange(
+        &proxy.addr,
+        format!(
+            "POST {} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+             3\r\nabc\r\n0\r\n\r\n",
+            origin.url("/upload")
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 501"), "{out:?}");
+    assert!(
+        out.contains("transfer coding gzip is not supported"),
+        "{out:?}"
+    );
+    assert!(origin.seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_out_of_range_is_named() {
+    let proxy = Proxy::start(&["--ignore-proxy-env"]);
+    let (_s, head) = connect_tunnel(&proxy.addr, "example.invalid:99999").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let out = raw_exchange(
+        &proxy.addr,
+        b"GET http://example.invalid:99999/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        out.contains("port \"99999\" in \"example.invalid:99999\" is not a port number"),
+        "{out}"
+    );
+}
+
+/// An origin's transfer coding besides chunked stays announced: the body
+/// bytes still carry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_transfer_codings_are_kept() {
+    let origin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/coded", origin.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let (mut s, _) = origin.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).await.unwrap() == 1 {
+            head.push(byte[0]);
+        }
+        s.write_all(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    });
+    let proxy = Proxy::start(&["--ignore-proxy-env"]);
+    let out = raw_exchange(
+        &proxy.addr,
+        format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    task.await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("transfer-encoding: gzip, chunked\r\n"),
+        "{out:?}"
+    );
+    assert!(out.ends_with("3\r\nabc\r\n0\r\n\r\n"), "{out:?}");
 }

@@ -173,3 +173,81 @@ async fn idle_tunnel_is_closed() {
     let server_saw_close = tokio::time::timeout(Duration::from_secs(5), server).await;
     assert!(server_saw_close.is_ok(), "server side not closed");
 }
+
+/// Reads one response with a content-length body from `s`.
+async fn read_response(s: &mut tokio::net::TcpStream) -> (String, String) {
+    let head = read_head(s).await;
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    let mut body = vec![0u8; len];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut body))
+        .await
+        .expect("a body within 10 s")
+        .unwrap();
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// CONNECT (or a plain request) to the proxy's own address would come back
+/// in as a new client, and a client asking again inside each tunnel held
+/// every --max-connections slot: such targets get 508, in every spelling,
+/// and the client holds its one slot only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_the_proxy_itself_is_refused_and_takes_no_slot() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let proxy = Proxy::start(&[
+        "--ignore-proxy-env",
+        "--listen",
+        "0.0.0.0:0",
+        "--max-connections",
+        "2",
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ]);
+    let port = proxy.socket_addr().port();
+    let own = format!("127.0.0.1:{port}");
+    // One client connection asks for the proxy itself, again and again.
+    let mut s = tokio::net::TcpStream::connect(&own).await.unwrap();
+    let targets = [
+        format!("127.0.0.1:{port}"),
+        format!("127.0.0.2:{port}"),
+        format!("0.0.0.0:{port}"),
+        format!("[::ffff:127.0.0.1]:{port}"),
+        format!("localhost:{port}"),
+    ];
+    for target in &targets {
+        for request in [
+            format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"),
+            format!("GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\n\r\n"),
+        ] {
+            s.write_all(request.as_bytes()).await.unwrap();
+            let (head, body) = read_response(&mut s).await;
+            assert!(head.starts_with("HTTP/1.1 508"), "{request}: {head}");
+            assert!(body.contains("is airlock-proxy itself"), "{body}");
+        }
+    }
+    // The second slot is there for another client; a third is over the
+    // limit (the first still holds its one slot).
+    let mut second = connect_client(&own).await;
+    let reply = send(&mut second, get(&origin.url("/hello"))).await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", reply.text());
+    let out = raw_exchange(&own, b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    let refused = eventually(|| {
+        let l = audit_lines(&audit);
+        let r: Vec<_> = l.into_iter().filter(|r| r["status"] == 508).collect();
+        (r.len() >= 2 * targets.len()).then_some(r)
+    })
+    .await;
+    assert!(
+        refused.iter().all(|r| r["error"]
+            .as_str()
+            .unwrap()
+            .contains("is airlock-proxy itself")),
+        "{refused:#?}"
+    );
+}

@@ -83,6 +83,30 @@ impl NetNs {
         cmd
     }
 
+    /// As [`NetNs::command`], with each `(source, target)` of `mounts`
+    /// bind-mounted over `target` first — a test's `resolv.conf` over
+    /// `/etc/resolv.conf`, a directory over `/run` — so the program sees
+    /// the test's files while the host's stay untouched: `ip netns exec`
+    /// gives every command a mount namespace of its own (whose mounts do
+    /// not propagate back), and the mounts are made in it by `sh` before it
+    /// execs `program` (whose pid is the child's).
+    pub fn command_with_files(
+        &self,
+        program: impl AsRef<OsStr>,
+        mounts: &[(&std::path::Path, &str)],
+    ) -> Command {
+        const SCRIPT: &str =
+            "set -e; while [ \"$1\" != -- ]; do mount --bind \"$1\" \"$2\"; shift 2; done; \
+             shift; exec \"$@\"";
+        let mut cmd = self.command("sh");
+        cmd.args(["-c", SCRIPT, "sh"]);
+        for (source, target) in mounts {
+            cmd.arg(source).arg(target);
+        }
+        cmd.arg("--").arg(program);
+        cmd
+    }
+
     /// Sets the sysctl `key` (e.g. `net.ipv4.ping_group_range`) to `value`
     /// in this namespace. Panics if `sysctl` fails.
     pub fn sysctl(&self, key: &str, value: &str) {

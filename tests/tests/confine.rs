@@ -315,6 +315,30 @@ fn net_and_proxy_serve_as_nobody(test: &str, user_args: &[&str]) {
             d.log()
         );
     }
+    // Their sockets go when they exit, although nobody may not delete
+    // files in the (root's) directory they are in.
+    let meta = fs::metadata(&dir).unwrap();
+    assert!(
+        meta.uid() == 0 && meta.mode() & 0o022 == 0,
+        "the rig directory is root's, writable by root only"
+    );
+    for (d, sockets) in [(&net, vec![&vsock, &api]), (&proxy, vec![&proxy_socket])] {
+        let status = d.terminate();
+        assert!(status.success(), "{}: {status}\n{}", d.name(), d.log());
+        for socket in sockets {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while socket.exists() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} left {} behind\n{}",
+                    d.name(),
+                    socket.display(),
+                    d.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
 }
 
 /// Started as root with no `--user`, neither daemon keeps root: both serve
@@ -381,7 +405,8 @@ fn confinement_that_cannot_be_had_is_a_clear_error() {
             "no-such-user-airlock",
         ],
     );
-    assert_eq!(code, 1, "{err}");
+    // A user that does not exist is a usage error (2).
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("--user no-such-user-airlock"), "{err}");
 
     let (code, err) = run_as(
@@ -468,4 +493,110 @@ fn airlock_net_names_paths_its_user_cannot_reach() {
         }
     }
     assert!(net.is_running(), "{}", net.log());
+}
+
+/// airlock-fs checks at startup what it will need to serve: a share it can
+/// list and search as the user it runs as, and the request threads it was
+/// asked for (a bounded number).
+#[test]
+fn airlock_fs_startup_checks_the_share_and_its_threads() {
+    // Reachable by nobody up to the share itself (rig directories are not).
+    let top = tempfile::Builder::new()
+        .prefix("airlock-fs-startup-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    fs::set_permissions(top.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let share = top.path().join("share");
+    fs::create_dir(&share).unwrap();
+    fs::set_permissions(&share, fs::Permissions::from_mode(0o000)).unwrap();
+    let run = top.path().join("run");
+    fs::create_dir(&run).unwrap();
+    std::os::unix::fs::chown(&run, Some(NOBODY), Some(NOBODY)).unwrap();
+    let socket = run.join("fs.sock");
+    let (sock, dir) = (socket.to_str().unwrap(), share.to_str().unwrap());
+
+    // Before this was checked the daemon started and waited for a guest:
+    // give it a bounded time to exit.
+    let mut child = Command::new(airlock_e2e::Rig::bin("airlock-fs"))
+        .args(["--socket-path", sock, "--shared-dir", dir])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("airlock-fs started with a share it cannot read");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let (code, err) = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "shared directory {dir} cannot be listed and searched by this process (uid {NOBODY})"
+        )) && err.contains("Permission denied"),
+        "{err}"
+    );
+    assert!(!socket.exists());
+
+    fs::set_permissions(&share, fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, err) = run_as(
+        None,
+        "airlock-fs",
+        &[
+            "--socket-path",
+            sock,
+            "--shared-dir",
+            dir,
+            "--thread-pool-size",
+            "20000",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--thread-pool-size 20000 is more than 1024"),
+        "{err}"
+    );
+
+    // Threads the system will not give: said so, not blamed on the share.
+    let mut cmd = Command::new(airlock_e2e::Rig::bin("airlock-fs"));
+    cmd.args([
+        "--socket-path",
+        sock,
+        "--shared-dir",
+        dir,
+        "--thread-pool-size",
+        "1000",
+    ])
+    .uid(NOBODY)
+    .gid(NOBODY);
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 16,
+                rlim_max: 16,
+            };
+            if libc::setrlimit(libc::RLIMIT_NPROC, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("error: cannot start 1000 request threads (--thread-pool-size)"),
+        "{err}"
+    );
+    assert!(!err.contains("shared directory"), "{err}");
 }

@@ -258,7 +258,11 @@ fn libvirt_11_passt_vhost_user_command_line() {
         .trim()
         .parse()
         .unwrap();
-    assert!(process_exists(pid), "the pid file names no process");
+    assert!(
+        process_exists(pid),
+        "the pid file names no process:\n{}",
+        log()
+    );
 
     let mut vm = rig.boot(VmConfig {
         script: guest_script(http.port()),

@@ -22,7 +22,13 @@
 //!
 //! Rules apply to every flow the guest starts except the gateway's own
 //! services (DHCP, DNS): NAT destinations, the host alias and the proxy
-//! alias alike, as the guest addresses them.
+//! alias alike, as the guest addresses them. The gateway never opens a flow
+//! to `0.0.0.0/8`, loopback, multicast or the broadcast address, nor to
+//! IPv6 loopback, unspecified, IPv4-compatible or -mapped, link-local or
+//! multicast addresses: the host's loopback is reached only through the
+//! host alias (`--host-ip`), whose flows rules on `127.0.0.0/8` or `::1`
+//! would never see. A rule that lies wholly in those blocks is therefore
+//! refused.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -69,7 +75,7 @@ pub enum PolicyError {
     Proto(String),
     #[error("unknown action {0:?} (allow or deny)")]
     Action(String),
-    #[error("{file}:{line}: {source}")]
+    #[error("invalid egress rule at {file}:{line}")]
     File {
         file: String,
         line: usize,
@@ -86,6 +92,58 @@ pub enum PolicyError {
     },
     #[error("cannot read egress rules from {0}")]
     Read(String, #[source] std::sync::Arc<std::io::Error>),
+    #[error("{text:?} can never match: the guest cannot open flows to {block} ({what}){hint}")]
+    Unreachable {
+        text: String,
+        block: &'static str,
+        what: &'static str,
+        hint: &'static str,
+    },
+}
+
+/// IPv4 destinations the gateway never opens a flow to (`is_routable`), as
+/// (network, prefix, written, what, hint).
+const UNREACHABLE: [(u32, u8, &str, &str, &str); 4] = [
+    (0x0000_0000, 8, "0.0.0.0/8", "this network", HOST_ALIAS_HINT),
+    (0x7f00_0000, 8, "127.0.0.0/8", "loopback", HOST_ALIAS_HINT),
+    (0xe000_0000, 4, "224.0.0.0/4", "multicast", ""),
+    (0xffff_ffff, 32, "255.255.255.255", "broadcast", ""),
+];
+/// The same for IPv6 (`is_routable6`; IPv4-mapped rules are IPv4 ones).
+const UNREACHABLE6: [(u128, u8, &str, &str, &str); 4] = [
+    (1, 128, "::1", "loopback", HOST_ALIAS_HINT),
+    (
+        0,
+        96,
+        "::/96",
+        "unspecified and IPv4-compatible",
+        HOST_ALIAS_HINT,
+    ),
+    (0xfe80 << 112, 10, "fe80::/10", "link-local", ""),
+    (0xff00 << 112, 8, "ff00::/8", "multicast", ""),
+];
+const HOST_ALIAS_HINT: &str = "; the host's loopback is reached only through the host alias \
+     (host.airlock.internal, --host-ip): write the rule for that address, or use --no-host-alias";
+
+/// The block (written, what, hint) a rule's network lies wholly in, if
+/// the gateway never opens a flow there: such a rule could never match.
+fn unreachable(net: IpAddr, prefix: u8) -> Option<(&'static str, &'static str, &'static str)> {
+    match net {
+        IpAddr::V4(v4) => {
+            let (first, last) = (u32::from(v4), u32::from(v4) | !mask(prefix));
+            UNREACHABLE
+                .iter()
+                .find(|(block, bits, ..)| *block <= first && last <= block | !mask(*bits))
+                .map(|&(_, _, written, what, hint)| (written, what, hint))
+        }
+        IpAddr::V6(v6) => {
+            let (first, last) = (u128::from(v6), u128::from(v6) | !mask6(prefix));
+            UNREACHABLE6
+                .iter()
+                .find(|(block, bits, ..)| *block <= first && last <= block | !mask6(*bits))
+                .map(|&(_, _, written, what, hint)| (written, what, hint))
+        }
+    }
 }
 
 /// One `--allow`/`--deny` rule.
@@ -151,6 +209,14 @@ impl Rule {
             return Err(bad());
         }
         let (net, prefix) = canonical_net(addr, prefix);
+        if let Some((block, what, hint)) = unreachable(net, prefix) {
+            return Err(PolicyError::Unreachable {
+                text: text.trim().to_owned(),
+                block,
+                what,
+                hint,
+            });
+        }
         Ok(Rule {
             action,
             net,
@@ -383,6 +449,50 @@ mod tests {
     }
 
     #[test]
+    fn rules_the_gateway_can_never_see_are_refused() {
+        for (rule, block) in [
+            ("127.0.0.0/8", "127.0.0.0/8"),
+            ("127.0.0.1:8080/tcp", "127.0.0.0/8"),
+            ("0.0.0.0", "0.0.0.0/8"),
+            ("0.0.0.0/8", "0.0.0.0/8"),
+            ("224.0.0.0/4", "224.0.0.0/4"),
+            ("239.1.2.3/udp", "224.0.0.0/4"),
+            ("255.255.255.255", "255.255.255.255"),
+            ("::1", "::1"),
+            ("[::1]:22/tcp", "::1"),
+            ("::", "::/96"),
+            ("::/96", "::/96"),
+            ("::7f00:1", "::/96"),
+            ("::ffff:127.0.0.1", "127.0.0.0/8"),
+            ("::ffff:0:0/104", "0.0.0.0/8"),
+            ("fe80::/64", "fe80::/10"),
+            ("ff02::1", "ff00::/8"),
+        ] {
+            match Rule::parse(Action::Deny, rule) {
+                Err(e @ PolicyError::Unreachable { block: b, .. }) if b == block => {
+                    assert!(e.to_string().contains("can never match"), "{e}")
+                }
+                other => panic!("{rule}: {other:?}"),
+            }
+        }
+        let e = Rule::parse(Action::Deny, "127.0.0.1").unwrap_err();
+        assert!(e.to_string().contains("--host-ip"), "{e}");
+        // Rules that also cover reachable addresses stay.
+        for rule in [
+            "0.0.0.0/0",
+            "0.0.0.0/0:53/udp",
+            "96.0.0.0/3",
+            "255.255.255.254",
+            "::/0",
+            "[::/0]:53/udp",
+            "2001:db8::/32",
+            "fd00::/8",
+        ] {
+            assert!(Rule::parse(Action::Deny, rule).is_ok(), "{rule}");
+        }
+    }
+
+    #[test]
     fn first_match_wins_then_default() {
         let p = Policy {
             rules: vec![
@@ -454,6 +564,11 @@ mod tests {
         let err = Policy::parse_file("rules", "allow 10.0.0.0/8\npermit 1.2.3.4\n").unwrap_err();
         assert_eq!(err.to_string(), "rules:2: expected `allow RULE`, `deny RULE` or `default allow|deny`, got \"permit 1.2.3.4\"");
         let err = Policy::parse_file("f", "deny 300.0.0.1\n").unwrap_err();
-        assert!(err.to_string().starts_with("f:1: "), "{err}");
+        // Each line of the chain says something new.
+        assert_eq!(
+            airlock_common::report::chain(&err),
+            "error: invalid egress rule at f:1\n\
+             caused by: \"300.0.0.1\" is not a network (expected e.g. 10.0.0.0/8, 192.168.1.10, 2001:db8::/32 or [2001:db8::1])"
+        );
     }
 }

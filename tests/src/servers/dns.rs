@@ -1,13 +1,15 @@
-//! A tiny authoritative DNS server over UDP: the upstream resolver of the
-//! gateway's forwarder in tests, so forwarded queries never leave the host
-//! and the test can see exactly which names were forwarded.
+//! A tiny authoritative DNS server over UDP (and, if asked, TCP): the
+//! upstream resolver of the gateway's forwarder in tests, and the resolver
+//! of a daemon run in a network namespace, so queries never leave the host
+//! and the test can see exactly which names were asked.
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use super::{Recorder, StopFlag, STOP_POLL};
+use super::{wait_readable, Recorder, StopFlag, STOP_POLL};
 
 const TYPE_A: u16 = 1;
 const CLASS_IN: u16 = 1;
@@ -21,14 +23,15 @@ const HEADER: usize = 12;
 
 /// A UDP DNS server answering A queries from a fixed table.
 ///
-/// A name in the table gets its address for type A and an empty NOERROR
-/// answer for other types (so `AAAA` lookups end quickly); any other name
-/// gets NXDOMAIN. Names match without regard to case or a trailing dot.
-/// Every query is recorded as a [`DnsQuery`].
+/// A name in the table gets its addresses (every entry with that name, in
+/// table order) for type A and an empty NOERROR answer for other types (so
+/// `AAAA` lookups end quickly); any other name gets NXDOMAIN. Names match
+/// without regard to case or a trailing dot. Every query is recorded as a
+/// [`DnsQuery`].
 pub struct DnsResolver {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 struct Shared {
@@ -46,6 +49,8 @@ pub struct DnsQuery {
     pub qtype: u16,
     /// Who asked.
     pub peer: SocketAddr,
+    /// Whether it came over TCP.
+    pub tcp: bool,
 }
 
 impl DnsResolver {
@@ -58,6 +63,25 @@ impl DnsResolver {
 
     /// Serves `records` on `socket` (e.g. bound inside a network namespace).
     pub fn serve(socket: UdpSocket, records: &[(&str, Ipv4Addr)]) -> DnsResolver {
+        DnsResolver::serve_both(socket, None, records)
+    }
+
+    /// Serves `records` on `socket` and, over TCP (two-byte length
+    /// prefixes, RFC 1035 §4.2.2), on `listener`: a resolver told to use
+    /// TCP (`options use-vc`) asks there.
+    pub fn serve_with_tcp(
+        socket: UdpSocket,
+        listener: TcpListener,
+        records: &[(&str, Ipv4Addr)],
+    ) -> DnsResolver {
+        DnsResolver::serve_both(socket, Some(listener), records)
+    }
+
+    fn serve_both(
+        socket: UdpSocket,
+        listener: Option<TcpListener>,
+        records: &[(&str, Ipv4Addr)],
+    ) -> DnsResolver {
         let addr = socket
             .local_addr()
             .unwrap_or_else(|e| panic!("test DNS resolver: no local address: {e}"));
@@ -73,14 +97,23 @@ impl DnsResolver {
             stop: StopFlag::default(),
         });
         let thread_shared = Arc::clone(&shared);
-        let thread = thread::Builder::new()
+        let mut threads = vec![thread::Builder::new()
             .name(format!("dns-{}", addr.port()))
             .spawn(move || serve_loop(&socket, &thread_shared))
-            .unwrap_or_else(|e| panic!("cannot start the test DNS resolver thread: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start the test DNS resolver thread: {e}"))];
+        if let Some(listener) = listener {
+            let thread_shared = Arc::clone(&shared);
+            threads.push(
+                thread::Builder::new()
+                    .name(format!("dns-tcp-{}", addr.port()))
+                    .spawn(move || serve_tcp(&listener, &thread_shared))
+                    .unwrap_or_else(|e| panic!("cannot start the test DNS resolver thread: {e}")),
+            );
+        }
         DnsResolver {
             addr,
             shared,
-            thread: Some(thread),
+            threads,
         }
     }
 
@@ -115,7 +148,7 @@ impl DnsResolver {
 impl Drop for DnsResolver {
     fn drop(&mut self) {
         self.shared.stop.stop();
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -154,32 +187,92 @@ fn serve_loop(socket: &UdpSocket, shared: &Shared) {
                 return;
             }
         };
-        let query = &buf[..len];
-        let reply = match parse_question(query) {
-            Some((name, qtype, question_end)) => {
-                shared.queries.update(|qs| {
-                    qs.push(DnsQuery {
-                        name: name.clone(),
-                        qtype,
-                        peer,
-                    })
-                });
-                let opcode = (query[2] >> 3) & 0x0f;
-                if opcode != 0 {
-                    error_reply(query, Some(question_end), RCODE_NOTIMP)
-                } else {
-                    let answer = shared
-                        .records
-                        .iter()
-                        .find(|(n, _)| *n == name)
-                        .map(|(_, ip)| *ip);
-                    answer_reply(query, question_end, qtype, answer)
-                }
-            }
-            None if len >= HEADER => error_reply(query, None, RCODE_FORMERR),
-            None => continue,
+        let Some(reply) = reply_to(&buf[..len], peer, false, shared) else {
+            continue;
         };
         let _ = socket.send_to(&reply, peer);
+    }
+}
+
+/// The reply to `query` from `peer`, recorded; `None` for something too
+/// short to answer.
+fn reply_to(query: &[u8], peer: SocketAddr, tcp: bool, shared: &Shared) -> Option<Vec<u8>> {
+    Some(match parse_question(query) {
+        Some((name, qtype, question_end)) => {
+            shared.queries.update(|qs| {
+                qs.push(DnsQuery {
+                    name: name.clone(),
+                    qtype,
+                    peer,
+                    tcp,
+                })
+            });
+            let opcode = (query[2] >> 3) & 0x0f;
+            if opcode != 0 {
+                error_reply(query, Some(question_end), RCODE_NOTIMP)
+            } else {
+                let answers: Vec<Ipv4Addr> = shared
+                    .records
+                    .iter()
+                    .filter(|(n, _)| *n == name)
+                    .map(|(_, ip)| *ip)
+                    .collect();
+                answer_reply(query, question_end, qtype, &answers)
+            }
+        }
+        None if query.len() >= HEADER => error_reply(query, None, RCODE_FORMERR),
+        None => return None,
+    })
+}
+
+/// Accepts TCP connections until stopped; each is served on its own thread.
+fn serve_tcp(listener: &TcpListener, shared: &Arc<Shared>) {
+    while !shared.stop.stopped() {
+        match wait_readable(listener, STOP_POLL) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                eprintln!("airlock-e2e: test DNS resolver: poll: {e}");
+                return;
+            }
+        }
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                eprintln!("airlock-e2e: test DNS resolver: accept: {e}");
+                continue;
+            }
+        };
+        let shared = Arc::clone(shared);
+        let _ = thread::Builder::new()
+            .name("dns-tcp-conn".into())
+            .spawn(move || serve_tcp_connection(stream, peer, &shared));
+    }
+}
+
+/// Answers length-prefixed queries until the client closes.
+fn serve_tcp_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    loop {
+        let mut len = [0u8; 2];
+        if stream.read_exact(&mut len).is_err() {
+            return;
+        }
+        let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        if stream.read_exact(&mut query).is_err() {
+            return;
+        }
+        let Some(reply) = reply_to(&query, peer, true, shared) else {
+            return;
+        };
+        let Ok(reply_len) = u16::try_from(reply.len()) else {
+            return;
+        };
+        let mut framed = reply_len.to_be_bytes().to_vec();
+        framed.extend_from_slice(&reply);
+        if stream.write_all(&framed).is_err() {
+            return;
+        }
     }
 }
 
@@ -209,26 +302,25 @@ fn parse_question(msg: &[u8]) -> Option<(String, u16, usize)> {
     Some((labels.join("."), qtype, at + 4))
 }
 
-/// A reply carrying the question and, for an A query of a known name, one
-/// A record; NXDOMAIN for an unknown name.
-fn answer_reply(
-    query: &[u8],
-    question_end: usize,
-    qtype: u16,
-    answer: Option<Ipv4Addr>,
-) -> Vec<u8> {
-    let Some(ip) = answer else {
+/// A reply carrying the question and, for an A query of a known name, its
+/// A records; NXDOMAIN for an unknown name (no addresses).
+fn answer_reply(query: &[u8], question_end: usize, qtype: u16, answers: &[Ipv4Addr]) -> Vec<u8> {
+    if answers.is_empty() {
         return error_reply(query, Some(question_end), RCODE_NXDOMAIN);
-    };
+    }
     let mut reply = error_reply(query, Some(question_end), 0);
     if qtype == TYPE_A {
-        reply[7] = 1; // ANCOUNT
-        reply.extend_from_slice(&[0xc0, HEADER as u8]); // name: pointer to the question
-        reply.extend_from_slice(&TYPE_A.to_be_bytes());
-        reply.extend_from_slice(&CLASS_IN.to_be_bytes());
-        reply.extend_from_slice(&TTL.to_be_bytes());
-        reply.extend_from_slice(&4u16.to_be_bytes());
-        reply.extend_from_slice(&ip.octets());
+        // ANCOUNT: the table is the test's own, a handful of entries.
+        let count = u16::try_from(answers.len()).unwrap_or(u16::MAX);
+        reply[6..8].copy_from_slice(&count.to_be_bytes());
+        for ip in answers.iter().take(usize::from(count)) {
+            reply.extend_from_slice(&[0xc0, HEADER as u8]); // name: pointer to the question
+            reply.extend_from_slice(&TYPE_A.to_be_bytes());
+            reply.extend_from_slice(&CLASS_IN.to_be_bytes());
+            reply.extend_from_slice(&TTL.to_be_bytes());
+            reply.extend_from_slice(&4u16.to_be_bytes());
+            reply.extend_from_slice(&ip.octets());
+        }
     }
     reply
 }
@@ -304,6 +396,35 @@ mod tests {
                 ("other.test".to_string(), TYPE_A)
             ]
         );
+    }
+
+    #[test]
+    fn several_addresses_and_tcp() {
+        let (a, b) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp_addr = listener.local_addr().unwrap();
+        let resolver = DnsResolver::serve_with_tcp(
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            listener,
+            &[("two.test", a), ("other.test", b), ("two.test", b)],
+        );
+        let r = ask(&resolver, &query("two.test", TYPE_A));
+        assert_eq!(u16::from_be_bytes([r[6], r[7]]), 2, "two answers");
+        assert_eq!(&r[r.len() - 20..r.len() - 16], &a.octets());
+        assert_eq!(&r[r.len() - 4..], &b.octets());
+
+        let q = query("other.test", TYPE_A);
+        let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&q);
+        let mut stream = TcpStream::connect(tcp_addr).unwrap();
+        stream.write_all(&framed).unwrap();
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).unwrap();
+        let mut r = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut r).unwrap();
+        assert_eq!(&r[r.len() - 4..], &b.octets());
+        let last = resolver.queries().pop().unwrap();
+        assert_eq!((last.name.as_str(), last.tcp), ("other.test", true));
     }
 
     #[test]

@@ -713,3 +713,58 @@ fn airlock_fs_survives_malformed_vhost_user_messages() {
     let (daemon, socket) = start_fs(&mut rig, &share, &[]);
     malformed_sessions(&daemon, &socket);
 }
+
+/// A client that connects and sends nothing, and one that sends half a
+/// header, are dropped after the handshake timeout: the frontend queued
+/// behind them is served (it used to wait for as long as they stayed).
+fn silent_clients_then_a_frontend(daemon: &DaemonHandle, socket: &Path) {
+    wait_log(daemon, "ready for a frontend", 1, Duration::from_secs(10));
+    let silent = RawFrontend::connect(socket).unwrap();
+    let mut half = RawFrontend::connect(socket).unwrap();
+    half.send_bytes(
+        &frontend::header(req::GET_FEATURES, frontend::VERSION_1, 0)[..6],
+        &[],
+    )
+    .unwrap();
+    let mut front = RawFrontend::connect(socket).unwrap();
+    // Bounded by two handshake timeouts (10 s each), not asserted on.
+    let reply = front
+        .request(req::GET_FEATURES, &[], &[])
+        .and_then(|()| front.read_reply(Duration::from_secs(60)))
+        .unwrap();
+    let features = reply.and_then(|r| r.value());
+    assert!(
+        features.is_some_and(|f| f & frontend::F_PROTOCOL_FEATURES != 0),
+        "no answer behind the silent clients: {features:?}\n{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("no complete message within 10s (0 bytes received)")
+            && log.contains("no complete message within 10s (6 bytes received)"),
+        "{log}"
+    );
+    drop((silent, half, front));
+    assert!(daemon.is_running());
+}
+
+#[test]
+fn airlock_net_serves_the_frontend_behind_a_silent_client() {
+    let mut rig = Rig::new("hardening_vu_net_silent");
+    let (daemon, socket) = start_net(
+        &mut rig,
+        "airlock-net",
+        "net.sock",
+        &["--dns-upstream".into(), "127.0.0.1:9".into()],
+    );
+    silent_clients_then_a_frontend(&daemon, &socket);
+}
+
+#[test]
+fn airlock_fs_serves_the_frontend_behind_a_silent_client() {
+    let mut rig = Rig::new("hardening_vu_fs_silent");
+    let share = rig.dir().join("share");
+    fs::create_dir(&share).unwrap();
+    let (daemon, socket) = start_fs(&mut rig, &share, &[]);
+    silent_clients_then_a_frontend(&daemon, &socket);
+}

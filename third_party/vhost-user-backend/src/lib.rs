@@ -174,6 +174,16 @@ where
         self.start_daemon(backend_handler)
     }
 
+    /// Run a dedicated thread handling all requests coming through `stream`,
+    /// a connection the caller accepted itself (for instance to give up on
+    /// a client that never sends a message, instead of waiting for it with
+    /// the listener held).
+    // Airlock patch: serving an already accepted connection.
+    pub fn start_stream(&mut self, stream: std::os::unix::net::UnixStream) -> Result<()> {
+        let backend_handler = BackendReqHandler::from_stream(stream, self.handler.clone());
+        self.start_daemon(backend_handler)
+    }
+
     fn accept(
         &self,
         backend_listener: &mut BackendListener<Mutex<VhostUserHandler<T>>>,
