@@ -658,3 +658,41 @@ fn the_live_search_list_reaches_dnssl_and_dhcpv6() {
     gw.control(&mut tx);
     assert_eq!(domain_list(&mut gw, &mut tx), None);
 }
+
+/// A record added at run time (control API) answers AAAA as well as A, to
+/// queries over either family.
+#[test]
+fn runtime_records_answer_aaaa_and_a_over_v6() {
+    use crate::services::dns::RecordData;
+    let (mut gw, shared) = gateway();
+    let mut tx = Recorder::default();
+    let v6: Ipv6Addr = "fd00::5".parse().unwrap();
+    for data in [
+        RecordData::Aaaa(v6),
+        RecordData::A(std::net::Ipv4Addr::new(10, 0, 0, 5)),
+    ] {
+        assert!(shared.dns_add_record("db.test", data).unwrap());
+    }
+    gw.control(&mut tx);
+    let ask = |gw: &mut Gateway, tx: &mut Recorder, qtype: u16| {
+        tx.frames.clear();
+        let mut q = dns_query(10, "db.test");
+        let at = q.len() - 4;
+        q[at..at + 2].copy_from_slice(&qtype.to_be_bytes());
+        gw.guest_frame(&udp6(5354, GW6, 53, &q), false, tx);
+        let (_, _, reply) = udp6_out(tx).pop().expect("a reply");
+        assert_eq!(u16::from_be_bytes([reply[6], reply[7]]), 1, "one answer");
+        reply
+    };
+    assert!(ask(&mut gw, &mut tx, 28).ends_with(&v6.octets()));
+    assert!(ask(&mut gw, &mut tx, 1).ends_with(&[10, 0, 0, 5]));
+    // Removed: the name is no longer local (no resolver here: SERVFAIL).
+    shared.dns_remove_records("db.test", None).unwrap();
+    tx.frames.clear();
+    let mut q = dns_query(11, "db.test");
+    let at = q.len() - 4;
+    q[at..at + 2].copy_from_slice(&28u16.to_be_bytes());
+    gw.guest_frame(&udp6(5354, GW6, 53, &q), false, &mut tx);
+    let (_, _, reply) = udp6_out(&tx).pop().expect("a reply");
+    assert_eq!(reply[3] & 0x0f, 2, "SERVFAIL");
+}
