@@ -12,9 +12,15 @@
 //! | `GET` [`STATS`] | 200 | [`Stats`] |
 //! | `GET` [`FLOWS`] | 200 | `[`[`FlowInfo`]`]` |
 //! | `GET` [`LEASES`] | 200 | `[`[`Lease`]`]` |
+//! | `GET` [`DNS`] | 200 | [`DnsInfo`] |
+//! | `POST` [`DNS_ADD`] [`DnsRecord`] | 200 | the added [`DnsRecord`] |
+//! | `POST` [`DNS_REMOVE`] [`DnsRemoveRequest`] | 200 | `[`[`DnsRecord`]`]` removed |
+//! | `POST` [`GV_DNS_ADD`] [`GvZone`] | 200 | the zone as stored ([`GvZone`]) |
+//! | `GET` [`GV_DNS_ALL`] | 200 | `[`[`GvZone`]`]` |
 //!
 //! Errors are `{"error": "…"}` ([`ErrorBody`]).
 
+pub mod dns;
 pub mod publish;
 
 use std::fmt;
@@ -22,6 +28,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+pub use dns::*;
 pub use publish::{guest_ipv6, parse_publish, PortSpec, SpecError, GUEST_IPV6};
 
 /// `POST`: publish a port (gvisor-tap-vsock's forwarder API).
@@ -159,6 +166,8 @@ pub struct Stats {
     pub flows: FlowCounts,
     /// Dropped frames by reason (`malformed`, `flow_limit`, …).
     pub drops: Vec<(String, u64)>,
+    /// The DNS service and its upstream resolvers.
+    pub dns: DnsStats,
 }
 
 /// Frames and bytes in one direction.

@@ -13,8 +13,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use airlock_api::{
-    parse_publish as parse_spec, ExposeRequest, FlowInfo, Lease, PortEntry, PortSpec, Proto,
-    SpecError, Stats, UnexposeRequest, ALL, EXPOSE, FLOWS, LEASES, STATS, UNEXPOSE,
+    parse_publish as parse_spec, DnsInfo, DnsRecord, DnsRemoveRequest, ExposeRequest, FlowInfo,
+    Lease, PortEntry, PortSpec, Proto, SpecError, Stats, UnexposeRequest, ALL, DNS, DNS_ADD,
+    DNS_REMOVE, EXPOSE, FLOWS, LEASES, STATS, UNEXPOSE,
 };
 use clap::{Parser, Subcommand};
 
@@ -28,14 +29,15 @@ pub const DEFAULT_SOCKET: &str = "/run/airlock/net.api";
 #[command(
     name = "airlock",
     version,
-    about = "Control a running airlock-net: publish ports, show stats, flows and leases",
+    about = "Control a running airlock-net: publish ports, DNS records, show stats, flows and leases",
     long_about = "Control a running airlock-net through its control API (airlock-net \
---api-socket PATH): publish and unpublish ports while the guest runs, and show the \
-gateway's counters, current flows and DHCP leases. Tables by default; --json prints the \
-API's JSON.",
+--api-socket PATH): publish and unpublish ports and add or remove the names its DNS \
+answers while the guest runs, and show the gateway's counters, current flows, DHCP leases \
+and DNS settings. Tables by default; --json prints the API's JSON.",
     after_help = "Examples:\n  airlock publish 8080:80              host 127.0.0.1:8080 -> guest port 80\n  \
 airlock publish 0.0.0.0:5353:53/udp  every interface, UDP\n  airlock unpublish 8080\n  \
-airlock ports\n  airlock --json stats\n\n\
+airlock ports\n  airlock dns add db.test 10.0.0.5      the guest resolves db.test\n  \
+airlock dns ls\n  airlock --json stats\n\n\
 Exit status: 0 on success, 1 if airlock-net cannot be reached or refuses, 2 for usage errors."
 )]
 pub struct Cli {
@@ -88,6 +90,38 @@ pub enum Command {
     Flows,
     /// List the DHCP leases.
     Leases,
+    /// The gateway's DNS: add and remove the names it answers, show its
+    /// resolvers, search list, zones and records.
+    #[command(subcommand)]
+    Dns(DnsCommand),
+}
+
+#[derive(Subcommand, Debug, PartialEq, Eq)]
+pub enum DnsCommand {
+    /// Add a record: VALUE is an IPv4 address (A), an IPv6 address (AAAA)
+    /// or a host name (CNAME). *.NAME answers for every name below NAME
+    /// that has no records of its own. The guest sees it at once; it lasts
+    /// until airlock-net stops (use --dns-record for good).
+    Add {
+        /// The name (db.test), or *.NAME for every name below NAME.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// An IPv4 address, an IPv6 address or a host name.
+        #[arg(value_name = "VALUE")]
+        value: String,
+    },
+    /// Remove the records of NAME, or only the one with VALUE.
+    Rm {
+        /// The name whose records go.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Only the record with this address or target.
+        #[arg(value_name = "VALUE")]
+        value: Option<String>,
+    },
+    /// Show the resolvers (and where they come from), the search list, the
+    /// zones and every record.
+    Ls,
 }
 
 /// A command-line value that does not parse (exit status 2).
@@ -187,6 +221,51 @@ pub fn run(cli: &Cli) -> Result<String, CliError> {
         Command::Leases => show(&client, LEASES, cli.json, |l: Vec<Lease>| {
             render::leases(&l)
         }),
+        Command::Dns(DnsCommand::Ls) => show(&client, DNS, cli.json, |d: DnsInfo| render::dns(&d)),
+        Command::Dns(DnsCommand::Add { name, value }) => {
+            let req = DnsRecord {
+                name: name.clone(),
+                rtype: None,
+                value: value.clone(),
+                source: None,
+            };
+            let reply = client.post(DNS_ADD, &req)?;
+            let added: DnsRecord =
+                serde_json::from_slice(&reply.body).map_err(|e| CliError::Decode(DNS_ADD, e))?;
+            Ok(if cli.json {
+                json_text(&reply.body)
+            } else {
+                format!(
+                    "added {} {} {}\n",
+                    added.name,
+                    added.rtype.unwrap_or_default(),
+                    added.value
+                )
+            })
+        }
+        Command::Dns(DnsCommand::Rm { name, value }) => {
+            let req = DnsRemoveRequest {
+                name: name.clone(),
+                value: value.clone(),
+            };
+            let reply = client.post(DNS_REMOVE, &req)?;
+            let gone: Vec<DnsRecord> =
+                serde_json::from_slice(&reply.body).map_err(|e| CliError::Decode(DNS_REMOVE, e))?;
+            Ok(if cli.json {
+                json_text(&reply.body)
+            } else {
+                gone.iter()
+                    .map(|r| {
+                        format!(
+                            "removed {} {} {}\n",
+                            r.name,
+                            r.rtype.as_deref().unwrap_or_default(),
+                            r.value
+                        )
+                    })
+                    .collect()
+            })
+        }
     }
 }
 
@@ -394,12 +473,35 @@ mod tests {
                 spec: "0.0.0.0:8080/udp".into()
             }
         );
+        assert_eq!(
+            parse(&["dns", "add", "db.test", "10.0.0.5"])
+                .unwrap()
+                .command,
+            Command::Dns(DnsCommand::Add {
+                name: "db.test".into(),
+                value: "10.0.0.5".into()
+            })
+        );
+        assert_eq!(
+            parse(&["dns", "rm", "db.test"]).unwrap().command,
+            Command::Dns(DnsCommand::Rm {
+                name: "db.test".into(),
+                value: None
+            })
+        );
+        assert_eq!(
+            parse(&["dns", "ls"]).unwrap().command,
+            Command::Dns(DnsCommand::Ls)
+        );
         for bad in [
             &[][..],
             &["publish"],
             &["nope"],
             &["ports", "extra"],
             &["--jsn", "ports"],
+            &["dns"],
+            &["dns", "add", "db.test"],
+            &["dns", "rm"],
         ] {
             let e = parse(bad).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad:?}");

@@ -1,6 +1,6 @@
 //! Readable tables of what the control API returns.
 
-use airlock_api::{FlowCount, FlowInfo, Lease, PortEntry, Stats};
+use airlock_api::{DnsInfo, FlowCount, FlowInfo, Lease, PortEntry, Stats};
 
 #[derive(Copy, Clone, PartialEq, Eq)]
 enum Align {
@@ -131,7 +131,101 @@ pub fn stats(s: &Stats) -> String {
         .map(|(reason, n)| vec![reason.clone(), n.to_string()])
         .collect();
     let drops = table(&["DROPPED", "COUNT"], &[1], &drops);
-    format!("{traffic}\n{flows}\n{drops}")
+    let d = &s.dns;
+    let answered = table(
+        &["DNS", "LOCAL", "FORWARDED", "FAILED"],
+        &[1, 2, 3],
+        &[vec![
+            "queries".into(),
+            d.local.to_string(),
+            d.forwarded.to_string(),
+            d.failed.to_string(),
+        ]],
+    );
+    let upstreams: Vec<Vec<String>> = d
+        .upstreams
+        .iter()
+        .map(|u| {
+            let state = match (u.in_use, u.down) {
+                (false, _) => "unused",
+                (true, true) => "down",
+                (true, false) => "up",
+            };
+            vec![
+                u.address.clone(),
+                state.into(),
+                u.queries.to_string(),
+                u.tcp_queries.to_string(),
+                u.answers.to_string(),
+                u.timeouts.to_string(),
+                u.unreachable.to_string(),
+            ]
+        })
+        .collect();
+    let upstreams = if upstreams.is_empty() {
+        "no upstream resolvers\n".to_owned()
+    } else {
+        table(
+            &[
+                "UPSTREAM",
+                "STATE",
+                "UDP",
+                "TCP",
+                "ANSWERS",
+                "TIMEOUTS",
+                "UNREACHABLE",
+            ],
+            &[2, 3, 4, 5, 6],
+            &upstreams,
+        )
+    };
+    format!("{traffic}\n{flows}\n{drops}\n{answered}\n{upstreams}")
+}
+
+/// `airlock dns ls`: where the resolvers come from and which they are,
+/// the search list, the zones, and the records.
+pub fn dns(d: &DnsInfo) -> String {
+    let none = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(" ")
+        }
+    };
+    let mut out = format!(
+        "resolvers: {} (from {})\nsearch: {}\n",
+        none(&d.upstreams),
+        d.source,
+        none(&d.search)
+    );
+    if !d.zones.is_empty() {
+        let rows: Vec<Vec<String>> = d
+            .zones
+            .iter()
+            .map(|z| vec![z.zone.clone(), z.target.clone()])
+            .collect();
+        out.push('\n');
+        out.push_str(&table(&["ZONE", "ANSWERED BY"], &[], &rows));
+    }
+    out.push('\n');
+    if d.records.is_empty() {
+        out.push_str("no records\n");
+    } else {
+        let rows: Vec<Vec<String>> = d
+            .records
+            .iter()
+            .map(|r| {
+                vec![
+                    r.name.clone(),
+                    r.rtype.clone().unwrap_or_default(),
+                    r.value.clone(),
+                    r.source.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["NAME", "TYPE", "VALUE", "SOURCE"], &[], &rows));
+    }
+    out
 }
 
 pub fn flows(flows: &[FlowInfo]) -> String {
@@ -273,7 +367,67 @@ mod tests {
              \n\
              DROPPED    COUNT\n\
              malformed      0\n\
-             policy         1\n"
+             policy         1\n\
+             \n\
+             DNS      LOCAL  FORWARDED  FAILED\n\
+             queries      0          0       0\n\
+             \n\
+             no upstream resolvers\n"
+        );
+        let s: Stats = serde_json::from_value(serde_json::json!({
+            "dns": {"local": 5, "forwarded": 7, "failed": 1, "upstreams": [
+                {"address": "127.0.0.53:53", "in_use": true, "queries": 9, "answers": 6, "timeouts": 3, "down": true},
+                {"address": "10.0.0.1:53", "in_use": false, "answers": 2, "tcp_queries": 1},
+            ]},
+        }))
+        .unwrap();
+        let text = stats(&s);
+        let tail: Vec<&str> = text.lines().rev().take(6).collect();
+        assert_eq!(
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            "DNS      LOCAL  FORWARDED  FAILED\n\
+             queries      5          7       1\n\
+             \n\
+             UPSTREAM       STATE   UDP  TCP  ANSWERS  TIMEOUTS  UNREACHABLE\n\
+             127.0.0.53:53  down      9    0        6         3            0\n\
+             10.0.0.1:53    unused    0    1        2         0            0"
+        );
+    }
+
+    #[test]
+    fn dns_listing() {
+        let d: DnsInfo = serde_json::from_value(serde_json::json!({
+            "source": "/etc/resolv.conf",
+            "upstreams": ["127.0.0.53:53"],
+            "search": ["corp.test", "lab.test"],
+            "zones": [{"zone": "airlock.internal", "target": "local"},
+                      {"zone": "corp.test", "target": "10.0.0.53:53"}],
+            "records": [
+                {"name": "host.airlock.internal", "type": "A", "value": "192.168.127.254", "source": "builtin"},
+                {"name": "db.test", "type": "CNAME", "value": "host.airlock.internal", "source": "api"},
+            ],
+        }))
+        .unwrap();
+        assert_eq!(
+            dns(&d),
+            "resolvers: 127.0.0.53:53 (from /etc/resolv.conf)\n\
+             search: corp.test lab.test\n\
+             \n\
+             ZONE              ANSWERED BY\n\
+             airlock.internal  local\n\
+             corp.test         10.0.0.53:53\n\
+             \n\
+             NAME                   TYPE   VALUE                  SOURCE\n\
+             host.airlock.internal  A      192.168.127.254        builtin\n\
+             db.test                CNAME  host.airlock.internal  api\n"
+        );
+        let empty = DnsInfo {
+            source: "--dns-upstream".into(),
+            ..DnsInfo::default()
+        };
+        assert_eq!(
+            dns(&empty),
+            "resolvers: none (from --dns-upstream)\nsearch: none\n\nno records\n"
         );
     }
 

@@ -303,3 +303,98 @@ fn a_daemon_that_never_answers_is_a_timeout() {
         )
     );
 }
+
+#[test]
+fn dns_records_add_list_remove_through_the_daemon() {
+    let net = Net::start();
+    let ls = stdout(&net.airlock(&["dns", "ls"]));
+    assert!(
+        ls.starts_with("resolvers: 127.0.0.1:53 (from --dns-upstream)\nsearch: none\n"),
+        "{ls}"
+    );
+    assert!(ls.contains("airlock.internal  local"), "{ls}");
+    assert!(
+        ls.contains("host.airlock.internal     A     192.168.127.254          builtin\n"),
+        "{ls}"
+    );
+    assert!(
+        ls.contains("host.airlock.internal     AAAA  fd61:6972:c0a8:7f00::fe  builtin\n"),
+        "{ls}"
+    );
+
+    assert_eq!(
+        stdout(&net.airlock(&["dns", "add", "DB.Test.", "10.0.0.5"])),
+        "added db.test A 10.0.0.5\n"
+    );
+    assert_eq!(
+        stdout(&net.airlock(&["dns", "add", "db.test", "fd00::5"])),
+        "added db.test AAAA fd00::5\n"
+    );
+    let v: Value = serde_json::from_str(&stdout(
+        &net.airlock(&["--json", "dns", "add", "www.test", "db.test"]),
+    ))
+    .unwrap();
+    assert_eq!(
+        v,
+        json!({"name": "www.test", "type": "CNAME", "value": "db.test", "source": "api"})
+    );
+    let ls = stdout(&net.airlock(&["dns", "ls"]));
+    let rows: Vec<Vec<&str>> = ls.lines().map(|l| l.split_whitespace().collect()).collect();
+    for row in [
+        ["db.test", "A", "10.0.0.5", "api"],
+        ["db.test", "AAAA", "fd00::5", "api"],
+        ["www.test", "CNAME", "db.test", "api"],
+    ] {
+        assert!(rows.iter().any(|r| *r == row), "{row:?} not in\n{ls}");
+    }
+
+    // The daemon's refusals: exit 1 with its reason.
+    let err = failure(&net.airlock(&["dns", "add", "www.test", "10.0.0.6"]), 1);
+    assert!(
+        err.contains("a CNAME must be the name's only record (HTTP 409)"),
+        "{err}"
+    );
+    let err = failure(&net.airlock(&["dns", "add", "bad name", "10.0.0.6"]), 1);
+    assert!(err.contains("(HTTP 400)"), "{err}");
+    let err = failure(&net.airlock(&["dns", "add", "x.test", "10.0.0"]), 1);
+    assert!(
+        err.contains("invalid value \"10.0.0\"") && err.contains("(HTTP 400)"),
+        "{err}"
+    );
+    let err = failure(&net.airlock(&["dns", "rm", "host.airlock.internal"]), 1);
+    assert!(
+        err.contains("built-in names") && err.contains("(HTTP 403)"),
+        "{err}"
+    );
+
+    assert_eq!(
+        stdout(&net.airlock(&["dns", "rm", "db.test", "fd00::5"])),
+        "removed db.test AAAA fd00::5\n"
+    );
+    assert_eq!(
+        stdout(&net.airlock(&["dns", "rm", "db.test"])),
+        "removed db.test A 10.0.0.5\n"
+    );
+    let err = failure(&net.airlock(&["dns", "rm", "db.test"]), 1);
+    assert!(
+        err.contains("no local DNS record db.test (HTTP 404)"),
+        "{err}"
+    );
+    let v: Value = serde_json::from_str(&stdout(&net.airlock(&["dns", "ls", "--json"]))).unwrap();
+    let names: Vec<&str> = v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"www.test") && !names.contains(&"db.test"),
+        "{v}"
+    );
+    // The counters of the resolvers are in the stats.
+    let stats = stdout(&net.airlock(&["stats"]));
+    assert!(
+        stats.contains("UPSTREAM") && stats.contains("127.0.0.1:53  up"),
+        "{stats}"
+    );
+}

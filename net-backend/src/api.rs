@@ -10,6 +10,11 @@
 //! | `GET /stats` | 200 | the gateway's counters ([`airlock_api::Stats`]) |
 //! | `GET /flows` | 200 | the current guest's flows ([`FlowInfo`]) |
 //! | `GET /leases` | 200 | `[{"mac":"52:54:00:…","ip":…,"hostname":…,"expires_in":SECONDS}]` |
+//! | `GET /dns` | 200 | resolvers, their source, search list, zones, records ([`DnsInfo`]) |
+//! | `POST /dns/add` `{"name":"web.test","value":"10.0.0.5"}` (`"type":"A"` optional) | 200 | the record, also if it existed |
+//! | `POST /dns/remove` `{"name":"web.test"}` (`"value":…` to remove one) | 200 | the records removed |
+//! | `POST /services/dns/add` `{"Name":"apps.test.","Records":[{"Name":"a","IP":"10.0.0.5"}],"DefaultIP":"10.0.0.9"}` | 200 | the zone as stored |
+//! | `GET /services/dns/all` | 200 | the local zones, gvisor-tap-vsock's shape |
 //! | `GET /metrics` | 200 | the counters, flows and leases in Prometheus' text format ([`crate::metrics`]) |
 //!
 //! As in gvisor-tap-vsock, `protocol` is `tcp` (the default when it is
@@ -26,6 +31,19 @@
 //! limits) or 500. Clients of gvisor-tap-vsock only test for 200 and show
 //! the body otherwise, so they keep working.
 //!
+//! DNS records: a value is an IPv4 address (A), an IPv6 address (AAAA) or a
+//! host name (CNAME); a name `*.zone` answers for every name below `zone`
+//! without records of its own. Errors: 400 (invalid name or value, a
+//! `type` that does not match the value), 404 (nothing to remove), 403
+//! (the gateway's built-in names), 409 (a CNAME beside other records, too
+//! many records). `/services/dns/add` takes gvisor-tap-vsock's `types.Zone`
+//! (field names in any case, as Go reads them): the zone becomes local
+//! (NXDOMAIN for names without records) unless it has a rule already, each
+//! record becomes the only address of `NAME.ZONE`, and `DefaultIP` the
+//! address of every other name in the zone (gvisor-tap-vsock answers A
+//! queries only; here AAAA works too, and `Regexp` records are refused
+//! with 400). Records last until the daemon stops.
+//!
 //! Connections are served by one thread each, at most
 //! [`MAX_CONNECTIONS`] at a time (more are answered 503 and closed).
 
@@ -41,10 +59,12 @@ use std::thread;
 use std::time::Duration;
 
 use airlock_api::{
-    ExposeRequest, FlowInfo, Lease, PortEntry, PortSpec, Proto, SpecError, Stats, UnexposeRequest,
+    DnsInfo, DnsRecord, DnsRemoveRequest, ExposeRequest, FlowInfo, GvZone, Lease, PortEntry,
+    PortSpec, Proto, SpecError, Stats, UnexposeRequest,
 };
 use airlock_common::listen::{bind_path, ListenError};
 use airlock_netcore::publish::PublishError;
+use airlock_netcore::services::dns::{api_record, DnsError, LocalRecord, RecordData};
 use airlock_netcore::{GatewayConfig, Shared};
 use serde::Deserialize;
 
@@ -81,6 +101,22 @@ pub trait Control: Send + Sync + 'static {
     fn flows(&self) -> Option<Vec<FlowInfo>>;
     /// The DHCP leases; `None` if the data path did not answer.
     fn leases(&self) -> Option<Vec<Lease>>;
+    fn dns(&self) -> DnsInfo;
+    /// Adds a record; `Ok(false)`: it existed already.
+    fn dns_add(&self, name: &str, data: RecordData) -> Result<bool, DnsError>;
+    fn dns_remove(
+        &self,
+        name: &str,
+        data: Option<&RecordData>,
+    ) -> Result<Vec<LocalRecord>, DnsError>;
+    /// gvisor-tap-vsock's zone: returns the zone's name as stored.
+    fn dns_add_zone(
+        &self,
+        zone: &str,
+        records: &[(String, IpAddr)],
+        default: Option<IpAddr>,
+    ) -> Result<String, DnsError>;
+    fn dns_zones(&self) -> Vec<GvZone>;
 }
 
 impl Control for Shared {
@@ -94,7 +130,9 @@ impl Control for Shared {
         Shared::published(self)
     }
     fn stats(&self) -> Stats {
-        self.stats.snapshot()
+        let mut stats = self.stats.snapshot();
+        stats.dns = self.dns.stats();
+        stats
     }
     fn dns_queries(&self) -> Vec<(&'static str, u64)> {
         self.stats.dns_queries()
@@ -104,6 +142,30 @@ impl Control for Shared {
     }
     fn leases(&self) -> Option<Vec<Lease>> {
         self.current_guest(GUEST_QUERY_TIMEOUT).map(|g| g.leases)
+    }
+    fn dns(&self) -> DnsInfo {
+        self.dns.view().info()
+    }
+    fn dns_add(&self, name: &str, data: RecordData) -> Result<bool, DnsError> {
+        self.dns_add_record(name, data)
+    }
+    fn dns_remove(
+        &self,
+        name: &str,
+        data: Option<&RecordData>,
+    ) -> Result<Vec<LocalRecord>, DnsError> {
+        self.dns_remove_records(name, data)
+    }
+    fn dns_add_zone(
+        &self,
+        zone: &str,
+        records: &[(String, IpAddr)],
+        default: Option<IpAddr>,
+    ) -> Result<String, DnsError> {
+        self.dns_add_gv_zone(zone, records, default)
+    }
+    fn dns_zones(&self) -> Vec<GvZone> {
+        self.dns.view().gv_zones()
     }
 }
 
@@ -250,6 +312,36 @@ fn chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+fn dns_error(e: &DnsError) -> Response {
+    let status = match e {
+        DnsError::NoSuchRecord(_) => 404,
+        DnsError::BuiltinRecord(_) => 403,
+        DnsError::CnameConflict(_) | DnsError::TooManyRecords(_) => 409,
+        _ => 400,
+    };
+    Response::error(status, &chain(e))
+}
+
+/// A record's value, checked against its `type` if one is given.
+fn record_value(rtype: Option<&str>, value: &str) -> Result<RecordData, Response> {
+    let data = RecordData::parse(value).map_err(|e| {
+        Response::error(
+            400,
+            &format!("invalid value {value:?}: expected an IPv4 address (A), an IPv6 address (AAAA) or a host name (CNAME): {e}"),
+        )
+    })?;
+    match rtype {
+        Some(t) if !t.eq_ignore_ascii_case(data.type_name()) => Err(Response::error(
+            400,
+            &format!(
+                "type {t:?} does not match value {value:?}, which is a {} record (A, AAAA or CNAME)",
+                data.type_name()
+            ),
+        )),
+        _ => Ok(data),
+    }
+}
+
 fn publish_error(e: &PublishError) -> Response {
     let status = match e {
         PublishError::Duplicate(_) => 409,
@@ -277,6 +369,11 @@ enum Endpoint {
     Stats,
     Flows,
     Leases,
+    Dns,
+    DnsAdd,
+    DnsRemove,
+    GvDnsAdd,
+    GvDnsAll,
     Metrics,
 }
 
@@ -288,6 +385,11 @@ const ROUTES: &[(&str, Endpoint, bool)] = &[
     ("/stats", Endpoint::Stats, true),
     ("/flows", Endpoint::Flows, true),
     ("/leases", Endpoint::Leases, true),
+    ("/dns", Endpoint::Dns, true),
+    ("/dns/add", Endpoint::DnsAdd, false),
+    ("/dns/remove", Endpoint::DnsRemove, false),
+    ("/services/dns/add", Endpoint::GvDnsAdd, false),
+    ("/services/dns/all", Endpoint::GvDnsAll, true),
     ("/metrics", Endpoint::Metrics, true),
 ];
 
@@ -355,6 +457,109 @@ impl<C: Control> Api<C> {
                 );
                 Response::text(200, text, crate::metrics::CONTENT_TYPE)
             }
+            Endpoint::Dns => Response::json(200, &self.control.dns()),
+            Endpoint::DnsAdd => self.dns_add(&req.body),
+            Endpoint::DnsRemove => self.dns_remove(&req.body),
+            Endpoint::GvDnsAdd => self.gv_dns_add(&req.body),
+            Endpoint::GvDnsAll => Response::json(200, &self.control.dns_zones()),
+        }
+    }
+
+    fn dns_add(&self, body: &[u8]) -> Response {
+        let req: DnsRecord = match parse_body(body) {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+        let data = match record_value(req.rtype.as_deref(), &req.value) {
+            Ok(d) => d,
+            Err(r) => return r,
+        };
+        match self.control.dns_add(&req.name, data.clone()) {
+            Ok(_) => {
+                let name = req.name.trim_end_matches('.').to_ascii_lowercase();
+                Response::json(
+                    200,
+                    &DnsRecord {
+                        name,
+                        rtype: Some(data.type_name().to_owned()),
+                        value: data.to_string(),
+                        source: Some("api".to_owned()),
+                    },
+                )
+            }
+            Err(e) => dns_error(&e),
+        }
+    }
+
+    fn dns_remove(&self, body: &[u8]) -> Response {
+        let req: DnsRemoveRequest = match parse_body(body) {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+        let data = match req
+            .value
+            .as_deref()
+            .map(|v| record_value(None, v))
+            .transpose()
+        {
+            Ok(d) => d,
+            Err(r) => return r,
+        };
+        match self.control.dns_remove(&req.name, data.as_ref()) {
+            Ok(gone) => Response::json(200, &gone.iter().map(api_record).collect::<Vec<_>>()),
+            Err(e) => dns_error(&e),
+        }
+    }
+
+    fn gv_dns_add(&self, body: &[u8]) -> Response {
+        let zone: GvZone = match parse_body(body) {
+            Ok(z) => z,
+            Err(r) => return r,
+        };
+        let parsed = (|| {
+            if zone.name.trim_end_matches('.').is_empty() {
+                return Err("the zone has no Name".to_owned());
+            }
+            let mut records = Vec::new();
+            for r in &zone.records {
+                if r.regexp.is_some() {
+                    return Err(format!(
+                        "record {:?}: Regexp records are not supported by airlock-net; use DefaultIP for every name of the zone",
+                        r.name
+                    ));
+                }
+                if r.name.is_empty() {
+                    return Err("a record has no Name".to_owned());
+                }
+                let ip =
+                    r.ip.parse::<IpAddr>()
+                        .map_err(|_| format!("record {:?}: invalid IP {:?}", r.name, r.ip))?;
+                records.push((r.name.clone(), ip));
+            }
+            let default = match zone.default_ip.as_str() {
+                "" => None,
+                ip => Some(
+                    ip.parse::<IpAddr>()
+                        .map_err(|_| format!("invalid DefaultIP {ip:?}"))?,
+                ),
+            };
+            Ok((records, default))
+        })();
+        let (records, default) = match parsed {
+            Ok(p) => p,
+            Err(message) => return Response::error(400, &message),
+        };
+        match self.control.dns_add_zone(&zone.name, &records, default) {
+            Ok(name) => {
+                let stored = self
+                    .control
+                    .dns_zones()
+                    .into_iter()
+                    .find(|z| z.name.trim_end_matches('.') == name)
+                    .unwrap_or_default();
+                Response::json(200, &stored)
+            }
+            Err(e) => dns_error(&e),
         }
     }
 
@@ -579,12 +784,43 @@ mod tests {
     use std::time::Duration;
 
     use airlock_api::Direction;
+    use airlock_netcore::services::dns::{
+        DnsSettings, LiveDns, LocalRecords, RecordSource, ZoneSpec, ZoneTarget,
+    };
 
-    /// A daemon that records publishes and refuses ports in `taken`.
-    #[derive(Default)]
+    /// A daemon that records publishes and refuses ports in `taken`; its
+    /// DNS service is a real one.
     struct Fake {
         ports: Mutex<Vec<PortSpec>>,
         taken: Vec<SocketAddr>,
+        dns: LiveDns,
+    }
+
+    impl Default for Fake {
+        fn default() -> Fake {
+            let mut records = LocalRecords::new();
+            records
+                .add(
+                    "gateway.airlock.internal",
+                    RecordData::A(Ipv4Addr::new(192, 168, 127, 1)),
+                    RecordSource::Builtin,
+                )
+                .unwrap();
+            Fake {
+                ports: Mutex::default(),
+                taken: Vec::new(),
+                dns: LiveDns::new(DnsSettings {
+                    upstreams: vec!["127.0.0.1:53".parse().unwrap()],
+                    source: "/etc/resolv.conf".into(),
+                    search: vec!["corp.test".into()],
+                    zones: vec![ZoneSpec {
+                        name: "airlock.internal".into(),
+                        target: ZoneTarget::Local,
+                    }],
+                    records,
+                }),
+            }
+        }
     }
 
     impl Control for Fake {
@@ -650,6 +886,30 @@ mod tests {
                 expires_in: Duration::from_millis(3_599_700),
             };
             Some(vec![lease.to_api()])
+        }
+        fn dns(&self) -> DnsInfo {
+            self.dns.view().info()
+        }
+        fn dns_add(&self, name: &str, data: RecordData) -> Result<bool, DnsError> {
+            self.dns.add_record(name, data)
+        }
+        fn dns_remove(
+            &self,
+            name: &str,
+            data: Option<&RecordData>,
+        ) -> Result<Vec<LocalRecord>, DnsError> {
+            self.dns.remove_records(name, data)
+        }
+        fn dns_add_zone(
+            &self,
+            zone: &str,
+            records: &[(String, IpAddr)],
+            default: Option<IpAddr>,
+        ) -> Result<String, DnsError> {
+            self.dns.add_gv_zone(zone, records, default)
+        }
+        fn dns_zones(&self) -> Vec<GvZone> {
+            self.dns.view().gv_zones()
         }
     }
 

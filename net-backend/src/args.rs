@@ -109,18 +109,41 @@ pub struct Args {
     pub lease_time: u64,
 
     /// Resolver for names the gateway does not answer itself: IP or IP:PORT,
-    /// repeatable, tried in order [default: the nameservers in
-    /// /etc/resolv.conf].
+    /// repeatable, tried in order. A fixed list: --resolv-conf is then
+    /// neither read nor watched [default: the nameservers of
+    /// --resolv-conf].
     #[arg(long, value_name = "ADDR")]
     pub dns_upstream: Vec<String>,
 
-    /// Read upstream resolvers from this file instead of /etc/resolv.conf.
+    /// Where the upstream resolvers and the search list come from. The
+    /// file is watched (rewritten, renamed over, or a symlink pointed
+    /// elsewhere) and reread on SIGHUP; new queries use its resolvers at
+    /// once. One that becomes unreadable or names no nameserver leaves the
+    /// last good list in place. With systemd-resolved this is its stub,
+    /// 127.0.0.53, which already follows VPNs and per-link DNS.
     #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
 
-    /// An extra name the gateway's DNS answers: NAME=IP, an IPv4 (A) or
-    /// IPv6 (AAAA) address (repeatable; a name may have one of each).
-    #[arg(long, value_name = "NAME=IP")]
+    /// The search list the guest is given: DHCP options 15 and 119,
+    /// DHCPv6 option 24 and the Router Advertisements' DNSSL. Domains
+    /// separated by commas or spaces; '' gives none [default: the search
+    /// or domain line of --resolv-conf, followed as it changes; none with
+    /// --dns-upstream].
+    #[arg(long, value_name = "LIST")]
+    pub dns_search: Option<String>,
+
+    /// Names in ZONE (and below it) go only to ADDR (IP or IP:PORT;
+    /// repeat the zone for more resolvers, tried in order), or with
+    /// ZONE=local are answered here: NXDOMAIN for names without a record.
+    /// The longest zone that contains a name wins. Repeatable.
+    #[arg(long, value_name = "ZONE=ADDR|local")]
+    pub dns_zone: Vec<String>,
+
+    /// An extra record the gateway's DNS answers: NAME=IPv4 (A),
+    /// NAME=IPv6 (AAAA) or NAME=TARGET (a CNAME); *.NAME answers for every
+    /// name below NAME. Repeatable. Records added through the control API
+    /// are kept until the daemon stops.
+    #[arg(long, value_name = "NAME=VALUE")]
     pub dns_record: Vec<String>,
 
     /// The host alias's DNS name.
@@ -207,9 +230,11 @@ pub struct Args {
 
     /// Serve the control API on this Unix socket (created mode 0600; a
     /// stale socket is replaced, a live one is an error; removed on exit):
-    /// HTTP/1.1 + JSON, compatible with gvisor-tap-vsock's forwarder API —
-    /// POST /services/forwarder/expose and /unexpose, GET
-    /// /services/forwarder/all — plus GET /stats, /flows and /leases. The
+    /// HTTP/1.1 + JSON, compatible with gvisor-tap-vsock's forwarder and
+    /// DNS APIs — POST /services/forwarder/expose and /unexpose, GET
+    /// /services/forwarder/all, POST /services/dns/add, GET
+    /// /services/dns/all — plus GET /stats, /flows, /leases, /dns and
+    /// /metrics (Prometheus), and POST /dns/add and /dns/remove. The
     /// `airlock` command-line tool talks to it.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,

@@ -3,7 +3,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_api::{PortSpec, SpecError};
@@ -13,7 +12,9 @@ use airlock_netcore::config::Ipv6Config;
 use airlock_netcore::host::Target;
 use airlock_netcore::policy::{Action, PolicyError, Rule};
 use airlock_netcore::services::dhcp::DhcpConfig;
-use airlock_netcore::services::dns::{self, LocalRecords};
+use airlock_netcore::services::dns::{
+    self, DnsSettings, LocalRecords, RecordData, RecordSource, ResolvConf, ZoneSpec, ZoneTarget,
+};
 use airlock_netcore::{EthernetAddress, GatewayConfig, PolicySource, TcpLimits};
 
 use crate::args::Args;
@@ -38,8 +39,14 @@ pub enum ConfigError {
     Mtu(u16),
     #[error("invalid --dns-upstream {0:?}: expected IP or IP:PORT ([IPv6]:PORT)")]
     Upstream(String),
-    #[error("invalid --dns-record {0:?}: expected NAME=IP (IPv4 or IPv6)")]
+    #[error("invalid --dns-record {0:?}: expected NAME=IPv4, NAME=IPv6 or NAME=TARGET")]
     Record(String),
+    #[error("invalid --dns-record {0:?}")]
+    RecordValue(String, #[source] dns::DnsError),
+    #[error("invalid --dns-zone {0:?}: expected ZONE=IP, ZONE=IP:PORT or ZONE=local")]
+    Zone(String),
+    #[error("--dns-zone {0}: local and resolvers at once")]
+    ZoneMixed(String),
     #[error("invalid DNS name {0:?}")]
     Name(String, #[source] dns::DnsError),
     #[error("invalid --tcp-buffer {0:?}: expected a size such as 256K or 1M, between 16K and 64M")]
@@ -76,8 +83,12 @@ pub struct Config {
     pub offer_csum: bool,
     pub exit_on_disconnect: bool,
     pub log: LogArgs,
-    /// Where the upstream resolvers came from (for the startup log line).
-    pub upstream_source: String,
+    /// The DNS service at start (resolvers, search list, zones, records).
+    pub dns: DnsSettings,
+    /// The resolv.conf to follow, unless `--dns-upstream` fixed the list.
+    pub resolv_conf: Option<PathBuf>,
+    /// Whether the search list follows the resolv.conf (no `--dns-search`).
+    pub search_from_file: bool,
     pub publish: Vec<PortSpec>,
     pub policy: PolicySource,
     pub audit_log: Option<std::path::PathBuf>,
@@ -189,6 +200,19 @@ fn parse_upstream(s: &str) -> Option<SocketAddr> {
     s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53))
 }
 
+/// `ZONE=IP`, `ZONE=IP:PORT` or `ZONE=local`.
+fn parse_zone(s: &str) -> Result<ZoneSpec, ConfigError> {
+    let bad = || ConfigError::Zone(s.to_owned());
+    let (zone, target) = s.split_once('=').ok_or_else(bad)?;
+    let name = dns::normalize_name(zone, false).map_err(|_| bad())?;
+    let target = if target == "local" {
+        ZoneTarget::Local
+    } else {
+        ZoneTarget::Upstreams(vec![parse_upstream(target).ok_or_else(bad)?])
+    };
+    Ok(ZoneSpec { name, target })
+}
+
 fn parse_proxy_target(s: &str) -> Option<Target> {
     if let Some(path) = s.strip_prefix("unix:") {
         return (!path.is_empty()).then(|| Target::Unix(PathBuf::from(path)));
@@ -276,56 +300,70 @@ impl TryFrom<Args> for Config {
         };
 
         let mut records = LocalRecords::new();
-        let mut add = |name: &str, ip: IpAddr| {
+        let mut builtin = |name: &str, ip: IpAddr| {
             records
-                .insert(name, ip)
+                .add(name, RecordData::from(ip), RecordSource::Builtin)
                 .map_err(|e| ConfigError::Name(name.to_owned(), e))
         };
         let v6 = ipv6.as_ref();
-        add(&a.gateway_name, gateway_ip.into())?;
+        builtin(&a.gateway_name, gateway_ip.into())?;
         if let Some(v6) = v6 {
-            add(&a.gateway_name, v6.gateway.into())?;
+            builtin(&a.gateway_name, v6.gateway.into())?;
         }
         if !a.no_host_alias {
-            add(&a.host_name, host_ip.into())?;
+            builtin(&a.host_name, host_ip.into())?;
             if let Some(h) = v6.and_then(|v6| v6.host) {
-                add(&a.host_name, h.into())?;
+                builtin(&a.host_name, h.into())?;
             }
         }
-        add(&a.proxy_name, proxy_ip.into())?;
+        builtin(&a.proxy_name, proxy_ip.into())?;
         if let Some(v6) = v6 {
-            add(&a.proxy_name, v6.proxy.into())?;
+            builtin(&a.proxy_name, v6.proxy.into())?;
         }
         for r in &a.dns_record {
-            let (name, ip) = r
+            let (name, value) = r
                 .split_once('=')
-                .and_then(|(n, ip)| Some((n, ip.parse::<IpAddr>().ok()?)))
                 .ok_or_else(|| ConfigError::Record(r.clone()))?;
-            add(name, ip)?;
+            let data =
+                RecordData::parse(value).map_err(|e| ConfigError::RecordValue(r.clone(), e))?;
+            records
+                .add(name, data, RecordSource::Config)
+                .map_err(|e| ConfigError::RecordValue(r.clone(), e))?;
         }
 
-        let (dns_upstreams, upstream_source) = if a.dns_upstream.is_empty() {
-            match std::fs::read_to_string(&a.resolv_conf) {
-                Ok(text) => (
-                    dns::parse_resolv_conf(&text),
-                    a.resolv_conf.display().to_string(),
-                ),
+        let (upstreams, source, mut search, resolv_conf) = if a.dns_upstream.is_empty() {
+            let path = a.resolv_conf.display().to_string();
+            let file = match std::fs::read_to_string(&a.resolv_conf) {
+                Ok(text) => ResolvConf::parse(&text, crate::resolv::scope_id),
                 Err(e) => {
                     log::warn!(
-                        "cannot read {}: {e}; names other than the gateway's own will fail",
-                        a.resolv_conf.display()
+                        "cannot read {path}: {e}; names other than the gateway's own will fail \
+                         until it can be read"
                     );
-                    (Vec::new(), a.resolv_conf.display().to_string())
+                    ResolvConf::default()
                 }
-            }
+            };
+            (
+                file.nameservers,
+                path,
+                file.search,
+                Some(a.resolv_conf.clone()),
+            )
         } else {
             let ups = a
                 .dns_upstream
                 .iter()
                 .map(|s| parse_upstream(s).ok_or_else(|| ConfigError::Upstream(s.clone())))
                 .collect::<Result<Vec<_>, _>>()?;
-            (ups, "--dns-upstream".to_owned())
+            (ups, "--dns-upstream".to_owned(), Vec::new(), None)
         };
+        if let Some(list) = &a.dns_search {
+            search = list
+                .split([',', ' ', '\t'])
+                .filter(|d| !d.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
 
         if let (Some(api), Some(socket)) = (&a.api_socket, &a.listen.socket_path) {
             let same =
@@ -344,17 +382,34 @@ impl TryFrom<Args> for Config {
 
         // Zones we own: the parent domains of our names, when they are under
         // `.internal` (reserved for private use); never a public domain.
-        let mut local_zones: Vec<String> = [&a.gateway_name, &a.host_name, &a.proxy_name]
-            .iter()
-            .filter_map(|n| {
-                n.trim_end_matches('.')
-                    .split_once('.')
-                    .map(|(_, z)| z.to_ascii_lowercase())
-            })
-            .filter(|z| z == "internal" || z.ends_with(".internal"))
-            .collect();
-        local_zones.sort();
-        local_zones.dedup();
+        let mut zones: Vec<ZoneSpec> = Vec::new();
+        for name in [&a.gateway_name, &a.host_name, &a.proxy_name] {
+            let Some((_, zone)) = name.trim_end_matches('.').split_once('.') else {
+                continue;
+            };
+            let zone = zone.to_ascii_lowercase();
+            let ours = zone == "internal" || zone.ends_with(".internal");
+            if ours && !zones.iter().any(|z| z.name == zone) {
+                zones.push(ZoneSpec {
+                    name: zone,
+                    target: ZoneTarget::Local,
+                });
+            }
+        }
+        let mut configured: Vec<ZoneSpec> = Vec::new();
+        for z in &a.dns_zone {
+            let spec = parse_zone(z)?;
+            match configured.iter_mut().find(|c| c.name == spec.name) {
+                None => configured.push(spec),
+                Some(c) => match (&mut c.target, spec.target) {
+                    (ZoneTarget::Upstreams(list), ZoneTarget::Upstreams(more)) => list.extend(more),
+                    _ => return Err(ConfigError::ZoneMixed(spec.name)),
+                },
+            }
+        }
+        // A configured zone replaces a built-in one of the same name.
+        zones.retain(|z| !configured.iter().any(|c| c.name == z.name));
+        zones.extend(configured);
 
         let mut publish_specs = Vec::new();
         for p in &a.publish {
@@ -407,9 +462,6 @@ impl TryFrom<Args> for Config {
                 proxy_ip,
                 proxy,
                 mtu: usize::from(a.mtu),
-                dns_upstreams,
-                records: Arc::new(records),
-                local_zones,
                 dhcp,
                 publish_source: a.publish_source.into(),
                 max_flows: a.max_flows,
@@ -426,7 +478,15 @@ impl TryFrom<Args> for Config {
             offer_csum: !a.no_checksum_offload,
             exit_on_disconnect: a.lifecycle.exit_on_disconnect,
             log: a.log,
-            upstream_source,
+            dns: DnsSettings {
+                upstreams,
+                source,
+                search: dns::normalize_search(&search),
+                zones,
+                records,
+            },
+            search_from_file: resolv_conf.is_some() && a.dns_search.is_none(),
+            resolv_conf,
             publish: publish_specs,
             policy,
             audit_log: a.audit_log,
@@ -460,19 +520,33 @@ mod tests {
         assert_eq!(g.max_flows, 4096);
         assert_eq!(g.tcp.buffer, 256 * 1024);
         assert_eq!(
-            g.dns_upstreams,
+            c.dns.upstreams,
             vec!["127.0.0.1:53".parse::<SocketAddr>().unwrap()]
         );
         assert_eq!(
-            g.records.lookup("host.airlock.internal"),
+            c.dns.records.lookup("host.airlock.internal"),
             Some(Ipv4Addr::new(192, 168, 127, 254))
         );
         assert_eq!(
-            g.records.lookup("HTTP.airlock.internal."),
+            c.dns.records.lookup("HTTP.airlock.internal."),
             Some(Ipv4Addr::new(192, 168, 127, 253))
         );
+        assert!(c
+            .dns
+            .records
+            .iter()
+            .all(|r| r.source == RecordSource::Builtin));
         assert!(c.offer_csum);
-        assert_eq!(g.local_zones, vec!["airlock.internal".to_owned()]);
+        assert_eq!(
+            c.dns.zones,
+            vec![ZoneSpec {
+                name: "airlock.internal".into(),
+                target: ZoneTarget::Local
+            }]
+        );
+        // --dns-upstream: nothing to follow, no search list.
+        assert_eq!((c.resolv_conf, c.search_from_file), (None, false));
+        assert!(c.dns.search.is_empty());
     }
 
     #[test]
@@ -482,7 +556,7 @@ mod tests {
         assert_eq!(c.gateway.guest_ip, Ipv4Addr::new(10, 9, 0, 2));
         assert_eq!(c.gateway.proxy_ip, Ipv4Addr::new(10, 9, 255, 253));
         assert_eq!(c.gateway.host_ip, None);
-        assert_eq!(c.gateway.records.lookup("host.airlock.internal"), None);
+        assert_eq!(c.dns.records.lookup("host.airlock.internal"), None);
     }
 
     #[test]
@@ -499,12 +573,12 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            c.gateway.records.lookup("db.example.test"),
+            c.dns.records.lookup("db.example.test"),
             Some(Ipv4Addr::new(10, 1, 2, 3))
         );
-        assert_eq!(c.gateway.dns_upstreams.len(), 2);
+        assert_eq!(c.dns.upstreams.len(), 2);
         assert_eq!(
-            c.gateway.dns_upstreams[1],
+            c.dns.upstreams[1],
             "[::1]:5353".parse::<SocketAddr>().unwrap()
         );
         assert_eq!(c.gateway.tcp.buffer, 1 << 20);
@@ -585,7 +659,7 @@ mod tests {
         ));
         assert!(matches!(
             parse(&["--dns-record", "a..b=1.2.3.4"]),
-            Err(ConfigError::Name(..))
+            Err(ConfigError::RecordValue(..))
         ));
         assert!(matches!(
             parse(&["--tcp-buffer", "1K"]),
@@ -611,6 +685,14 @@ mod tests {
         ));
     }
 
+    /// The AAAA record of `name` (lowercase, no trailing dot).
+    fn aaaa(c: &Config, name: &str) -> Option<Ipv6Addr> {
+        c.dns.records.find(name).into_iter().find_map(|d| match d {
+            RecordData::Aaaa(ip) => Some(*ip),
+            _ => None,
+        })
+    }
+
     #[test]
     fn ipv6_prefix_is_derived_from_the_subnet_or_given_or_off() {
         let c = parse(&[]).unwrap();
@@ -628,11 +710,8 @@ mod tests {
             v6.proxy,
             "fd61:6972:c0a8:7f00::fd".parse::<Ipv6Addr>().unwrap()
         );
-        assert_eq!(c.gateway.records.lookup6("host.airlock.internal"), v6.host);
-        assert_eq!(
-            c.gateway.records.lookup6("gateway.airlock.internal"),
-            Some(v6.gateway)
-        );
+        assert_eq!(aaaa(&c, "host.airlock.internal"), v6.host);
+        assert_eq!(aaaa(&c, "gateway.airlock.internal"), Some(v6.gateway));
         let c = parse(&["--subnet", "10.9.0.0/16"]).unwrap();
         assert_eq!(
             c.gateway.ipv6.unwrap().prefix,
@@ -644,11 +723,8 @@ mod tests {
         assert_eq!(v6.host, None);
         let c = parse(&["--no-ipv6", "--dns-record", "db.test=fd00::7"]).unwrap();
         assert!(c.gateway.ipv6.is_none());
-        assert_eq!(c.gateway.records.lookup6("gateway.airlock.internal"), None);
-        assert_eq!(
-            c.gateway.records.lookup6("db.test"),
-            Some("fd00::7".parse().unwrap())
-        );
+        assert_eq!(aaaa(&c, "gateway.airlock.internal"), None);
+        assert_eq!(aaaa(&c, "db.test"), Some("fd00::7".parse().unwrap()));
         for bad in ["fd00::/48", "fe80::/64", "ff02::/64", "nonsense", "fd00::"] {
             assert!(
                 matches!(parse(&["--subnet6", bad]), Err(ConfigError::Subnet6(_))),
@@ -661,17 +737,162 @@ mod tests {
     fn resolv_conf_is_the_default_upstream_source() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("resolv.conf");
-        std::fs::write(&path, "# test\nnameserver 10.0.0.53\nnameserver ::1\n").unwrap();
-        let c = Config::try_from(
-            Args::try_parse_ordered_from(["airlock-net", "--resolv-conf", path.to_str().unwrap()])
-                .unwrap(),
+        std::fs::write(
+            &path,
+            "# test\nnameserver 10.0.0.53\nnameserver ::1\nsearch Corp.Example lab.corp.example .\n",
         )
         .unwrap();
-        assert_eq!(c.gateway.dns_upstreams.len(), 2);
+        let file = path.to_str().unwrap();
+        let c = Config::try_from(
+            Args::try_parse_ordered_from(["airlock-net", "--resolv-conf", file]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c.dns.upstreams.len(), 2);
         assert_eq!(
-            c.gateway.dns_upstreams[0],
+            c.dns.upstreams[0],
             "10.0.0.53:53".parse::<SocketAddr>().unwrap()
         );
+        assert_eq!(c.dns.search, ["corp.example", "lab.corp.example"]);
+        assert_eq!(c.dns.source, file);
+        assert_eq!(c.resolv_conf.as_deref(), Some(path.as_path()));
+        assert!(c.search_from_file);
+        // --dns-search replaces the file's list, '' with none.
+        let with = |list: &str| {
+            Config::try_from(
+                Args::try_parse_ordered_from([
+                    "airlock-net",
+                    "--resolv-conf",
+                    file,
+                    "--dns-search",
+                    list,
+                ])
+                .unwrap(),
+            )
+            .unwrap()
+        };
+        let c = with("a.test, b.test c.test,,");
+        assert_eq!(c.dns.search, ["a.test", "b.test", "c.test"]);
+        assert!(!c.search_from_file);
+        assert!(with("").dns.search.is_empty());
+        // An unreadable file: no resolvers yet, but it is still followed.
+        let c = Config::try_from(
+            Args::try_parse_ordered_from([
+                "airlock-net",
+                "--resolv-conf",
+                "/nonexistent/resolv.conf",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(c.dns.upstreams.is_empty());
+        assert!(c.resolv_conf.is_some());
+    }
+
+    #[test]
+    fn zones_and_record_types() {
+        let c = parse(&[
+            "--dns-zone",
+            "Corp.Test=10.0.0.53",
+            "--dns-zone",
+            "corp.test=[fd00::53]:5353",
+            "--dns-zone",
+            "lab.test=local",
+            "--dns-zone",
+            "airlock.internal=127.0.0.1:5300",
+            "--dns-record",
+            "v6.test=fd00::1",
+            "--dns-record",
+            "alias.test=Web.Test.",
+            "--dns-record",
+            "*.apps.test=10.0.0.9",
+        ])
+        .unwrap();
+        let zone = |name: &str| {
+            c.dns
+                .zones
+                .iter()
+                .find(|z| z.name == name)
+                .map(|z| z.target.clone())
+        };
+        assert_eq!(
+            zone("corp.test"),
+            Some(ZoneTarget::Upstreams(vec![
+                "10.0.0.53:53".parse().unwrap(),
+                "[fd00::53]:5353".parse().unwrap()
+            ]))
+        );
+        assert_eq!(zone("lab.test"), Some(ZoneTarget::Local));
+        assert_eq!(
+            zone("airlock.internal"),
+            Some(ZoneTarget::Upstreams(vec!["127.0.0.1:5300"
+                .parse()
+                .unwrap()])),
+            "a configured zone replaces the built-in one"
+        );
+        assert_eq!(c.dns.zones.len(), 3);
+        let records: Vec<(String, RecordData)> = c
+            .dns
+            .records
+            .iter()
+            .filter(|r| r.source == RecordSource::Config)
+            .map(|r| (r.name.clone(), r.data.clone()))
+            .collect();
+        assert_eq!(
+            records,
+            [
+                (
+                    "v6.test".to_owned(),
+                    RecordData::Aaaa("fd00::1".parse().unwrap())
+                ),
+                (
+                    "alias.test".to_owned(),
+                    RecordData::Cname("web.test".into())
+                ),
+                (
+                    "*.apps.test".to_owned(),
+                    RecordData::A(Ipv4Addr::new(10, 0, 0, 9))
+                ),
+            ]
+        );
+        for bad in [
+            "corp.test",
+            "corp.test=",
+            "corp.test=dns.google",
+            "bad zone=1.2.3.4",
+            "=1.2.3.4",
+        ] {
+            assert!(
+                matches!(parse(&["--dns-zone", bad]), Err(ConfigError::Zone(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            parse(&[
+                "--dns-zone",
+                "x.test=local",
+                "--dns-zone",
+                "x.test=10.0.0.1"
+            ]),
+            Err(ConfigError::ZoneMixed(_))
+        ));
+        for bad in ["a.test=bad value", "a.test=1.2.3", "a..b=1.2.3.4"] {
+            assert!(
+                matches!(
+                    parse(&["--dns-record", bad]),
+                    Err(ConfigError::RecordValue(..))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            parse(&[
+                "--dns-record",
+                "a.test=b.test",
+                "--dns-record",
+                "a.test=10.0.0.1"
+            ]),
+            Err(ConfigError::RecordValue(..))
+        ));
     }
 }
 

@@ -450,7 +450,13 @@ mod tests {
 
         let (finished, done) = mpsc::channel();
         std::thread::spawn(move || {
-            let shared = Shared::new(config().guest_ip, PolicySource::default(), None).unwrap();
+            let shared = Shared::new(
+                config().guest_ip,
+                PolicySource::default(),
+                Default::default(),
+                None,
+            )
+            .unwrap();
             let session = NetSession::new(config(), shared, true, None).unwrap();
             let mut queues = GuestQueues::new(&[16, 16]);
             queues.set_event_idx(true);
@@ -469,7 +475,13 @@ mod tests {
 
     #[test]
     fn every_named_event_is_handled_without_stopping_the_worker() {
-        let shared = Shared::new(config().guest_ip, PolicySource::default(), None).unwrap();
+        let shared = Shared::new(
+            config().guest_ip,
+            PolicySource::default(),
+            Default::default(),
+            None,
+        )
+        .unwrap();
         let session = NetSession::new(config(), shared.clone(), true, None).unwrap();
         let mem = GuestMemoryAtomic::new(
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),

@@ -7,8 +7,9 @@
 //! - [`stream`]: the other transport, QEMU's `-netdev stream` framing;
 //! - [`args`], [`config`]: the command line; [`passt`]: passt's command
 //!   line, when the binary runs under that name (libvirt's passt backend);
-//! - [`api`]: the control API (`--api-socket`): ports at runtime, stats,
-//!   flows, leases, Prometheus metrics ([`metrics`]);
+//! - [`api`]: the control API (`--api-socket`): ports and DNS records at
+//!   runtime, stats, flows, leases, Prometheus metrics ([`metrics`]);
+//! - [`resolv`]: following the host's resolv.conf;
 //! - [`pcap`]: `--pcap`, the frames of either transport in a capture file.
 
 pub mod api;
@@ -18,8 +19,11 @@ pub mod device;
 pub mod metrics;
 pub mod passt;
 pub mod pcap;
+pub mod resolv;
 pub mod stream;
 mod virtio_net;
+
+use std::sync::Arc;
 
 use airlock_common::audit::AuditOpenError;
 use airlock_common::daemon::Nofile;
@@ -27,7 +31,6 @@ use airlock_common::listen::ListenError;
 use airlock_netcore::publish::PublishError;
 use airlock_netcore::{Shared, SharedError};
 use airlock_vhost::runner::{self, RunError};
-use std::sync::Arc;
 
 use crate::args::Transport;
 use crate::config::Config;
@@ -57,6 +60,8 @@ pub enum NetError {
     Sandbox(#[from] airlock_common::sandbox::SandboxError),
     #[error("cannot set up signal handling")]
     Signals(#[source] std::io::Error),
+    #[error("cannot watch {0} for changes")]
+    Watch(std::path::PathBuf, #[source] std::io::Error),
     #[error(transparent)]
     Seccomp(#[from] airlock_common::seccomp::SeccompError),
     #[error(transparent)]
@@ -140,7 +145,12 @@ pub fn run_with(config: Config, startup: Startup) -> Result<(), NetError> {
     // The private mount namespace, before any thread (threads spawned later
     // share it).
     airlock_common::sandbox::enter(&config.confine)?;
-    let shared = Shared::new(config.gateway.guest_ip, config.policy.clone(), audit)?;
+    let shared = Shared::new(
+        config.gateway.guest_ip,
+        config.policy.clone(),
+        config.dns.clone(),
+        audit,
+    )?;
     // Published ports are bound before anything listens: a port in use is a
     // startup error, not a surprise later.
     shared.publish(&config.publish)?;
@@ -149,8 +159,9 @@ pub fn run_with(config: Config, startup: Startup) -> Result<(), NetError> {
     // without --foreground) takes over here, before any thread exists.
     passt::detach(&startup)?;
     airlock_common::signals::install().map_err(NetError::Signals)?;
-    // The control API (--api-socket): ports at runtime, stats, flows, leases.
-    // The socket file goes when `_api` drops or a signal ends the process.
+    // The control API (--api-socket): ports and DNS records at runtime,
+    // stats, flows, leases. The socket file goes when `_api` drops or a
+    // signal ends the process.
     let _api = match &config.api_socket {
         Some(path) => Some(api::start(
             path,
@@ -158,6 +169,18 @@ pub fn run_with(config: Config, startup: Startup) -> Result<(), NetError> {
         )?),
         None => None,
     };
+    // The host's resolv.conf is followed unless --dns-upstream fixed the
+    // resolvers: watched from now on, and reread on SIGHUP.
+    let reloader = config.resolv_conf.as_ref().map(|path| {
+        Arc::new(resolv::Reloader::new(
+            path.clone(),
+            config.search_from_file,
+            shared.clone(),
+        ))
+    });
+    if let Some(r) = &reloader {
+        resolv::watch(r.clone()).map_err(|e| NetError::Watch(r.path().to_owned(), e))?;
+    }
     let reload = shared.clone();
     airlock_common::signals::on_hup(move || {
         if let Err(e) = reload.reload_policy() {
@@ -165,6 +188,9 @@ pub fn run_with(config: Config, startup: Startup) -> Result<(), NetError> {
                 "{}; keeping the previous egress policy",
                 airlock_common::report::chain(&e).replace('\n', "; ")
             );
+        }
+        if let Some(r) = &reloader {
+            r.reload();
         }
     });
     // Everything is bound and open: read-only mounts, --user, seccomp.
@@ -175,22 +201,30 @@ pub fn run_with(config: Config, startup: Startup) -> Result<(), NetError> {
     }
     airlock_common::seccomp::apply(SECCOMP_ALLOW_LIST, config.seccomp)?;
     let g = &config.gateway;
+    let view = shared.dns.view();
+    let upstreams: Vec<String> = view
+        .upstreams()
+        .iter()
+        .map(|u| u.addr.to_string())
+        .collect();
     log::info!(
-        "gateway {}/{} for guest {}, mtu {}, dns upstream {} (from {})",
+        "gateway {}/{} for guest {}, mtu {}, dns upstream {} (from {}{}), search [{}]",
         g.gateway_ip,
         g.prefix_len,
         g.guest_ip,
         g.mtu,
-        if g.dns_upstreams.is_empty() {
+        if upstreams.is_empty() {
             "none".to_owned()
         } else {
-            g.dns_upstreams
-                .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            upstreams.join(", ")
         },
-        config.upstream_source,
+        config.dns.source,
+        if config.resolv_conf.is_some() {
+            ", followed"
+        } else {
+            ""
+        },
+        view.search().join(" "),
     );
     match config.transport {
         Transport::VhostUser => {
@@ -215,7 +249,8 @@ pub fn run_with(config: Config, startup: Startup) -> Result<(), NetError> {
 }
 
 /// Paths airlock-net opens again once it serves as another user: the proxy
-/// target's socket (at each proxied flow) and the egress rules (on SIGHUP).
+/// target's socket (at each proxied flow), the egress rules (on SIGHUP)
+/// and the followed resolv.conf (when it changes, and on SIGHUP).
 /// Says so at startup if `user` (which this process now is) may not,
 /// rather than at the first flow or reload.
 fn warn_unreachable_as_user(config: &Config, user: &str) {
@@ -235,6 +270,14 @@ fn warn_unreachable_as_user(config: &Config, user: &str) {
             libc::R_OK,
             format!("--egress-rules {}", file.display()),
             "SIGHUP will keep the rules read at startup",
+        ));
+    }
+    if let Some(file) = &config.resolv_conf {
+        wanted.push((
+            file,
+            libc::R_OK,
+            format!("--resolv-conf {}", file.display()),
+            "the DNS resolvers read at startup stay when it changes",
         ));
     }
     for (path, mode, what, consequence) in wanted {

@@ -115,7 +115,7 @@ pub fn render(
         "counter",
         "DNS queries the guest sent the gateway over UDP, by outcome (local: answered from its own \
          names; local_nxdomain: an unknown name in its own zones; forwarded: sent upstream; \
-         no_upstream: SERVFAIL, no resolver configured; malformed).",
+         no_upstream: SERVFAIL, no resolver for the name; malformed).",
         &dns.iter()
             .map(|(o, n)| (format!("outcome=\"{o}\""), *n))
             .collect::<Vec<_>>(),

@@ -81,8 +81,6 @@ pub struct Translation {
     pub log_file: Option<PathBuf>,
     /// `--stderr`: keep logging to standard error in the background too.
     pub stderr: bool,
-    /// `-S LIST`: the DHCP search list (`Some(empty)` for `-S none`).
-    pub search: Option<Vec<String>>,
     /// `--no-dhcp-dns`: DHCP offers no DNS server.
     pub no_dhcp_dns: bool,
     /// `--help` / `--version`: print and exit.
@@ -541,15 +539,14 @@ pub fn translate(args: &[OsString], probe: &dyn PortProbe) -> Result<Translation
                     "the guest's resolver is the gateway address (DHCP says so); give upstream resolvers with --dns",
                 ))
             }
+            // The DNS service's search list: DHCP, DHCPv6 and the RA's
+            // DNSSL all carry it.
             "search" => {
-                t.search = Some(if v == "none" {
-                    Vec::new()
-                } else {
-                    v.split_whitespace().map(str::to_owned).collect()
-                })
+                let list = if v == "none" { String::new() } else { v };
+                out.extend(["--dns-search".into(), list]);
             }
             "no-dhcp-dns" => t.no_dhcp_dns = true,
-            "no-dhcp-search" => t.search = Some(Vec::new()),
+            "no-dhcp-search" => out.extend(["--dns-search".into(), String::new()]),
             "dhcp-dns" | "dhcp-search" | "ns-ifname" | "netns" | "userns" | "netns-only"
             | "tcp-ns" | "udp-ns" | "config-net" | "no-netns-quit" | "ns-mac-addr"
             | "splice-only" | "host-lo-to-ns-lo" => {
@@ -849,9 +846,6 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return report(&e, EXIT_USAGE),
     };
-    if let Some(search) = t.search {
-        config.gateway.dhcp.search_domains = search;
-    }
     if t.no_dhcp_dns {
         config.gateway.dhcp.dns_servers.clear();
     }
@@ -1126,8 +1120,29 @@ mod tests {
         assert_eq!(c.gateway.guest_ip, Ipv4Addr::new(10, 0, 2, 15));
         assert_eq!(c.gateway.gateway_ip, Ipv4Addr::new(10, 0, 2, 2));
         assert_eq!(c.gateway.mtu, 1500);
-        assert!(c.gateway.dns_upstreams.is_empty());
+        assert!(c.dns.upstreams.is_empty());
         assert_eq!(c.transport, crate::args::Transport::Stream);
         assert_eq!(c.publish.len(), 2);
+    }
+
+    /// `-S` and `--no-dhcp-search` set the DNS service's search list (DHCP,
+    /// DHCPv6 and the RA's DNSSL), which then no longer follows the
+    /// host's resolv.conf.
+    #[test]
+    fn search_lists_become_the_dns_search_list() {
+        let config = |args: &[&str]| {
+            let t = tr(args).unwrap();
+            let args = crate::args::Args::try_parse_ordered_from(&t.argv).unwrap();
+            crate::config::Config::try_from(args).unwrap()
+        };
+        let c = config(&["-S", "corp.test lab.corp.test"]);
+        assert_eq!(c.dns.search, ["corp.test", "lab.corp.test"]);
+        assert!(!c.search_from_file);
+        for none in [&["-S", "none"][..], &["--no-dhcp-search"]] {
+            let c = config(none);
+            assert!(c.dns.search.is_empty(), "{none:?}");
+            assert!(!c.search_from_file, "{none:?}");
+        }
+        assert!(config(&[]).search_from_file);
     }
 }

@@ -398,7 +398,13 @@ mod tests {
         frontend
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        let shared = Shared::new(config().guest_ip, PolicySource::default(), None).unwrap();
+        let shared = Shared::new(
+            config().guest_ip,
+            PolicySource::default(),
+            Default::default(),
+            None,
+        )
+        .unwrap();
         let s = shared.clone();
         let serving = std::thread::spawn(move || {
             let gateway = Gateway::new(config(), s.clone()).unwrap();

@@ -813,3 +813,141 @@ fn command_line_ports_are_listed() {
         json!([{"local": addr.to_string(), "remote": "192.168.127.2:8080", "protocol": "tcp"}])
     );
 }
+
+/// The DNS endpoints: airlock's own (records by name and value) and
+/// gvisor-tap-vsock's zone shape, bad input as 400 with a reason, and an
+/// audit line per change.
+#[test]
+fn dns_records_and_gvisor_zones() {
+    let mut d = Daemon::start();
+    let info = d.call("GET", "/dns", None).json();
+    assert_eq!(info["upstreams"], json!(["127.0.0.1:53"]));
+    assert_eq!(info["source"], "--dns-upstream");
+    assert_eq!(
+        info["zones"],
+        json!([{"zone": "airlock.internal", "target": "local"}])
+    );
+
+    let r = d.call(
+        "POST",
+        "/dns/add",
+        Some(&json!({"name": "web.test", "value": "10.0.0.5"})),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.json(),
+        json!({"name": "web.test", "type": "A", "value": "10.0.0.5", "source": "api"})
+    );
+    // Again: the same record, still 200.
+    let again = json!({"name": "web.test", "type": "a", "value": "10.0.0.5"});
+    assert_eq!(d.call("POST", "/dns/add", Some(&again)).status, 200);
+    for (body, status, needle) in [
+        (
+            json!({"name": "web.test", "type": "AAAA", "value": "10.0.0.5"}),
+            400,
+            "does not match",
+        ),
+        (
+            json!({"name": "web.test", "value": "not an address!"}),
+            400,
+            "invalid value",
+        ),
+        (
+            json!({"name": "bad..name", "value": "10.0.0.1"}),
+            400,
+            "empty label",
+        ),
+        (
+            json!({"name": "web.test", "value": "other.test"}),
+            409,
+            "only record",
+        ),
+        (json!({"name": "web.test"}), 400, "missing field `value`"),
+        (
+            json!({"name": "web.test", "value": "10.0.0.1", "ttl": 5}),
+            400,
+            "unknown field `ttl`",
+        ),
+    ] {
+        let r = d.call("POST", "/dns/add", Some(&body));
+        assert_eq!(r.status, status, "{body}: {r:?}");
+        assert!(r.error().contains(needle), "{body}: {:?}", r.error());
+    }
+    let r = d.call(
+        "POST",
+        "/dns/remove",
+        Some(&json!({"name": "gateway.airlock.internal"})),
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = d.call(
+        "POST",
+        "/dns/remove",
+        Some(&json!({"name": "web.test", "value": "10.9.9.9"})),
+    );
+    assert_eq!(r.status, 404, "{r:?}");
+    let r = d.call("POST", "/dns/remove", Some(&json!({"name": "web.test"})));
+    assert_eq!(
+        r.json(),
+        json!([{"name": "web.test", "type": "A", "value": "10.0.0.5", "source": "api"}])
+    );
+
+    // gvisor-tap-vsock's client: AddDNS then ListDNS.
+    let zone = json!({"Name": "dynamic.internal.", "Records": [{"Name": "test", "IP": "192.168.127.254"}]});
+    let r = d.call("POST", "/services/dns/add", Some(&zone));
+    assert_eq!(r.status, 200, "{r:?}");
+    let zone = json!({"Name": "dynamic.internal.", "Records": [{"Name": "test", "IP": "192.168.127.253"}], "DefaultIP": "192.168.127.2"});
+    assert_eq!(d.call("POST", "/services/dns/add", Some(&zone)).status, 200);
+    let all = d.call("GET", "/services/dns/all", None).json();
+    let dynamic = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|z| z["Name"] == "dynamic.internal.")
+        .unwrap_or_else(|| panic!("{all}"));
+    assert_eq!(
+        dynamic,
+        &json!({"Name": "dynamic.internal.", "Records": [{"Name": "test", "IP": "192.168.127.253", "Regexp": null}], "DefaultIP": "192.168.127.2"})
+    );
+    for (body, needle) in [
+        (
+            json!({"Name": "x.internal.", "Records": [{"Name": "a", "Regexp": "^a.*"}]}),
+            "Regexp records are not supported",
+        ),
+        (
+            json!({"Name": "x.internal.", "Records": [{"Name": "a", "IP": "300.1.1.1"}]}),
+            "invalid IP",
+        ),
+        (json!({"Name": "", "Records": []}), "no Name"),
+        (
+            json!({"Name": "x.internal.", "DefaultIP": "nope"}),
+            "invalid DefaultIP",
+        ),
+        (
+            json!({"Name": "x.internal.", "Records": [{"Name": "", "IP": "10.0.0.1"}]}),
+            "no Name",
+        ),
+        (json!({"Name": "x.internal.", "Zones": []}), "unknown field"),
+    ] {
+        let r = d.call("POST", "/services/dns/add", Some(&body));
+        assert_eq!(r.status, 400, "{body}: {r:?}");
+        assert!(r.error().contains(needle), "{body}: {:?}", r.error());
+    }
+    let info = d.call("GET", "/dns", None).json();
+    assert!(
+        info["zones"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"zone": "dynamic.internal", "target": "local"})),
+        "{info}"
+    );
+    let events: Vec<String> = d
+        .audit()
+        .iter()
+        .filter_map(|a| a["event"].as_str().map(str::to_owned))
+        .filter(|e| e.starts_with("dns-"))
+        .collect();
+    assert_eq!(events, ["dns-add", "dns-remove", "dns-zone", "dns-zone"]);
+    let stats = d.call("GET", "/stats", None).json();
+    assert_eq!(stats["dns"]["upstreams"][0]["address"], "127.0.0.1:53");
+    d.assert_running();
+}

@@ -12,7 +12,7 @@ fn help(bin: &str, subcommands: &[&str]) -> String {
     let mut text = String::new();
     for sub in std::iter::once(None).chain(subcommands.iter().map(Some)) {
         let out = Command::new(Rig::bin(bin))
-            .args(sub)
+            .args(sub.iter().flat_map(|s| s.split_whitespace()))
             .arg("--help")
             .env("COLUMNS", "100")
             .output()
@@ -65,7 +65,18 @@ fn airlock_proxy_help_is_documented() {
 fn airlock_cli_help_is_documented() {
     check_with(
         "airlock",
-        &["publish", "unpublish", "ports", "stats", "flows", "leases"],
+        &[
+            "publish",
+            "unpublish",
+            "ports",
+            "stats",
+            "flows",
+            "leases",
+            "dns",
+            "dns add",
+            "dns rm",
+            "dns ls",
+        ],
     );
 }
 

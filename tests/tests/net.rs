@@ -109,6 +109,11 @@ fn dhcp_ping_and_dns() {
     let mut rig = Rig::new("net_dhcp_dns");
     let mut args = upstream(&resolver).to_vec();
     args.extend(["--dns-record".into(), "test.example=10.9.8.7".into()]);
+    // A search list whose names share a tail: option 119 compresses it.
+    args.extend([
+        "--dns-search".into(),
+        "lab.corp.example,corp.example".into(),
+    ]);
     let (daemon, socket) = start_net(&mut rig, None, &args);
 
     let script = format!(
@@ -116,6 +121,7 @@ fn dhcp_ping_and_dns() {
 echo "udhcpc addr={SHOW_ADDR} mtu=$(cat /sys/class/net/eth0/mtu)"
 echo "udhcpc default=$(ip route show default)"
 echo "udhcpc resolv=$(grep nameserver /etc/resolv.conf | tr '\n' ' ')"
+echo "udhcpc $(grep ^search /etc/resolv.conf)"
 ping -c 2 -W 5 {GATEWAY} >/tmp/ping 2>&1
 echo "ping gateway status=$? replies=$(grep -c 'bytes from {GATEWAY}' /tmp/ping)"
 ping -c 1 -W 5 host.airlock.internal >/tmp/ping 2>&1
@@ -149,6 +155,7 @@ echo "dhcpcd ping status=$?"
         .assert_contains(&format!("udhcpc addr={GUEST}/24 mtu={MTU}\n"))
         .assert_contains(&format!("udhcpc default=default via {GATEWAY} dev eth0"))
         .assert_contains(&format!("udhcpc resolv=nameserver {GATEWAY} \n"))
+        .assert_contains("udhcpc search lab.corp.example corp.example\n")
         .assert_contains("ping gateway status=0 replies=2\n")
         .assert_contains(&format!("ping host status=0 bytes from {HOST_ALIAS}\n"));
     for (name, answer) in [
@@ -202,6 +209,8 @@ echo "dhcpcd ping status=$?"
         format!("interface_mtu={MTU}"),
         format!("routers={GATEWAY}"),
         format!("domain_name_servers={GATEWAY}"),
+        "domain_name=lab.corp.example".to_owned(),
+        "domain_search=lab.corp.example corp.example".to_owned(),
     ] {
         assert!(
             lease.contains(&expected.as_str()),

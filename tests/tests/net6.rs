@@ -1,7 +1,8 @@
 //! airlock-net's IPv6 end to end (issue 14): a real guest brings eth0 up
 //! and gets, with no configuration of its own, a SLAAC address in the
 //! prefix and a default route from the gateway's Router Advertisements,
-//! and its DNS server from RDNSS/DHCPv6 (dhcpcd); then it pings the
+//! and its DNS server and search list (`--dns-search`) from RDNSS/DNSSL
+//! and DHCPv6 (dhcpcd); then it pings the
 //! gateway, fetches from a server bound only to `[::1]` through the v6
 //! host alias (by name and by address), reaches a v6-only server in a
 //! network namespace over TCP and UDP, is refused at once by a denied v6
@@ -117,6 +118,8 @@ fn ipv6_slaac_dns_host_alias_outside_policy_and_publishing() {
     let args = vec![
         "--dns-upstream".to_owned(),
         resolver.addr().to_string(),
+        "--dns-search".to_owned(),
+        "v6.test,lab.v6.test".to_owned(),
         "--audit-log".to_owned(),
         audit.display().to_string(),
         "--deny".to_owned(),
@@ -139,6 +142,7 @@ echo "addr6=$(ip -6 -o addr show dev eth0 scope global | awk '{{print $4}}' | tr
 echo "route6=$(ip -6 route show default)"
 dhcpcd -6 -1 -t 30 eth0 >/tmp/dhcpcd6.log 2>&1 || {{ cat /tmp/dhcpcd6.log; echo 'dhcpcd -6 failed'; }}
 echo "resolv6=$(grep nameserver /etc/resolv.conf | tr '\n' ' ')"
+echo "search6=$(grep ^search /etc/resolv.conf)"
 ping6 -c 2 -W 5 {GATEWAY6} >/tmp/ping 2>&1
 echo "ping6 gateway status=$? replies=$(grep -c 'bytes from' /tmp/ping)"
 echo "alias by name: $(curl -6 -sS --max-time 20 http://host.airlock.internal:{host_port}/hello 2>&1)"
@@ -182,6 +186,9 @@ echo "host said $line"
     );
     // DNS from the RA (RDNSS) or DHCPv6.
     assert_eq!(line("resolv6="), format!("nameserver {GATEWAY6} "), "{out}");
+    // The DNS service's search list, by DHCPv6 (option 24) and the RA's
+    // DNSSL.
+    assert_eq!(line("search6="), "search v6.test lab.v6.test", "{out}");
     assert_eq!(line("ping6 gateway "), "status=0 replies=2", "{out}");
     assert_eq!(line("alias by name: "), HELLO_BODY.trim_end(), "{out}");
     assert_eq!(line("alias by address: "), HELLO_BODY.trim_end(), "{out}");

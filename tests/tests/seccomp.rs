@@ -7,7 +7,8 @@
 //!   filter): a panic with a backtrace, threads started late, the
 //!   allocator growing, shrinking and failing, a stop and continue while
 //!   threads sit in timed waits, syslog losing its socket.
-//! - The daemons themselves: stopped and continued, and SIGHUP.
+//! - The daemons themselves: stopped and continued, SIGHUP, and
+//!   airlock-net following its `--resolv-conf` when it is replaced.
 //! - airlock-proxy resolving origins and upstream proxies by name, in a
 //!   network namespace whose resolver is the test's own (the namespace's
 //!   `/etc/resolv.conf` and `/etc/nsswitch.conf` are the test's files,
@@ -311,11 +312,16 @@ fn daemons_survive_stop_continue_and_sighup() {
         .arg(&share)
         .args(["--seccomp", "kill"]);
     let fs = rig.spawn_daemon("airlock-fs", cmd);
+    // airlock-net follows its resolv.conf: inotify, and a reread on SIGHUP.
+    let resolv_conf = rig.dir().join("resolv.conf");
+    std::fs::write(&resolv_conf, "nameserver 127.0.0.1\n").unwrap();
     let net_socket = rig.dir().join("net.sock");
     let mut cmd = Command::new(Rig::bin("airlock-net"));
     cmd.arg("--socket-path")
         .arg(&net_socket)
-        .args(["--dns-upstream", "127.0.0.1", "--seccomp", "kill"])
+        .arg("--resolv-conf")
+        .arg(&resolv_conf)
+        .args(["--seccomp", "kill"])
         .arg("--egress-rules")
         .arg(&rules);
     let net = rig.spawn_daemon("airlock-net", cmd);
@@ -340,6 +346,12 @@ fn daemons_survive_stop_continue_and_sighup() {
         wait_for_log(daemon, after_hup);
         assert_running(daemon);
     }
+    // Replaced as NetworkManager does: a new file renamed over it.
+    let new = rig.dir().join("resolv.conf.new");
+    std::fs::write(&new, "nameserver 127.0.0.2\nsearch follow.test\n").unwrap();
+    std::fs::rename(&new, &resolv_conf).unwrap();
+    wait_for_log(&net, "dns: upstream 127.0.0.2:53");
+    assert_running(&net);
 }
 
 // ------------------------------------------------- airlock-proxy by name

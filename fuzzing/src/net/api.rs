@@ -6,23 +6,25 @@
 //! The connection is an in-memory stream that hands out the input in reads
 //! of a fuzzer-chosen size, then reports end-of-stream or "nothing more
 //! yet" (a read timeout). Publishing is recorded, not bound: no host port
-//! is ever opened; counters, flows and leases come from a real [`Shared`].
+//! is ever opened; counters, flows, leases and DNS records come from a
+//! real [`Shared`] (records only change its memory).
 //!
 //! Every response is checked: a status from 100 to 599, a JSON body, and
 //! header values without line breaks.
 
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_testkit::Input;
 
 use super::{gateway_config, shared};
-use airlock_api::{FlowInfo, Lease, PortSpec, Proto, Stats as Snapshot};
+use airlock_api::{DnsInfo, FlowInfo, GvZone, Lease, PortSpec, Proto, Stats as Snapshot};
 use airlock_net::api::http::{serve_connection, Request, Response, Transport};
 use airlock_net::api::{Api, Control, GuestNet};
 use airlock_netcore::publish::PublishError;
+use airlock_netcore::services::dns::{DnsError, LocalRecord, RecordData};
 use airlock_netcore::Shared;
 
 /// The daemon's side of the API, with publishing recorded instead of bound
@@ -86,6 +88,35 @@ impl Control for Recorded {
         self.shared
             .current_guest(Duration::from_secs(1))
             .map(|g| g.leases)
+    }
+
+    fn dns(&self) -> DnsInfo {
+        self.shared.dns.view().info()
+    }
+
+    fn dns_add(&self, name: &str, data: RecordData) -> Result<bool, DnsError> {
+        self.shared.dns_add_record(name, data)
+    }
+
+    fn dns_remove(
+        &self,
+        name: &str,
+        data: Option<&RecordData>,
+    ) -> Result<Vec<LocalRecord>, DnsError> {
+        self.shared.dns_remove_records(name, data)
+    }
+
+    fn dns_add_zone(
+        &self,
+        zone: &str,
+        records: &[(String, IpAddr)],
+        default: Option<IpAddr>,
+    ) -> Result<String, DnsError> {
+        self.shared.dns_add_gv_zone(zone, records, default)
+    }
+
+    fn dns_zones(&self) -> Vec<GvZone> {
+        self.shared.dns.view().gv_zones()
     }
 }
 

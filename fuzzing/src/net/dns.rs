@@ -1,13 +1,16 @@
 //! `dns`: guest DNS queries through what the gateway does with them.
 //!
 //! - over UDP (first input byte even): each message goes to
-//!   [`answer_local`], and as the gateway's `dns_query` does, a query to
-//!   forward is checked against the local zone with [`parse_query`], a
-//!   malformed one answered with [`error_reply`];
+//!   [`answer_local`] and, as the gateway's `dns_query` does, to [`plan`]
+//!   with the fuzz targets' DNS settings (local zone, wildcard, a CNAME to
+//!   an outside name); a malformed one is answered with [`error_reply`];
 //! - over TCP (odd): the rest of the input is a byte stream cut into reads
-//!   of fuzzer-chosen sizes, fed to one [`DnsTcpSession`], and what it
-//!   forwards comes back as the upstream's reply (the echo upstream the
-//!   `net_frame` target uses does the same).
+//!   of fuzzer-chosen sizes, fed to one [`DnsTcpSession`].
+//!
+//! Every query that goes upstream for a local CNAME's target is answered
+//! twice through [`Chase::finish`]: with itself (as the echo upstream of
+//! the `net_frame` target does) and with the next fuzzer-chosen bytes, so
+//! the decompression of an upstream's records sees hostile input too.
 //!
 //! Replies are checked: they answer the query's id, have QR set, and over
 //! TCP every reply is whole and correctly length-prefixed.
@@ -18,7 +21,8 @@ use std::sync::Arc;
 use airlock_testkit::Input;
 
 use airlock_netcore::services::dns::{
-    answer_local, error_reply, parse_query, DnsTcpSession, LocalOutcome, LocalRecords, Rcode,
+    answer_local, error_reply, parse_query, plan, Chase, DnsTcpSession, DnsView, Forward, LiveDns,
+    LocalOutcome, LocalRecords, Plan, Rcode,
 };
 
 const MAX_MESSAGES: usize = 32;
@@ -39,15 +43,44 @@ fn records() -> LocalRecords {
 pub fn fuzz_dns(data: &[u8]) {
     let mut input = Input::new(data);
     let records = records();
+    let view = LiveDns::new(super::dns_settings()).view();
     if input.u8() & 1 == 0 {
         for _ in 0..MAX_MESSAGES {
             if input.is_empty() {
                 break;
             }
-            udp_query(input.chunk(usize::from(u16::MAX)), &records);
+            let msg = input.chunk(usize::from(u16::MAX));
+            udp_query(msg, &records);
+            if let Ok(p) = plan(msg, &view, None) {
+                checked_plan(msg, p, &mut input);
+            }
         }
     } else {
-        tcp_stream(&mut input, Arc::new(records));
+        tcp_stream(&mut input, view);
+    }
+}
+
+/// Checks a plan's reply, or answers its upstream query as [`fuzz_dns`]
+/// says.
+fn checked_plan(msg: &[u8], p: Plan, input: &mut Input) {
+    match p {
+        Plan::Answer(reply) | Plan::NxDomain(reply) | Plan::NoUpstream(reply) => {
+            check_reply(msg, &reply)
+        }
+        Plan::Forward(f) => chase(&f, input),
+    }
+}
+
+fn chase(f: &Forward, input: &mut Input) {
+    let Some(c) = &f.chase else {
+        return;
+    };
+    if let Some(reply) = c.finish(&f.query) {
+        check_reply(c.original(), &reply);
+    }
+    let upstream = input.chunk(1024);
+    if let Some(reply) = Chase::finish(c, upstream) {
+        check_reply(c.original(), &reply);
     }
 }
 
@@ -72,8 +105,8 @@ fn udp_query(msg: &[u8], records: &LocalRecords) {
     }
 }
 
-fn tcp_stream(input: &mut Input, records: Arc<LocalRecords>) {
-    let mut session = DnsTcpSession::new(records);
+fn tcp_stream(input: &mut Input, view: Arc<DnsView>) {
+    let mut session = DnsTcpSession::new(view);
     let mut to_guest = Vec::new();
     for _ in 0..MAX_MESSAGES * 4 {
         if input.is_empty() {
@@ -85,17 +118,10 @@ fn tcp_stream(input: &mut Input, records: Arc<LocalRecords>) {
             break;
         };
         to_guest.extend_from_slice(&actions.to_guest);
-        // The upstream answers every forwarded query with itself, in
-        // reads cut at an input-chosen place.
-        let cut = usize::from(input.u8()).min(actions.to_upstream.len());
-        for part in [&actions.to_upstream[..cut], &actions.to_upstream[cut..]] {
-            match session.from_upstream(part) {
-                Ok(bytes) => to_guest.extend_from_slice(&bytes),
-                Err(e) => panic!("the session refused its own framed queries: {e}"),
-            }
+        for f in &actions.forward {
+            chase(f, input);
         }
     }
-    let _ = (session.needs_upstream(), session.outstanding());
     let mut rest = &to_guest[..];
     while !rest.is_empty() {
         let [hi, lo, body @ ..] = rest else {

@@ -37,14 +37,14 @@ pub fn fuzz_ipv6_services(data: &[u8]) {
 pub fn run(data: &[u8]) -> usize {
     let mut replies = 0;
     let mut input = Input::new(data);
-    let mut cfg = gateway_config(65520);
-    if input.bool() {
-        cfg.dhcp.search_domains = vec!["corp.example.internal".into(), "example.org.".into()];
-    }
+    let cfg = gateway_config(65520);
     let Some(v6) = cfg.ipv6.clone() else {
         return 0;
     };
     let mut server = Dhcpv6Server::new(&cfg, &v6);
+    if input.bool() {
+        server.set_search(&["corp.example.internal".into(), "example.org.".into()]);
+    }
     let mut now = Instant::now();
     for _ in 0..MAX_MESSAGES {
         if input.is_empty() {

@@ -6,7 +6,7 @@
 //! [`Gateway::guest_frame`] with [`Backlog`](airlock_netcore::Backlog) as
 //! the guest side, descriptor chains to [`NetSession`]'s event handler,
 //! DHCP messages to [`DhcpServer::handle`](airlock_netcore::services::dhcp::DhcpServer::handle),
-//! DNS queries to [`dns::answer_local`](airlock_netcore::services::dns::answer_local) and
+//! DNS queries to [`dns::plan`](airlock_netcore::services::dns::plan) and
 //! [`DnsTcpSession`](airlock_netcore::services::dns::DnsTcpSession), control API bytes to
 //! [`api::http::serve_connection`](airlock_net::api::http::serve_connection) with
 //! [`Api::handle`](airlock_net::api::Api::handle).
@@ -49,7 +49,9 @@ use airlock_netcore::config::Ipv6Config;
 use airlock_netcore::host::Target;
 use airlock_netcore::policy::{Action, Rule};
 use airlock_netcore::services::dhcp::DhcpConfig;
-use airlock_netcore::services::dns::LocalRecords;
+use airlock_netcore::services::dns::{
+    DnsSettings, LocalRecords, RecordData, RecordSource, ZoneSpec, ZoneTarget,
+};
 use airlock_netcore::{GatewayConfig, PolicySource, PublishSource, Shared, TcpLimits};
 
 pub const GW_MAC: EthernetAddress = EthernetAddress([0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xdd]);
@@ -221,11 +223,6 @@ impl Echo {
 /// with the aliases and DNS pointed at [`peers`]).
 pub fn gateway_config(mtu: usize) -> GatewayConfig {
     let peers = peers();
-    let mut records = LocalRecords::new();
-    let _ = records.insert("host.airlock.internal", HOST);
-    let _ = records.insert("http.airlock.internal", PROXY);
-    let _ = records.insert("host.airlock.internal", HOST6);
-    let _ = records.insert("http.airlock.internal", PROXY6);
     GatewayConfig {
         gateway_mac: GW_MAC,
         gateway_ip: GW,
@@ -235,9 +232,6 @@ pub fn gateway_config(mtu: usize) -> GatewayConfig {
         proxy_ip: PROXY,
         proxy: Some((PROXY_PORT, Target::Unix(peers.unix.clone()))),
         mtu,
-        dns_upstreams: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, peers.port))],
-        records: Arc::new(records),
-        local_zones: vec!["airlock.internal".into()],
         dhcp: DhcpConfig::default(),
         publish_source: PublishSource::Gateway,
         max_flows: 16,
@@ -253,6 +247,37 @@ pub fn gateway_config(mtu: usize) -> GatewayConfig {
             proxy: PROXY6,
             lease_time: Duration::from_secs(3600),
         }),
+    }
+}
+
+/// The DNS service of every net target: the aliases' names, a CNAME to
+/// an outside name, the local zone, and the loopback echo as the resolver
+/// (it answers a query with the query itself).
+pub fn dns_settings() -> DnsSettings {
+    let mut records = LocalRecords::new();
+    for (name, value) in [
+        ("host.airlock.internal", HOST.to_string()),
+        ("http.airlock.internal", PROXY.to_string()),
+        ("host.airlock.internal", HOST6.to_string()),
+        ("http.airlock.internal", PROXY6.to_string()),
+        ("v6.airlock.internal", "fd00::1".into()),
+        ("alias.airlock.internal", "host.airlock.internal".into()),
+        ("outside.airlock.internal", "www.example.test".into()),
+        ("*.apps.test", "10.0.0.9".into()),
+    ] {
+        if let Ok(data) = RecordData::parse(&value) {
+            let _ = records.add(name, data, RecordSource::Config);
+        }
+    }
+    DnsSettings {
+        upstreams: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, peers().port))],
+        source: "fuzz".into(),
+        search: vec!["airlock.internal".into()],
+        zones: vec![ZoneSpec {
+            name: "airlock.internal".into(),
+            target: ZoneTarget::Local,
+        }],
+        records,
     }
 }
 
@@ -273,5 +298,6 @@ pub fn shared() -> Arc<Shared> {
         default: Some(Action::Deny),
         file: None,
     };
-    Shared::new(GUEST, source, None).expect("cannot create the fuzz gateway's shared state")
+    Shared::new(GUEST, source, dns_settings(), None)
+        .expect("cannot create the fuzz gateway's shared state")
 }

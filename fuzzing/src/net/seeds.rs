@@ -567,9 +567,32 @@ fn dns() -> Vec<(&'static str, Vec<u8>)> {
     for read in stream.chunks(37) {
         tcp.extend_from_slice(&(read.len() as u16).to_be_bytes());
         tcp.extend_from_slice(read);
-        tcp.push(3); // where the upstream's echo is cut
     }
-    vec![("udp-queries", udp), ("tcp-stream", tcp)]
+    // A local CNAME to an outside name, then the upstream's answer for the
+    // target, compressed as servers write it: www.example.test CNAME
+    // lb.example.test, lb.example.test A 10.1.1.1, a SOA for example.test.
+    let chase = dns_query(8, "outside.airlock.internal", 1, Some(1232));
+    let mut answer = Vec::new();
+    for v in [8u16, 0x8180, 1, 2, 1, 0] {
+        answer.extend_from_slice(&v.to_be_bytes());
+    }
+    answer.extend_from_slice(b"\x03www\x07example\x04test\x00\x00\x01\x00\x01");
+    answer.extend_from_slice(b"\xc0\x0c\x00\x05\x00\x01\x00\x00\x01\x2c\x00\x05\x02lb\xc0\x10");
+    answer.extend_from_slice(b"\xc0\x2e\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x0a\x01\x01\x01");
+    answer.extend_from_slice(
+        b"\xc0\x10\x00\x06\x00\x01\x00\x00\x00\x3c\x00\x21\x02ns\xc0\x10\x05admin\xc0\x10",
+    );
+    answer.extend_from_slice(&[0; 20]);
+    let mut cname = vec![0u8];
+    for m in [&chase, &answer] {
+        cname.extend_from_slice(&(m.len() as u16).to_be_bytes());
+        cname.extend_from_slice(m);
+    }
+    vec![
+        ("udp-queries", udp),
+        ("tcp-stream", tcp),
+        ("udp-cname-chase", cname),
+    ]
 }
 
 // ---- net_chain ---------------------------------------------------------------------
@@ -692,6 +715,24 @@ fn api() -> Vec<(&'static str, Vec<u8>)> {
         "GET /nope HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_owned(),
     ]
     .concat();
+    let dns = [
+        http("POST", "/dns/add", r#"{"name":"db.test","value":"10.0.0.5"}"#, ""),
+        http("POST", "/dns/add", r#"{"name":"*.apps.test","type":"AAAA","value":"fd00::9"}"#, ""),
+        http("POST", "/dns/add", r#"{"name":"www.test","value":"db.test"}"#, ""),
+        http("GET", "/dns", "", ""),
+        http(
+            "POST",
+            "/services/dns/add",
+            r#"{"Name":"dynamic.internal.","Records":[{"Name":"test","IP":"192.168.127.254"}],"DefaultIP":"10.0.0.1"}"#,
+            "",
+        ),
+        http("GET", "/services/dns/all", "", ""),
+        http("POST", "/dns/remove", r#"{"name":"db.test","value":"10.0.0.5"}"#, ""),
+        http("POST", "/dns/remove", r#"{"name":"host.airlock.internal"}"#, ""),
+    ]
+    .concat();
+    let mut dns_session = vec![0, 1];
+    dns_session.extend_from_slice(dns.as_bytes());
     let mut one_byte_reads = vec![1, 1];
     one_byte_reads.extend_from_slice(session.as_bytes());
     let mut whole = vec![0, 1];
@@ -702,6 +743,7 @@ fn api() -> Vec<(&'static str, Vec<u8>)> {
         ("session-byte-by-byte", one_byte_reads),
         ("session", whole),
         ("errors", errors),
+        ("dns", dns_session),
     ]
 }
 

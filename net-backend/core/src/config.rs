@@ -1,8 +1,7 @@
 //! What a gateway is told at start: its addresses, services, limits and
 //! timeouts, checked by the daemon's command-line layer.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use smoltcp::wire::EthernetAddress;
@@ -10,7 +9,6 @@ use smoltcp::wire::EthernetAddress;
 use crate::flows::tcp::TcpLimits;
 use crate::host::Target;
 use crate::services::dhcp::DhcpConfig;
-use crate::services::dns::LocalRecords;
 
 /// Everything the gateway needs to know, checked by the config layer.
 #[derive(Clone, Debug)]
@@ -25,11 +23,7 @@ pub struct GatewayConfig {
     pub proxy_ip: Ipv4Addr,
     pub proxy: Option<(u16, Target)>,
     pub mtu: usize,
-    pub dns_upstreams: Vec<SocketAddr>,
-    pub records: Arc<LocalRecords>,
-    /// DNS zones the gateway is authoritative for (`airlock.internal`):
-    /// unknown names in them get NXDOMAIN instead of going upstream.
-    pub local_zones: Vec<String>,
+    /// DHCP; its search list is the DNS service's (see [`crate::Shared`]).
     pub dhcp: DhcpConfig,
     /// Where published-port clients appear to come from.
     pub publish_source: PublishSource,

@@ -9,10 +9,13 @@
 //!   UDP come back to the same dispatch as IPv4's;
 //! - ARP for the gateway's addresses and off-link destinations → answered;
 //! - DHCP (UDP 67) → [`crate::services::dhcp`]; DNS to the gateway →
-//!   [`crate::services::dns`] (local names) or forwarded upstream;
+//!   [`crate::services::dns`] (local names, local zones) or forwarded to
+//!   the resolvers of the name's zone;
 //! - ICMP echo → answered for the gateway and aliases, else a ping flow;
 //! - TCP and UDP → a flow of [`crate::flows`], found by its key or opened.
 
+#[cfg(test)]
+mod dns_tests;
 mod egress;
 mod ipv6;
 #[cfg(test)]
@@ -51,7 +54,7 @@ use crate::poller::{FlowId, Poller, Source};
 use crate::services::dhcp::{DhcpServer, LeaseInfo};
 use crate::services::dhcpv6::Dhcpv6Server;
 use crate::services::dns::bridge::DnsBridge;
-use crate::services::dns::{self, forward, LocalOutcome};
+use crate::services::dns::{self, forward, Plan};
 use crate::services::ndp::Router;
 use crate::shared::Shared;
 use crate::stats::{DnsOutcome, DropReason};
@@ -71,6 +74,8 @@ pub struct Gateway {
     no_sockets: SocketSet<'static>,
     events: Vec<(FlowId, Source, EventSet)>,
     due: Vec<FlowId>,
+    /// The DNS settings DHCP was last given ([`Gateway::sync_dns`]).
+    dns_generation: Option<u64>,
 }
 
 fn random_seed() -> u64 {
@@ -135,8 +140,10 @@ impl Gateway {
             no_sockets: SocketSet::new(Vec::new()),
             events: Vec::new(),
             due: Vec::new(),
+            dns_generation: None,
         };
         gateway.listeners.sync(&gateway.flows);
+        gateway.sync_dns();
         gateway.schedule_router();
         Ok(gateway)
     }
@@ -391,10 +398,7 @@ impl Gateway {
         packet: &GuestPacket,
         tx: &mut dyn GuestTx,
     ) {
-        let bridge = DnsBridge::new(
-            self.cfg.records.clone(),
-            self.cfg.dns_upstreams.first().copied(),
-        );
+        let bridge = DnsBridge::new(self.shared().dns.view());
         let limits = self.cfg.tcp;
         let opened = self.flows.open(tx, |_, cx| {
             Ok(Box::new(TcpFlow::open_dns(
@@ -571,39 +575,30 @@ impl Gateway {
         tx: &mut dyn GuestTx,
     ) {
         let shared = self.flows.stack.shared.clone();
-        let stats = &shared.stats;
-        let reply = match dns::answer_local(msg, &self.cfg.records) {
-            Ok(LocalOutcome::Answer(reply)) => {
+        let (stats, live) = (&shared.stats, &shared.dns);
+        let view = live.view();
+        let reply = match dns::plan(msg, &view, None) {
+            Ok(Plan::Answer(reply)) => {
                 stats.dns_query(DnsOutcome::Local);
+                live.count_local();
                 Some(reply)
             }
-            Ok(LocalOutcome::Forward) => {
-                // Names in our own zone that we don't have never leave the host.
-                let local = dns::parse_query(msg).is_ok_and(|q| {
-                    self.cfg
-                        .local_zones
-                        .iter()
-                        .any(|z| dns::in_zone(&q.name, z))
-                });
-                if local {
-                    stats.dns_query(DnsOutcome::LocalNxdomain);
-                    dns::error_reply(msg, dns::Rcode::NxDomain)
-                } else if self.cfg.dns_upstreams.is_empty() {
-                    stats.dns_query(DnsOutcome::NoUpstream);
-                    dns::error_reply(msg, dns::Rcode::ServFail)
-                } else {
-                    stats.dns_query(DnsOutcome::Forwarded);
-                    forward::forward(
-                        &mut self.flows,
-                        guest,
-                        gateway,
-                        msg,
-                        &self.cfg.dns_upstreams,
-                        self.cfg.udp_timeout,
-                        tx,
-                    );
-                    None
-                }
+            Ok(Plan::NxDomain(reply)) => {
+                stats.dns_query(DnsOutcome::LocalNxdomain);
+                live.count_local();
+                Some(reply)
+            }
+            Ok(Plan::NoUpstream(reply)) => {
+                stats.dns_query(DnsOutcome::NoUpstream);
+                live.count_failed();
+                Some(reply)
+            }
+            Ok(Plan::Forward(fwd)) => {
+                stats.dns_query(DnsOutcome::Forwarded);
+                live.count_forwarded();
+                let timeout = self.cfg.udp_timeout;
+                forward::forward(&mut self.flows, guest, gateway, msg, fwd, timeout, tx);
+                None
             }
             Err(e) => {
                 stats.dns_query(DnsOutcome::Malformed);
@@ -614,6 +609,32 @@ impl Gateway {
         };
         if let Some(reply) = reply {
             self.flows.cx(tx).send_udp(gateway, guest, &reply, None);
+        }
+    }
+
+    /// Hands the DNS service's search list, the one source of it, to
+    /// DHCP, DHCPv6 and the Router Advertisements when it changed (a
+    /// renewing guest picks it up): DHCP's option 15 is its first domain,
+    /// option 119 all of them; DHCPv6's option 24 and the RA's DNSSL all of
+    /// them. A changed DNSSL is advertised at once (rate-limited).
+    fn sync_dns(&mut self) {
+        let view = self.shared().dns.view();
+        if self.dns_generation == Some(view.generation) {
+            return;
+        }
+        // At start the first periodic advertisement carries it.
+        let started = self.dns_generation.replace(view.generation).is_some();
+        let search = view.search();
+        self.dhcp
+            .set_domains(search.first().cloned(), search.to_vec());
+        if let Some(d) = &mut self.dhcp6 {
+            d.set_search(search);
+        }
+        if let Some(r) = &mut self.router {
+            if r.set_search(search) && started {
+                r.changed(Instant::now());
+                self.schedule_router();
+            }
         }
     }
 
@@ -803,12 +824,14 @@ impl Gateway {
         }
     }
 
-    /// Ports, the policy or a query changed (control API, SIGHUP): register
-    /// new published sockets, close established flows the policy now
-    /// denies, and answer the control API's questions about this guest.
+    /// Ports, the policy, the DNS settings or a query changed (control
+    /// API, SIGHUP, resolv.conf): register new published sockets, close
+    /// established flows the policy now denies, pass the search list on to
+    /// DHCP, and answer the control API's questions about this guest.
     pub fn control(&mut self, tx: &mut dyn GuestTx) {
         let queries = self.shared().take_notification();
         self.listeners.sync(&self.flows);
+        self.sync_dns();
         let policy = self.shared().policy();
         let denied: Vec<(FlowId, Proto, String)> = self
             .flows

@@ -1,6 +1,6 @@
 //! What outlives a single guest connection: counters, published ports, the
-//! egress policy and the audit log. One per process, shared with every
-//! gateway and with the control API.
+//! egress policy, the DNS service's live settings and the audit log. One
+//! per process, shared with every gateway and with the control API.
 //!
 //! The control API never touches a gateway's state: it changes ports or
 //! the policy here and wakes the gateway ([`Shared::control_fd`]), and it
@@ -22,6 +22,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::policy::{Action, Policy, PolicyError, Rule};
 use crate::publish::{PortTable, PublishError};
 use crate::services::dhcp::LeaseInfo;
+use crate::services::dns::{DnsError, DnsSettings, LiveDns, LocalRecord, RecordData};
 use crate::stats::Stats;
 
 /// Where the egress policy comes from (reloaded on SIGHUP).
@@ -57,6 +58,9 @@ impl PolicySource {
 
 pub struct Shared {
     pub stats: Stats,
+    /// The DNS service's resolvers, search list, zones and records; change
+    /// them through [`Shared`]'s `dns_*` methods, which wake the gateway.
+    pub dns: LiveDns,
     pub audit: Option<AuditLog>,
     pub guest_ip: Ipv4Addr,
     ports: Mutex<PortTable>,
@@ -106,11 +110,13 @@ impl Shared {
     pub fn new(
         guest_ip: Ipv4Addr,
         policy_source: PolicySource,
+        dns: DnsSettings,
         audit: Option<AuditLog>,
     ) -> Result<Arc<Shared>, SharedError> {
         let policy = policy_source.load()?;
         Ok(Arc::new(Shared {
             stats: Stats::default(),
+            dns: LiveDns::new(dns),
             audit,
             guest_ip,
             ports: Mutex::new(PortTable::default()),
@@ -147,6 +153,88 @@ impl Shared {
         self.audit(json!({"event": "policy-reload", "rules": n}));
         self.notify();
         Ok(())
+    }
+
+    // ---- DNS -------------------------------------------------------------------
+
+    /// New upstream resolvers (and search list, with `Some`) after a
+    /// reload of `source`; returns whether anything changed.
+    pub fn dns_set_upstreams(
+        &self,
+        upstreams: &[SocketAddr],
+        search: Option<Vec<String>>,
+        source: &str,
+    ) -> bool {
+        if !self.dns.set_upstreams(upstreams, search) {
+            return false;
+        }
+        let view = self.dns.view();
+        let list: Vec<String> = view
+            .upstreams()
+            .iter()
+            .map(|u| u.addr.to_string())
+            .collect();
+        log::info!(
+            "dns: upstream {} (from {source}), search [{}]",
+            if list.is_empty() {
+                "none".to_owned()
+            } else {
+                list.join(", ")
+            },
+            view.search().join(" ")
+        );
+        self.audit(json!({
+            "event": "dns-upstreams", "source": source, "upstreams": list, "search": view.search(),
+        }));
+        self.notify();
+        true
+    }
+
+    /// Adds a local record (control API); `Ok(false)`: it existed already.
+    pub fn dns_add_record(&self, name: &str, data: RecordData) -> Result<bool, DnsError> {
+        let added = self.dns.add_record(name, data.clone())?;
+        if added {
+            log::info!("dns: added {name} {} {data}", data.type_name());
+            self.audit(json!({
+                "event": "dns-add", "name": name, "type": data.type_name(), "value": data.to_string(),
+            }));
+            self.notify();
+        }
+        Ok(added)
+    }
+
+    /// Removes local records (control API); see [`LiveDns::remove_records`].
+    pub fn dns_remove_records(
+        &self,
+        name: &str,
+        data: Option<&RecordData>,
+    ) -> Result<Vec<LocalRecord>, DnsError> {
+        let gone = self.dns.remove_records(name, data)?;
+        for r in &gone {
+            log::info!("dns: removed {} {} {}", r.name, r.data.type_name(), r.data);
+            self.audit(json!({
+                "event": "dns-remove", "name": r.name, "type": r.data.type_name(), "value": r.data.to_string(),
+            }));
+        }
+        self.notify();
+        Ok(gone)
+    }
+
+    /// gvisor-tap-vsock's `/services/dns/add`; see [`LiveDns::add_gv_zone`].
+    pub fn dns_add_gv_zone(
+        &self,
+        zone: &str,
+        records: &[(String, std::net::IpAddr)],
+        default: Option<std::net::IpAddr>,
+    ) -> Result<String, DnsError> {
+        let zone = self.dns.add_gv_zone(zone, records, default)?;
+        log::info!("dns: zone {zone} is local, {} records set", records.len());
+        self.audit(json!({
+            "event": "dns-zone", "zone": zone, "records": records.len(),
+            "default": default.map(|ip| ip.to_string()),
+        }));
+        self.notify();
+        Ok(zone)
     }
 
     // ---- published ports -----------------------------------------------------

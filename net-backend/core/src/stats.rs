@@ -204,6 +204,8 @@ impl Stats {
                 .iter()
                 .map(|d| (d.name().to_owned(), self.drop_count(*d)))
                 .collect(),
+            // The DNS service's counters live with it (LiveDns::stats).
+            dns: Default::default(),
         }
     }
 }

@@ -391,7 +391,10 @@ impl TcpFlow {
             };
             let socket = self.sockets.get_mut::<tcp::Socket>(self.handle);
             if bridge.wants_guest_bytes() && socket.can_recv() {
-                match socket.recv(|buf| (buf.len(), bridge.guest_bytes(buf).map(|()| buf.len()))) {
+                let dns = &cx.stack.shared.dns;
+                match socket
+                    .recv(|buf| (buf.len(), bridge.guest_bytes(buf, dns).map(|()| buf.len())))
+                {
                     Ok(Ok(n)) => {
                         self.bytes_to_host += n as u64;
                         progress |= n > 0;
@@ -404,14 +407,7 @@ impl TcpFlow {
                     Err(_) => {}
                 }
             }
-            match bridge.drive(id, &cx.stack.poller) {
-                Ok(p) => progress |= p,
-                Err(e) => {
-                    log::debug!("dns/tcp {}: {e}", self.guest);
-                    self.fail(End::Reset, cx);
-                    return;
-                }
-            }
+            progress |= bridge.drive(id, &cx.stack.poller, &cx.stack.shared.dns);
             if !bridge.to_guest.is_empty() && socket.can_send() {
                 if let Ok(n) = socket.send_slice(&bridge.to_guest) {
                     bridge.to_guest.drain(..n);

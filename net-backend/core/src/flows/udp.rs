@@ -1,7 +1,7 @@
 //! UDP NAT: one host socket per (guest endpoint, destination) — a
 //! symmetric mapping, so only the destination the guest talked to can
-//! answer — with idle expiry. [`HostUdp`], the connected host socket and
-//! its counters, also carries the DNS service's forwarded queries.
+//! answer — with idle expiry. [`HostUdp`] is the connected host socket and
+//! its counters.
 
 use std::any::Any;
 use std::io;
@@ -100,13 +100,6 @@ impl HostUdp {
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(Received::Refused),
             Err(e) => Err(e),
         }
-    }
-
-    /// Connects the socket elsewhere (forwarded DNS switching resolvers).
-    pub(crate) fn reconnect(&mut self, target: SocketAddr) -> io::Result<()> {
-        self.sock.connect(target)?;
-        self.target = target;
-        Ok(())
     }
 
     /// Reads what the host sent and hands each datagram to the guest as

@@ -22,7 +22,9 @@ use crate::host::Target;
 use crate::phy::GuestTx;
 use crate::policy::Proto;
 use crate::services::dhcp::DhcpConfig;
-use crate::services::dns::LocalRecords;
+use crate::services::dns::{
+    DnsSettings, LocalRecords, RecordData, RecordSource, ZoneSpec, ZoneTarget,
+};
 use crate::shared::{PolicySource, Shared};
 use crate::stats::DropReason;
 use crate::wire::{write_eth, ETH_HEADER, IPV4_HEADER};
@@ -65,9 +67,6 @@ impl GuestTx for Recorder {
 }
 
 pub fn config() -> GatewayConfig {
-    let mut records = LocalRecords::new();
-    records.insert("host.airlock.internal", HOST).unwrap();
-    records.insert("host.airlock.internal", HOST6).unwrap();
     GatewayConfig {
         gateway_mac: GW_MAC,
         gateway_ip: GW,
@@ -77,9 +76,6 @@ pub fn config() -> GatewayConfig {
         proxy_ip: Ipv4Addr::new(192, 168, 127, 253),
         proxy: None,
         mtu: 65520,
-        dns_upstreams: Vec::new(),
-        records: Arc::new(records),
-        local_zones: vec!["airlock.internal".into()],
         dhcp: DhcpConfig::default(),
         publish_source: PublishSource::Gateway,
         max_flows: 16,
@@ -220,8 +216,28 @@ pub fn parse_tcp(frame: &[u8]) -> Option<Seg> {
     })
 }
 
+/// The gateway's DNS at start: `host.airlock.internal` (A and AAAA), the
+/// local zone `airlock.internal`, no resolvers.
+pub fn dns_settings() -> DnsSettings {
+    let mut records = LocalRecords::new();
+    for data in [RecordData::A(HOST), RecordData::Aaaa(HOST6)] {
+        records
+            .add("host.airlock.internal", data, RecordSource::Builtin)
+            .unwrap();
+    }
+    DnsSettings {
+        source: "test".into(),
+        zones: vec![ZoneSpec {
+            name: "airlock.internal".into(),
+            target: ZoneTarget::Local,
+        }],
+        records,
+        ..DnsSettings::default()
+    }
+}
+
 pub fn shared() -> Arc<Shared> {
-    Shared::new(GUEST, PolicySource::default(), None).unwrap()
+    Shared::new(GUEST, PolicySource::default(), dns_settings(), None).unwrap()
 }
 
 pub fn gateway() -> (Gateway, Arc<Shared>) {
@@ -555,7 +571,7 @@ pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
 }
 
 /// UDP payloads the gateway sent to the guest from `src_port`.
-fn udp_payloads(tx: &Recorder, src_port: u16) -> Vec<Vec<u8>> {
+pub fn udp_payloads(tx: &Recorder, src_port: u16) -> Vec<Vec<u8>> {
     tx.frames
         .iter()
         .filter_map(|f| {
@@ -568,7 +584,7 @@ fn udp_payloads(tx: &Recorder, src_port: u16) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn rcode(reply: &[u8]) -> u8 {
+pub fn rcode(reply: &[u8]) -> u8 {
     reply[3] & 0x0f
 }
 
@@ -576,7 +592,8 @@ fn rcode(reply: &[u8]) -> u8 {
 fn dns_local_names_nxdomain_zone_and_forwarding() {
     let resolver = UdpSocket::bind("127.0.0.1:0").unwrap();
     let upstream = resolver.local_addr().unwrap();
-    let (mut gw, _) = gateway_with(|c| c.dns_upstreams = vec![upstream]);
+    let (mut gw, shared) = gateway();
+    shared.dns_set_upstreams(&[upstream], None, "test");
     let mut tx = Recorder::default();
 
     // A local name is answered by the gateway itself.
@@ -640,7 +657,7 @@ fn dns_without_upstream_is_servfail_and_garbage_is_formerr() {
 
 /// Completes a guest handshake with the gateway for `dst:port`; returns the
 /// gateway's next sequence number.
-fn handshake(gw: &mut Gateway, tx: &mut Recorder, sport: u16, dst: Ipv4Addr, port: u16) -> u32 {
+pub fn handshake(gw: &mut Gateway, tx: &mut Recorder, sport: u16, dst: Ipv4Addr, port: u16) -> u32 {
     gw.guest_frame(
         &tcp_frame(sport, dst, port, TcpControl::Syn, 100, None, b""),
         false,
@@ -668,7 +685,7 @@ fn handshake(gw: &mut Gateway, tx: &mut Recorder, sport: u16, dst: Ipv4Addr, por
     next
 }
 
-fn guest_bytes(tx: &Recorder) -> Vec<u8> {
+pub fn guest_bytes(tx: &Recorder) -> Vec<u8> {
     tx.frames
         .iter()
         .filter_map(|f| parse_tcp(f))
@@ -680,7 +697,8 @@ fn guest_bytes(tx: &Recorder) -> Vec<u8> {
 fn dns_over_tcp_answers_local_and_relays_to_the_upstream() {
     let resolver = TcpListener::bind("127.0.0.1:0").unwrap();
     let upstream = resolver.local_addr().unwrap();
-    let (mut gw, _) = gateway_with(|c| c.dns_upstreams = vec![upstream]);
+    let (mut gw, shared) = gateway();
+    shared.dns_set_upstreams(&[upstream], None, "test");
     let mut tx = Recorder::default();
     let ack = handshake(&mut gw, &mut tx, 41000, GW, 53);
 
@@ -878,7 +896,7 @@ fn a_host_that_does_not_read_closes_the_guests_window() {
 
 fn shared_with(policy: PolicySource, audit: Option<&std::path::Path>) -> Arc<Shared> {
     let audit = audit.map(|p| airlock_common::audit::AuditLog::open(p).unwrap());
-    Shared::new(GUEST, policy, audit).unwrap()
+    Shared::new(GUEST, policy, dns_settings(), audit).unwrap()
 }
 
 fn audit_lines(path: &std::path::Path) -> Vec<serde_json::Value> {

@@ -16,6 +16,7 @@ use super::tests::{
     dns_query, gateway, gateway_with, pump, Recorder, GUEST6, GUEST_MAC, GW6, GW_MAC, HOST6,
     PREFIX6,
 };
+use super::Gateway;
 use crate::config::Ipv6Config;
 use crate::stats::DropReason;
 use crate::wire::ipv6::{icmp_raw_frame, IPV6_HEADER};
@@ -512,22 +513,7 @@ fn dhcpv6_solicit_gets_the_slaac_address_and_dns_from_the_link_local_address() {
     m.extend_from_slice(&GUEST_MAC.0);
     m.extend_from_slice(&[0, 3, 0, 12, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0]);
     m.extend_from_slice(&[0, 14, 0, 0]);
-    let all_dhcp: Ipv6Addr = "ff02::1:2".parse().unwrap();
-    let repr = UdpRepr {
-        src_port: 546,
-        dst_port: 547,
-    };
-    let frame = ip6_frame(LINK_LOCAL, all_dhcp, 1, IpProtocol::Udp, 8 + m.len(), |b| {
-        repr.emit(
-            &mut UdpPacket::new_unchecked(b),
-            &IpAddress::Ipv6(LINK_LOCAL),
-            &IpAddress::Ipv6(all_dhcp),
-            m.len(),
-            |p| p.copy_from_slice(&m),
-            &ChecksumCapabilities::default(),
-        )
-    });
-    gw.guest_frame(&frame, false, &mut tx);
+    gw.guest_frame(&dhcp6_frame(&m), false, &mut tx);
     let out = udp6_out(&tx);
     assert_eq!(out.len(), 1);
     let (from, to, reply) = &out[0];
@@ -550,4 +536,163 @@ fn dhcpv6_solicit_gets_the_slaac_address_and_dns_from_the_link_local_address() {
     assert_eq!(leases[0].ip, std::net::IpAddr::V6(GUEST6));
     assert_eq!(gw.flows.stack.link.guest_ip6, Some(GUEST6));
     let _ = Instant::now();
+}
+
+/// A DHCPv6 message from the guest's link-local address to all servers.
+fn dhcp6_frame(m: &[u8]) -> Vec<u8> {
+    let all_dhcp: Ipv6Addr = "ff02::1:2".parse().unwrap();
+    let repr = UdpRepr {
+        src_port: 546,
+        dst_port: 547,
+    };
+    ip6_frame(LINK_LOCAL, all_dhcp, 1, IpProtocol::Udp, 8 + m.len(), |b| {
+        repr.emit(
+            &mut UdpPacket::new_unchecked(b),
+            &IpAddress::Ipv6(LINK_LOCAL),
+            &IpAddress::Ipv6(all_dhcp),
+            m.len(),
+            |p| p.copy_from_slice(m),
+            &ChecksumCapabilities::default(),
+        )
+    })
+}
+
+/// The options of an RA (after its 16-byte header) or of a DHCPv6 reply
+/// (after its 4-byte header), as (code, body).
+fn ra_options(m: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 16;
+    while at + 2 <= m.len() {
+        let len = usize::from(m[at + 1]) * 8;
+        assert!(len > 0 && at + len <= m.len(), "bad RA option at {at}");
+        out.push((m[at], m[at + 2..at + len].to_vec()));
+        at += len;
+    }
+    out
+}
+
+fn dhcp6_options(m: &[u8]) -> Vec<(u16, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 4;
+    while at + 4 <= m.len() {
+        let code = u16::from_be_bytes([m[at], m[at + 1]]);
+        let len = usize::from(u16::from_be_bytes([m[at + 2], m[at + 3]]));
+        out.push((code, m[at + 4..at + 4 + len].to_vec()));
+        at += 4 + len;
+    }
+    out
+}
+
+/// The DNS service's search list, changed at run time (a reload of the
+/// host's resolv.conf), reaches the IPv6 side: the next Router
+/// Advertisement's DNSSL, sent without waiting for the periodic one, and
+/// DHCPv6's domain list.
+#[test]
+fn the_live_search_list_reaches_dnssl_and_dhcpv6() {
+    let (mut gw, shared) = gateway();
+    let mut tx = Recorder::default();
+    let rs = icmp6(
+        LINK_LOCAL,
+        "ff02::2".parse().unwrap(),
+        255,
+        &[133, 0, 0, 0, 0, 0, 0, 0],
+    );
+    gw.guest_frame(&rs, false, &mut tx);
+    let (_, ra) = icmp6_out(&tx).pop().expect("an RA");
+    assert!(
+        ra_options(&ra).iter().all(|(code, _)| *code != 31),
+        "no DNSSL yet"
+    );
+    let info_request = [
+        11, 0, 0, 7, 0, 1, 0, 10, 0, 3, 0, 1, 0x52, 0x54, 0, 0x12, 0x34, 0x56,
+    ];
+    let domain_list = |gw: &mut Gateway, tx: &mut Recorder| {
+        tx.frames.clear();
+        gw.guest_frame(&dhcp6_frame(&info_request), false, tx);
+        let (_, _, reply) = udp6_out(tx).pop().expect("a DHCPv6 reply");
+        assert_eq!(reply[0], 7);
+        dhcp6_options(&reply)
+            .into_iter()
+            .find(|(code, _)| *code == 24)
+            .map(|(_, body)| body)
+    };
+    assert_eq!(domain_list(&mut gw, &mut tx), None);
+    let periodic = gw.router.as_ref().unwrap().next_periodic();
+
+    shared.dns_set_upstreams(
+        &[],
+        Some(vec!["corp.test".into(), "lab.corp.test".into()]),
+        "test",
+    );
+    gw.control(&mut tx);
+    let wire = b"\x04corp\x04test\x00\x03lab\x04corp\x04test\x00".to_vec();
+    assert_eq!(domain_list(&mut gw, &mut tx), Some(wire.clone()));
+    // Due once the 3 s between advertisements have passed, not at the
+    // periodic time.
+    let due = gw.router.as_ref().unwrap().next_periodic();
+    assert!(due < periodic);
+    assert!(due <= Instant::now() + crate::services::ndp::MIN_DELAY_BETWEEN_RAS);
+    tx.frames.clear();
+    gw.router_timer(due, &mut tx);
+    let (ip, ra) = icmp6_out(&tx).pop().expect("an RA for the change");
+    assert_eq!(ip.dst_addr, "ff02::1".parse::<Ipv6Addr>().unwrap());
+    let dnssl = ra_options(&ra)
+        .into_iter()
+        .find(|(code, _)| *code == 31)
+        .map(|(_, body)| body)
+        .expect("a DNSSL option");
+    // Reserved, lifetime, the names, zero padding.
+    assert_eq!(&dnssl[6..6 + wire.len()], &wire[..]);
+    assert!(dnssl[6 + wire.len()..].iter().all(|b| *b == 0));
+
+    // The same list again changes nothing; an empty one removes both.
+    let next = gw.router.as_ref().unwrap().next_periodic();
+    shared.dns_set_upstreams(
+        &[],
+        Some(vec!["corp.test".into(), "lab.corp.test".into()]),
+        "test",
+    );
+    gw.control(&mut tx);
+    assert_eq!(gw.router.as_ref().unwrap().next_periodic(), next);
+    shared.dns_set_upstreams(&[], Some(Vec::new()), "test");
+    gw.control(&mut tx);
+    assert_eq!(domain_list(&mut gw, &mut tx), None);
+}
+
+/// A record added at run time (control API) answers AAAA as well as A, to
+/// queries over either family.
+#[test]
+fn runtime_records_answer_aaaa_and_a_over_v6() {
+    use crate::services::dns::RecordData;
+    let (mut gw, shared) = gateway();
+    let mut tx = Recorder::default();
+    let v6: Ipv6Addr = "fd00::5".parse().unwrap();
+    for data in [
+        RecordData::Aaaa(v6),
+        RecordData::A(std::net::Ipv4Addr::new(10, 0, 0, 5)),
+    ] {
+        assert!(shared.dns_add_record("db.test", data).unwrap());
+    }
+    gw.control(&mut tx);
+    let ask = |gw: &mut Gateway, tx: &mut Recorder, qtype: u16| {
+        tx.frames.clear();
+        let mut q = dns_query(10, "db.test");
+        let at = q.len() - 4;
+        q[at..at + 2].copy_from_slice(&qtype.to_be_bytes());
+        gw.guest_frame(&udp6(5354, GW6, 53, &q), false, tx);
+        let (_, _, reply) = udp6_out(tx).pop().expect("a reply");
+        assert_eq!(u16::from_be_bytes([reply[6], reply[7]]), 1, "one answer");
+        reply
+    };
+    assert!(ask(&mut gw, &mut tx, 28).ends_with(&v6.octets()));
+    assert!(ask(&mut gw, &mut tx, 1).ends_with(&[10, 0, 0, 5]));
+    // Removed: the name is no longer local (no resolver here: SERVFAIL).
+    shared.dns_remove_records("db.test", None).unwrap();
+    tx.frames.clear();
+    let mut q = dns_query(11, "db.test");
+    let at = q.len() - 4;
+    q[at..at + 2].copy_from_slice(&28u16.to_be_bytes());
+    gw.guest_frame(&udp6(5354, GW6, 53, &q), false, &mut tx);
+    let (_, _, reply) = udp6_out(&tx).pop().expect("a reply");
+    assert_eq!(reply[3] & 0x0f, 2, "SERVFAIL");
 }

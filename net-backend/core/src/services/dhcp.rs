@@ -269,7 +269,7 @@ pub struct DhcpServer {
     dns_option: Vec<u8>,
     /// Option 15 payload.
     domain_option: Option<Vec<u8>>,
-    /// Option 119 payload (RFC 1035 names, uncompressed), before RFC 3396 splitting.
+    /// Option 119 payload (RFC 1035 names, compressed), before RFC 3396 splitting.
     search_option: Option<Vec<u8>>,
     lease: Option<Lease>,
 }
@@ -321,7 +321,33 @@ impl DhcpServer {
             .take(63)
             .flat_map(|ip| ip.octets())
             .collect();
-        let domain_option = match config.domain_name.as_deref() {
+        if config.mtu < MIN_MTU {
+            log::warn!(
+                "DHCP: MTU {} is below {MIN_MTU}: option 26 not sent",
+                config.mtu
+            );
+        }
+        let mut server = Self {
+            subnet_mask: mask.to_be_bytes(),
+            lease_secs,
+            dns_option,
+            domain_option: None,
+            search_option: None,
+            lease: None,
+            config,
+        };
+        server.set_domains(
+            server.config.domain_name.clone(),
+            server.config.search_domains.clone(),
+        );
+        server
+    }
+
+    /// Sets the domain name (option 15) and the search list (option 119)
+    /// of the replies from now on; a renewing guest picks them up. Names
+    /// that cannot be encoded are left out with a warning.
+    pub fn set_domains(&mut self, domain_name: Option<String>, search: Vec<String>) {
+        self.domain_option = match domain_name.as_deref() {
             Some(d) if !d.is_empty() && d.len() <= 255 => Some(d.as_bytes().to_vec()),
             Some(d) => {
                 log::warn!("DHCP: domain name {d:?} cannot be sent in option 15: skipped");
@@ -329,28 +355,21 @@ impl DhcpServer {
             }
             None => None,
         };
-        let mut search = Vec::new();
-        for name in &config.search_domains {
-            match encode_dns_name(name) {
-                Some(wire) => search.extend_from_slice(&wire),
-                None => log::warn!("DHCP: invalid search domain {name:?}: skipped"),
-            }
-        }
-        if config.mtu < MIN_MTU {
-            log::warn!(
-                "DHCP: MTU {} is below {MIN_MTU}: option 26 not sent",
-                config.mtu
-            );
-        }
-        Self {
-            subnet_mask: mask.to_be_bytes(),
-            lease_secs,
-            dns_option,
-            domain_option,
-            search_option: (!search.is_empty()).then_some(search),
-            lease: None,
-            config,
-        }
+        let valid: Vec<String> = search
+            .iter()
+            .filter(|name| {
+                let ok = encode_dns_name(name).is_some();
+                if !ok {
+                    log::warn!("DHCP: invalid search domain {name:?}: skipped");
+                }
+                ok
+            })
+            .cloned()
+            .collect();
+        let encoded = encode_search_list(&valid);
+        self.search_option = (!encoded.is_empty()).then_some(encoded);
+        self.config.domain_name = domain_name;
+        self.config.search_domains = search;
     }
 
     /// Handles one message the guest sent to UDP port 67.
@@ -545,6 +564,44 @@ fn put_option(out: &mut Vec<u8>, code: u8, data: &[u8]) {
     out.push(code);
     out.push(data.len() as u8);
     out.extend_from_slice(data);
+}
+
+/// Encodes the domain search list of option 119 (RFC 3397 §2): the names
+/// one after the other in RFC 1035 wire form, each ending in a pointer to
+/// an earlier copy of its longest tail already written (RFC 1035 §4.1.4),
+/// offsets counted from the start of the option's data (its pieces
+/// concatenated, RFC 3396). Invalid names are left out.
+pub fn encode_search_list(names: &[String]) -> Vec<u8> {
+    /// Largest offset a 14-bit pointer reaches.
+    const MAX_POINTER: usize = 0x3fff;
+    let mut out = Vec::new();
+    // Every tail written so far (lowercase) and where it starts.
+    let mut tails: Vec<(String, usize)> = Vec::new();
+    for name in names {
+        if encode_dns_name(name).is_none() {
+            continue;
+        }
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        let labels: Vec<&str> = name.split('.').collect();
+        let mut pointer = None;
+        for i in 0..labels.len() {
+            let tail = labels[i..].join(".");
+            if let Some((_, at)) = tails.iter().find(|(t, _)| *t == tail) {
+                pointer = Some(*at);
+                break;
+            }
+            if out.len() <= MAX_POINTER {
+                tails.push((tail, out.len()));
+            }
+            out.push(labels[i].len() as u8);
+            out.extend_from_slice(labels[i].as_bytes());
+        }
+        match pointer {
+            Some(at) => out.extend_from_slice(&(0xc000 | at as u16).to_be_bytes()),
+            None => out.push(0),
+        }
+    }
+    out
 }
 
 /// Encodes a domain name as RFC 1035 labels, or `None` if it is not a valid
@@ -1148,6 +1205,123 @@ mod tests {
         assert_eq!(d.u32(opt::REBINDING_TIME), 75600);
     }
 
+    /// Decodes option 119 data as a client does (RFC 1035 §4.1.4 pointers
+    /// into the option's data), checking every pointer goes backwards.
+    fn decode_search(data: &[u8]) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut at = 0;
+        while at < data.len() {
+            let mut labels = Vec::new();
+            let mut pos = at;
+            let mut end = None;
+            loop {
+                let len = data[pos] as usize;
+                if len == 0 {
+                    end.get_or_insert(pos + 1);
+                    break;
+                }
+                if len & 0xc0 == 0xc0 {
+                    let target = (len & 0x3f) << 8 | data[pos + 1] as usize;
+                    assert!(target < pos, "pointer forwards");
+                    end.get_or_insert(pos + 2);
+                    pos = target;
+                    continue;
+                }
+                labels.push(String::from_utf8(data[pos + 1..pos + 1 + len].to_vec()).unwrap());
+                pos += 1 + len;
+            }
+            names.push(labels.join("."));
+            at = end.unwrap();
+        }
+        names
+    }
+
+    #[test]
+    fn search_list_compression_rfc_3397_example() {
+        // RFC 3397 §2: "eng.apple.com" and "marketing.apple.com".
+        let data = encode_search_list(&["eng.apple.com".into(), "marketing.apple.com".into()]);
+        assert_eq!(
+            data,
+            b"\x03eng\x05apple\x03com\x00\x09marketing\xc0\x04".to_vec()
+        );
+        assert_eq!(
+            decode_search(&data),
+            ["eng.apple.com", "marketing.apple.com"]
+        );
+    }
+
+    #[test]
+    fn search_list_compression_edge_cases() {
+        let list: Vec<String> = [
+            "corp.example.com.",
+            "EXAMPLE.com",
+            "lab.corp.example.com",
+            "bad..name",
+            "corp.example.com",
+            "other.org",
+            "org",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let data = encode_search_list(&list);
+        assert_eq!(
+            decode_search(&data),
+            [
+                "corp.example.com",
+                "example.com",
+                "lab.corp.example.com",
+                "corp.example.com",
+                "other.org",
+                "org"
+            ]
+        );
+        // "example.com" is a pointer into the first name; the repeated name
+        // and "org" are pointers alone.
+        let first = b"\x04corp\x07example\x03com\x00";
+        assert_eq!(&data[..first.len()], first);
+        assert_eq!(&data[first.len()..first.len() + 2], b"\xc0\x05");
+        assert_eq!(&data[data.len() - 2..], b"\xc0\x22");
+        assert!(data.len() < list.iter().map(|n| n.len() + 2).sum::<usize>() - 20);
+        assert!(encode_search_list(&[]).is_empty());
+        assert!(encode_search_list(&["".into(), ".".into()]).is_empty());
+    }
+
+    #[test]
+    fn search_list_can_change_at_run_time() {
+        let mut s = server();
+        let d = decode(
+            &s.handle(&dhcpcd(msg::DISCOVER).bytes(), now())
+                .unwrap()
+                .unwrap()
+                .payload,
+        );
+        assert!(d.get(opt::DOMAIN_SEARCH).is_none() && d.get(opt::DOMAIN_NAME).is_none());
+        s.set_domains(
+            Some("corp.test".into()),
+            vec!["corp.test".into(), "lab.corp.test".into()],
+        );
+        let d = decode(
+            &s.handle(&dhcpcd(msg::DISCOVER).bytes(), now())
+                .unwrap()
+                .unwrap()
+                .payload,
+        );
+        assert_eq!(d.get(opt::DOMAIN_NAME), Some(&b"corp.test"[..]));
+        assert_eq!(
+            decode_search(d.get(opt::DOMAIN_SEARCH).unwrap()),
+            ["corp.test", "lab.corp.test"]
+        );
+        s.set_domains(None, Vec::new());
+        let d = decode(
+            &s.handle(&dhcpcd(msg::DISCOVER).bytes(), now())
+                .unwrap()
+                .unwrap()
+                .payload,
+        );
+        assert!(d.get(opt::DOMAIN_SEARCH).is_none() && d.get(opt::DOMAIN_NAME).is_none());
+    }
+
     #[test]
     fn long_search_list_is_split_or_left_out() {
         let cfg = DhcpConfig {
@@ -1156,8 +1330,8 @@ mod tests {
                 .collect(),
             ..DhcpConfig::default()
         };
-        let total: usize = cfg.search_domains.iter().map(|n| n.len() + 2).sum();
-        assert!(total > 255 && total < 1000);
+        let total = encode_search_list(&cfg.search_domains).len();
+        assert!(total > 255 && total < 1000, "{total}");
         let mut s = DhcpServer::new(cfg);
         // dhcpcd accepts 1472 bytes: the list is split over several 119s.
         let offer = s

@@ -7,7 +7,8 @@
 //!
 //! Policy:
 //! - Stateless (Information-request): DNS servers (23), the domain search
-//!   list (24) when configured, and an information refresh time (32).
+//!   list (24) when there is one (the DNS service's, see
+//!   [`Dhcpv6Server::set_search`]), and an information refresh time (32).
 //! - Stateful IA_NA: one address per client MAC, the same one SLAAC gives
 //!   it (the prefix plus the modified EUI-64 of the MAC), so a guest
 //!   running both has one address. Lifetimes are `--lease-time` (preferred
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 use smoltcp::wire::EthernetAddress;
 
 use super::dhcp::LeaseInfo;
-use super::ndp::dns_name;
+use super::dns::encode_names;
 use crate::config::{eui64, GatewayConfig, Ipv6Config};
 
 /// Message types (RFC 8415 §7.3).
@@ -271,26 +272,28 @@ pub struct Dhcpv6Server {
 }
 
 impl Dhcpv6Server {
+    /// A server without a search list: the gateway gives it the DNS
+    /// service's ([`Dhcpv6Server::set_search`]).
     pub fn new(cfg: &GatewayConfig, v6: &Ipv6Config) -> Dhcpv6Server {
         let mut duid = vec![0, 3, 0, 1];
         duid.extend_from_slice(&cfg.gateway_mac.0);
-        let domains = cfg
-            .dhcp
-            .search_domains
-            .iter()
-            .filter_map(|d| dns_name(d))
-            .flatten()
-            .collect();
         Dhcpv6Server {
             duid,
             dns: v6.gateway.octets().to_vec(),
-            domains,
+            domains: Vec::new(),
             lease_secs: u32::try_from(v6.lease_time.as_secs())
                 .unwrap_or(u32::MAX)
                 .max(60),
             v6: v6.clone(),
             leases: Vec::new(),
         }
+    }
+
+    /// Sets the domain search list (option 24) of the replies from now on;
+    /// clients pick it up when they renew or refresh their information.
+    /// Names that are not valid host names are left out.
+    pub fn set_search(&mut self, names: &[String]) {
+        self.domains = encode_names(names);
     }
 
     /// The address a client at `mac` gets: the one SLAAC gives it.

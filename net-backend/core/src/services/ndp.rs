@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use smoltcp::wire::EthernetAddress;
 
+use super::dns::encode_names;
 use crate::config::{GatewayConfig, Ipv6Config, PREFIX6_LEN};
 
 /// ICMPv6 message types of Neighbor Discovery.
@@ -190,22 +191,6 @@ pub fn neighbor_advert(target: Ipv6Addr, mac: EthernetAddress, solicited: bool) 
     m
 }
 
-/// A domain name in DNS wire form (uncompressed), or `None` if a label is
-/// empty or longer than 63 bytes, or the name longer than 255 bytes.
-pub(crate) fn dns_name(name: &str) -> Option<Vec<u8>> {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    let mut out = Vec::with_capacity(name.len() + 2);
-    for label in name.split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return None;
-        }
-        out.push(label.len() as u8);
-        out.extend_from_slice(label.as_bytes());
-    }
-    out.push(0);
-    (out.len() <= 255).then_some(out)
-}
-
 /// The router's side of Neighbor Discovery: what it advertises, and when.
 #[derive(Debug)]
 pub struct Router {
@@ -213,7 +198,7 @@ pub struct Router {
     mtu: u32,
     prefix: Ipv6Addr,
     dns: Ipv6Addr,
-    /// DNSSL payload: the search domains in wire form.
+    /// DNSSL payload: the search domains in wire form (empty: no DNSSL).
     search: Vec<u8>,
     last_advert: Option<Instant>,
     next_periodic: Instant,
@@ -221,26 +206,15 @@ pub struct Router {
 }
 
 impl Router {
+    /// A router without search domains: the gateway gives it the DNS
+    /// service's ([`Router::set_search`]).
     pub fn new(cfg: &GatewayConfig, v6: &Ipv6Config, seed: u64) -> Router {
-        let search = cfg
-            .dhcp
-            .search_domains
-            .iter()
-            .filter_map(|d| {
-                let wire = dns_name(d);
-                if wire.is_none() {
-                    log::warn!("RA: invalid search domain {d:?}: skipped");
-                }
-                wire
-            })
-            .flatten()
-            .collect();
         let mut router = Router {
             mac: cfg.gateway_mac,
             mtu: u32::try_from(cfg.mtu).unwrap_or(u32::MAX),
             prefix: v6.prefix,
             dns: v6.gateway,
-            search,
+            search: Vec::new(),
             last_advert: None,
             next_periodic: Instant::now(),
             rng: seed | 1,
@@ -248,6 +222,27 @@ impl Router {
         let first = router.interval();
         router.next_periodic += first;
         router
+    }
+
+    /// Sets the search list of the DNSSL option (names that are not valid
+    /// host names are left out); returns whether it changed.
+    pub fn set_search(&mut self, names: &[String]) -> bool {
+        let search = encode_names(names);
+        if search == self.search {
+            return false;
+        }
+        self.search = search;
+        true
+    }
+
+    /// What the router advertises changed at `now`: the next advertisement
+    /// is due now, or [`MIN_DELAY_BETWEEN_RAS`] after the last one (RFC
+    /// 4861 §6.2.4), so hosts learn it without waiting for the periodic one.
+    pub fn changed(&mut self, now: Instant) {
+        let soonest = self
+            .last_advert
+            .map_or(now, |t| now.max(t + MIN_DELAY_BETWEEN_RAS));
+        self.next_periodic = self.next_periodic.min(soonest);
     }
 
     /// A random interval between MinRtrAdvInterval and MaxRtrAdvInterval.

@@ -17,10 +17,11 @@ fn hex(s: &str) -> Vec<u8> {
 const DHCPCD_SOLICIT: &str = "011288ad0001000e0001000132a7f5e45254001234560003000c0012345600000000000000000006000a00170018002700520053000800020000000e0000";
 
 fn server() -> Dhcpv6Server {
-    let mut cfg = config();
-    cfg.dhcp.search_domains = vec!["airlock.internal".into()];
+    let cfg = config();
     let v6 = cfg.ipv6.clone().unwrap();
-    Dhcpv6Server::new(&cfg, &v6)
+    let mut server = Dhcpv6Server::new(&cfg, &v6);
+    server.set_search(&["airlock.internal".into()]);
+    server
 }
 
 /// The reply's options, with sub-options of IA_NA flattened after it.

@@ -16,16 +16,31 @@
 //! above 0 for a local name gets BADVERS. Queries without OPT get no OPT.
 
 pub(crate) mod bridge;
+mod chase;
 pub(crate) mod forward;
+mod live;
+mod records;
 mod resolv;
 mod tcp;
+mod upstream;
 mod wire;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
-pub use resolv::{parse_resolv_conf, parse_resolv_conf_with};
+pub use chase::Chase;
+pub use live::{
+    api_record, normalize_search, DnsSettings, DnsView, LiveDns, Route, ZoneSpec, ZoneTarget,
+    MAX_SEARCH,
+};
+pub use records::{
+    normalize_name, LocalRecord, LocalRecords, RecordData, RecordSource, MAX_RECORDS,
+};
+pub use resolv::{parse_resolv_conf, parse_resolv_conf_with, ResolvConf};
 pub use tcp::{tcp_frame, DnsTcpSession, TcpActions, TcpFramer};
+pub use upstream::{in_order, Upstream, DOWN_FOR};
 
+use chase::chase_query;
 use wire::{flag, rr, Header, HEADER_LEN};
 
 /// Whether `name` is `zone` or below it (both lowercase, no trailing dot).
@@ -43,8 +58,6 @@ const PLAIN_UDP_LIMIT: usize = 512;
 const TCP_LIMIT: usize = 65535;
 /// Extended RCODE BADVERS (16), as the upper 8 bits that go in the OPT TTL.
 const BADVERS_UPPER: u8 = 1;
-/// Longest local name in text form (255 wire bytes).
-const MAX_TEXT_NAME: usize = 253;
 
 /// Why a DNS message or name was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,7 +93,7 @@ pub enum DnsError {
     /// An OPT record whose owner is not the root.
     #[error("DNS OPT record with a non-root owner")]
     BadOpt,
-    /// A name given to [`LocalRecords::insert`] is not a valid host name.
+    /// A name given to [`LocalRecords::add`] is not a valid host name.
     #[error("invalid local DNS name {name:?}: {reason}")]
     InvalidName {
         /// The name as given.
@@ -94,6 +107,18 @@ pub enum DnsError {
     /// A message that does not fit a 2-byte TCP length prefix.
     #[error("DNS message of {0} bytes is too long for DNS over TCP")]
     MessageTooLong(usize),
+    /// A CNAME and another record for one name.
+    #[error("{0} would have a CNAME and other records: a CNAME must be the name's only record")]
+    CnameConflict(String),
+    /// The record set is full.
+    #[error("too many local DNS records (at most {0})")]
+    TooManyRecords(usize),
+    /// Nothing to remove.
+    #[error("no local DNS record {0}")]
+    NoSuchRecord(String),
+    /// The gateway's own names stay.
+    #[error("{0} is one of the gateway's built-in names (--gateway-name, --host-name, --proxy-name); it cannot be removed")]
+    BuiltinRecord(String),
 }
 
 impl DnsError {
@@ -104,7 +129,11 @@ impl DnsError {
             Self::NotAQuery
             | Self::InvalidName { .. }
             | Self::ZeroLengthMessage
-            | Self::MessageTooLong(_) => None,
+            | Self::MessageTooLong(_)
+            | Self::CnameConflict(_)
+            | Self::TooManyRecords(_)
+            | Self::NoSuchRecord(_)
+            | Self::BuiltinRecord(_) => None,
             Self::UnsupportedOpcode(_) => Some(Rcode::NotImp),
             _ => Some(Rcode::FormErr),
         }
@@ -140,140 +169,6 @@ impl Rcode {
             Self::Refused => 5,
         }
     }
-}
-
-/// Names the gateway answers itself (e.g. `host.airlock.internal`), each
-/// mapped to at most one IPv4 address (A) and one IPv6 address (AAAA).
-/// Names are matched case-insensitively and a
-/// trailing dot is ignored. Insertion order is kept: it orders the PTR
-/// records of an address that has several names, so insert the canonical
-/// name first. Meant for a handful of names (lookups scan the list).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LocalRecords {
-    entries: Vec<(String, IpAddr)>,
-}
-
-impl LocalRecords {
-    /// An empty set.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds `name → ip`, replacing the name's address of that family if it
-    /// has one. The name must be a host name: labels of 1–63 letters,
-    /// digits, `-` or `_`, at most 253 characters, an optional trailing dot.
-    pub fn insert(&mut self, name: &str, ip: impl Into<IpAddr>) -> Result<(), DnsError> {
-        let ip = ip.into();
-        let name = normalize_name(name)?;
-        match self
-            .entries
-            .iter_mut()
-            .find(|(n, a)| *n == name && a.is_ipv4() == ip.is_ipv4())
-        {
-            Some(entry) => entry.1 = ip,
-            None => self.entries.push((name, ip)),
-        }
-        Ok(())
-    }
-
-    /// Removes a name (both its addresses), returning its IPv4 address if
-    /// it had one.
-    pub fn remove(&mut self, name: &str) -> Option<Ipv4Addr> {
-        let name = trim_dot(name);
-        let v4 = self.lookup(name);
-        self.entries.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        v4
-    }
-
-    fn addresses<'a>(&'a self, name: &'a str) -> impl Iterator<Item = IpAddr> + 'a {
-        let name = trim_dot(name);
-        self.entries
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, ip)| *ip)
-    }
-
-    /// Whether `name` is a local name (of either family).
-    pub fn contains(&self, name: &str) -> bool {
-        self.addresses(name).next().is_some()
-    }
-
-    /// The IPv4 address of `name`, matched case-insensitively, trailing dot
-    /// ignored.
-    pub fn lookup(&self, name: &str) -> Option<Ipv4Addr> {
-        self.addresses(name).find_map(|ip| match ip {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        })
-    }
-
-    /// The IPv6 address of `name`.
-    pub fn lookup6(&self, name: &str) -> Option<Ipv6Addr> {
-        self.addresses(name).find_map(|ip| match ip {
-            IpAddr::V6(v6) => Some(v6),
-            IpAddr::V4(_) => None,
-        })
-    }
-
-    /// The names that map to `ip`, in insertion order.
-    pub fn names_for(&self, ip: impl Into<IpAddr>) -> impl Iterator<Item = &str> + '_ {
-        let ip = ip.into();
-        self.entries
-            .iter()
-            .filter(move |(_, a)| *a == ip)
-            .map(|(n, _)| n.as_str())
-    }
-
-    /// All records as (lowercase name without trailing dot, address), in
-    /// insertion order (a name with both families appears twice).
-    pub fn iter(&self) -> impl Iterator<Item = (&str, IpAddr)> + '_ {
-        self.entries.iter().map(|(n, ip)| (n.as_str(), *ip))
-    }
-
-    /// Number of records (a name with both families counts twice).
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether there are no names.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
-/// Strips one trailing dot.
-fn trim_dot(name: &str) -> &str {
-    name.strip_suffix('.').unwrap_or(name)
-}
-
-/// Validates a local name and returns it lowercase without trailing dot.
-fn normalize_name(name: &str) -> Result<String, DnsError> {
-    let invalid = |reason| DnsError::InvalidName {
-        name: name.to_owned(),
-        reason,
-    };
-    let trimmed = trim_dot(name);
-    if trimmed.is_empty() {
-        return Err(invalid("empty name"));
-    }
-    if trimmed.len() > MAX_TEXT_NAME {
-        return Err(invalid("longer than 253 characters"));
-    }
-    for label in trimmed.split('.') {
-        if label.is_empty() {
-            return Err(invalid("empty label"));
-        }
-        if label.len() > wire::MAX_LABEL {
-            return Err(invalid("label longer than 63 characters"));
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(invalid("only letters, digits, '-' and '_' are allowed"));
-        }
-    }
-    Ok(trimmed.to_ascii_lowercase())
 }
 
 /// The question of a DNS query.
@@ -398,31 +293,159 @@ fn parse_full(msg: &[u8]) -> Result<Parsed<'_>, DnsError> {
     })
 }
 
-/// What to do with a guest's query.
+/// What the records say about a query for a name that is not local.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LocalOutcome {
     /// Send this reply to the guest.
     Answer(Vec<u8>),
-    /// Not a local name: relay the query upstream unchanged.
+    /// Not a local name (or a local CNAME to one that is not): someone
+    /// else must answer.
     Forward,
 }
 
-/// A resource record in a local answer; the owner is always the question name.
-enum Record {
-    A(Ipv4Addr),
-    Aaaa(Ipv6Addr),
-    Ptr(Vec<u8>),
+/// A resource record of a reply the gateway builds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rr {
+    owner: Owner,
+    rtype: u16,
+    class: u16,
+    ttl: u32,
+    rdata: Vec<u8>,
+}
+
+/// The owner name of a record we write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Owner {
+    /// The question's name (a pointer to it: its case is the guest's).
+    Question,
+    /// Another name, uncompressed wire form.
+    Name(Vec<u8>),
+}
+
+impl Rr {
+    /// A local record: class IN, TTL [`LOCAL_TTL`].
+    fn local(owner: Owner, rtype: u16, rdata: Vec<u8>) -> Rr {
+        Rr {
+            owner,
+            rtype,
+            class: rr::CLASS_IN,
+            ttl: LOCAL_TTL,
+            rdata,
+        }
+    }
+
+    /// Appends it in wire form.
+    fn write(&self, out: &mut Vec<u8>) {
+        match &self.owner {
+            Owner::Question => out.extend_from_slice(&[0xc0, HEADER_LEN as u8]),
+            Owner::Name(wire) => out.extend_from_slice(wire),
+        }
+        out.extend_from_slice(&self.rtype.to_be_bytes());
+        out.extend_from_slice(&self.class.to_be_bytes());
+        out.extend_from_slice(&self.ttl.to_be_bytes());
+        out.extend_from_slice(&(self.rdata.len() as u16).to_be_bytes());
+        out.extend_from_slice(&self.rdata);
+    }
+}
+
+/// A local name (valid by construction: checked when it was added) in
+/// uncompressed wire form.
+fn name_wire(name: &str) -> Vec<u8> {
+    let labels: Vec<&[u8]> = name.split('.').map(str::as_bytes).collect();
+    let mut out = Vec::with_capacity(name.len() + 2);
+    wire::write_name(&mut out, &labels);
+    out
+}
+
+/// What the records hold for a question.
+struct LocalAnswer {
+    /// CNAMEs followed and the records found, in order.
+    answers: Vec<Rr>,
+    /// The CNAME chain leads to this name, which has no local records.
+    outside: Option<String>,
+}
+
+/// Looks `qname` up in `records`: its records of type `qtype` (A, AAAA,
+/// CNAME, or all for ANY; none for other types: NODATA), following local
+/// CNAMEs for at most [`records::MAX_CHAIN`] steps; PTR for the reverse
+/// name of a local address. `None`: the name is not local.
+fn from_records(records: &LocalRecords, qname: &str, qtype: u16) -> Option<LocalAnswer> {
+    let mut answers = Vec::new();
+    let mut name = qname.to_owned();
+    let mut seen: Vec<String> = Vec::new();
+    for depth in 0..=records::MAX_CHAIN {
+        let owner = if depth == 0 {
+            Owner::Question
+        } else {
+            Owner::Name(name_wire(&name))
+        };
+        let found = records.find(&name);
+        if found.is_empty() {
+            if depth == 0 {
+                return (qtype == rr::TYPE_PTR)
+                    .then(|| ptr_answers(records, qname))
+                    .flatten();
+            }
+            return Some(LocalAnswer {
+                answers,
+                outside: Some(name),
+            });
+        }
+        let cname = found.iter().find_map(|d| match d {
+            RecordData::Cname(target) => Some(target.clone()),
+            _ => None,
+        });
+        if let Some(target) = cname {
+            answers.push(Rr::local(owner, rr::TYPE_CNAME, name_wire(&target)));
+            let stop = qtype == rr::TYPE_CNAME || qtype == rr::TYPE_ANY;
+            if stop || seen.contains(&target) || target == name {
+                break;
+            }
+            seen.push(std::mem::replace(&mut name, target));
+            continue;
+        }
+        for data in found {
+            let rdata = match (data, qtype) {
+                (RecordData::A(ip), rr::TYPE_A | rr::TYPE_ANY) => ip.octets().to_vec(),
+                (RecordData::Aaaa(ip), rr::TYPE_AAAA | rr::TYPE_ANY) => ip.octets().to_vec(),
+                _ => continue,
+            };
+            answers.push(Rr::local(owner.clone(), data.rtype(), rdata));
+        }
+        break;
+    }
+    Some(LocalAnswer {
+        answers,
+        outside: None,
+    })
+}
+
+/// PTR records for the reverse name of a local address, if it is one.
+fn ptr_answers(records: &LocalRecords, name: &str) -> Option<LocalAnswer> {
+    let ip = reverse_v4(name)
+        .map(IpAddr::V4)
+        .or_else(|| reverse_v6(name).map(IpAddr::V6))?;
+    let answers: Vec<Rr> = records
+        .names_for(ip)
+        .map(|n| Rr::local(Owner::Question, rr::TYPE_PTR, name_wire(n)))
+        .collect();
+    (!answers.is_empty()).then_some(LocalAnswer {
+        answers,
+        outside: None,
+    })
 }
 
 /// Answers `msg` from `records` when it asks about a local name (UDP
 /// transport: replies are limited to 512 bytes, or to the client's EDNS
 /// size, and set TC when larger).
 ///
-/// - A or AAAA (or ANY: both) for a local name → its address of that
-///   family, TTL 60.
-/// - Any other type for a local name, or a family it has no address of →
-///   NOERROR without answers (NODATA), no SOA.
-/// - PTR for `d.c.b.a.in-addr.arpa` or the `ip6.arpa` name of a local
+/// - A, AAAA (or ANY) for a local name → its addresses, TTL 60; a name
+///   without records of the type asked → NOERROR without answers
+///   (NODATA), no SOA.
+/// - A local CNAME → the CNAME, then what the target holds; a target that
+///   is not local → [`LocalOutcome::Forward`] (see [`plan`], which asks
+///   upstream for it).
+/// - PTR for the reverse name (`in-addr.arpa`, `ip6.arpa`) of a local
 ///   address → every name of that address, in insertion order.
 /// - Anything else, including classes other than IN/ANY → [`LocalOutcome::Forward`].
 ///
@@ -431,77 +454,122 @@ enum Record {
 /// message is checked, so `Err` means "malformed"; answer it with
 /// [`error_reply`] and [`DnsError::reply_rcode`].
 pub fn answer_local(msg: &[u8], records: &LocalRecords) -> Result<LocalOutcome, DnsError> {
-    answer_local_within(msg, records, None)
+    let p = parse_full(msg)?;
+    Ok(match local_reply(&p, records, None) {
+        Some(Local::Reply(reply)) => LocalOutcome::Answer(reply),
+        _ => LocalOutcome::Forward,
+    })
 }
 
-/// [`answer_local`] with a transport limit: `Some(n)` caps replies at `n`
-/// bytes (TCP), `None` applies the UDP rules.
-fn answer_local_within(
-    msg: &[u8],
+/// What the records say about a parsed query.
+enum Local {
+    /// The reply to send.
+    Reply(Vec<u8>),
+    /// Its CNAME chain (the records) leads to this name, which is not local.
+    Outside(String, Vec<Rr>),
+}
+
+/// The local answer to a parsed query; `None`: not a local name.
+fn local_reply(
+    p: &Parsed<'_>,
     records: &LocalRecords,
     transport_limit: Option<usize>,
-) -> Result<LocalOutcome, DnsError> {
-    let p = parse_full(msg)?;
+) -> Option<Local> {
     let q = &p.query;
     if q.qclass != rr::CLASS_IN && q.qclass != rr::CLASS_ANY {
-        return Ok(LocalOutcome::Forward);
+        return None;
     }
-    let answers = if records.contains(&q.name) {
-        let mut answers = Vec::new();
-        if matches!(q.qtype, rr::TYPE_A | rr::TYPE_ANY) {
-            answers.extend(records.lookup(&q.name).map(Record::A));
-        }
-        if matches!(q.qtype, rr::TYPE_AAAA | rr::TYPE_ANY) {
-            answers.extend(records.lookup6(&q.name).map(Record::Aaaa));
-        }
-        answers
-    } else if q.qtype == rr::TYPE_PTR {
-        let ip = reverse_v4(&q.name)
-            .map(IpAddr::V4)
-            .or_else(|| reverse_v6(&q.name).map(IpAddr::V6));
-        let names: Vec<Record> = ip
-            .map(|ip| records.names_for(ip).map(ptr_record).collect())
-            .unwrap_or_default();
-        if names.is_empty() {
-            return Ok(LocalOutcome::Forward);
-        }
-        names
-    } else {
-        return Ok(LocalOutcome::Forward);
-    };
-    let limit = transport_limit.unwrap_or_else(|| udp_limit(p.edns));
+    let found = from_records(records, &q.name, q.qtype)?;
     let bad_version = p.edns.is_some_and(|e| e.version != 0);
-    let reply = if bad_version {
-        let rcode = u16::from(BADVERS_UPPER) << 4;
-        build_reply(
-            &p.header,
-            Some(&p.question),
-            p.edns,
-            rcode,
-            &[],
-            true,
-            limit,
-        )
+    if let (Some(target), false) = (found.outside.clone(), bad_version) {
+        return Some(Local::Outside(target, found.answers));
+    }
+    let (rcode, answers): (u16, &[Rr]) = if bad_version {
+        (u16::from(BADVERS_UPPER) << 4, &[])
     } else {
-        build_reply(
-            &p.header,
-            Some(&p.question),
-            p.edns,
-            0,
-            &answers,
-            true,
-            limit,
-        )
+        (0, &found.answers)
     };
-    Ok(LocalOutcome::Answer(reply))
+    Some(Local::Reply(build_reply(&ReplyParts {
+        query: &p.header,
+        question: Some(&p.question),
+        edns: p.edns,
+        rcode,
+        answers,
+        authority: &[],
+        authoritative: true,
+        truncated: false,
+        limit: transport_limit.unwrap_or_else(|| udp_limit(p.edns)),
+    })))
 }
 
-/// A PTR record for a local name (valid wire form: names are checked on insert).
-fn ptr_record(name: &str) -> Record {
-    let labels: Vec<&[u8]> = name.split('.').map(str::as_bytes).collect();
-    let mut rdata = Vec::with_capacity(name.len() + 2);
-    wire::write_name(&mut rdata, &labels);
-    Record::Ptr(rdata)
+/// What the gateway does with a guest's query.
+#[derive(Debug)]
+pub enum Plan {
+    /// A local answer: send it.
+    Answer(Vec<u8>),
+    /// A name in a local zone without records: send this NXDOMAIN (the
+    /// query never leaves the host).
+    NxDomain(Vec<u8>),
+    /// Nobody to ask (no resolvers for the name): send this SERVFAIL.
+    NoUpstream(Vec<u8>),
+    /// Ask upstream.
+    Forward(Forward),
+}
+
+/// A query to send upstream.
+#[derive(Debug)]
+pub struct Forward {
+    /// What to send: the guest's query unchanged, or (with `chase`) a
+    /// query for the target of a local CNAME.
+    pub query: Vec<u8>,
+    /// Who may answer, in configured order.
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Turns the upstream's answer into the guest's when `query` is not
+    /// the guest's own.
+    pub chase: Option<Chase>,
+}
+
+/// Decides what to do with the guest's query `msg`: answer it from local
+/// records ([`answer_local`]), refuse unknown names in local zones with
+/// NXDOMAIN, or forward it to the resolvers of its zone (or the default
+/// ones) — for a local CNAME to an outside name, a query for that name.
+/// `transport_limit`: `Some(n)` caps local replies at `n` bytes (TCP),
+/// `None` applies the UDP rules. `Err`: malformed (see [`answer_local`]).
+pub fn plan(msg: &[u8], view: &DnsView, transport_limit: Option<usize>) -> Result<Plan, DnsError> {
+    let p = parse_full(msg)?;
+    let (name, chase) = match local_reply(&p, &view.records, transport_limit) {
+        Some(Local::Reply(reply)) => return Ok(Plan::Answer(reply)),
+        Some(Local::Outside(target, chain)) => {
+            let chase = Chase::new(msg, chain, transport_limit);
+            (target, Some(chase))
+        }
+        None => (p.query.name.clone(), None),
+    };
+    let upstreams = match view.route(&name) {
+        Route::Local => {
+            let reply = match &chase {
+                // The chain ends in our own zone at a name we do not have.
+                Some(c) => c.finish_local(Rcode::NxDomain),
+                None => error_reply(msg, Rcode::NxDomain),
+            };
+            return Ok(Plan::NxDomain(reply.unwrap_or_default()));
+        }
+        Route::Upstreams(list) => list,
+    };
+    if upstreams.is_empty() {
+        return Ok(Plan::NoUpstream(
+            error_reply(msg, Rcode::ServFail).unwrap_or_default(),
+        ));
+    }
+    let query = match &chase {
+        Some(_) => chase_query(&p, &name),
+        None => msg.to_vec(),
+    };
+    Ok(Plan::Forward(Forward {
+        query,
+        upstreams: upstreams.to_vec(),
+        chase,
+    }))
 }
 
 /// The address of a reverse name `d.c.b.a.in-addr.arpa` in canonical form
@@ -524,15 +592,14 @@ fn reverse_v4(name: &str) -> Option<Ipv4Addr> {
     parts.next().is_none().then_some(Ipv4Addr::from(octets))
 }
 
-/// The address of a reverse name `b.a.9.8. … .ip6.arpa` (32 nibbles,
-/// least significant first).
+/// The address of a reverse name of 32 nibbles under `ip6.arpa`.
 fn reverse_v6(name: &str) -> Option<Ipv6Addr> {
     let prefix = name.strip_suffix(".ip6.arpa")?;
-    let mut value = 0u128;
+    let mut value: u128 = 0;
     let mut count = 0;
     for (i, part) in prefix.split('.').enumerate() {
         let nibble = match part.as_bytes() {
-            [c] => char::from(*c).to_digit(16)?,
+            [b] => char::from(*b).to_digit(16)?,
             _ => return None,
         };
         if i >= 32 {
@@ -563,84 +630,87 @@ pub fn error_reply(msg: &[u8], rcode: Rcode) -> Option<Vec<u8>> {
         return None;
     }
     let rcode = u16::from(rcode.code());
-    if let Ok(p) = parse_full(msg) {
-        return Some(build_reply(
-            &header,
-            Some(&p.question),
-            p.edns,
-            rcode,
-            &[],
-            false,
-            TCP_LIMIT,
-        ));
-    }
-    let question = read_question(msg, &header).ok().map(|(q, _)| q);
-    Some(build_reply(
-        &header,
-        question.as_ref(),
-        None,
+    let (question, edns) = match parse_full(msg) {
+        Ok(p) => (Some(p.question), p.edns),
+        Err(_) => (read_question(msg, &header).ok().map(|(q, _)| q), None),
+    };
+    Some(build_reply(&ReplyParts {
+        query: &header,
+        question: question.as_ref(),
+        edns,
         rcode,
-        &[],
-        false,
-        TCP_LIMIT,
-    ))
+        answers: &[],
+        authority: &[],
+        authoritative: false,
+        truncated: false,
+        limit: TCP_LIMIT,
+    }))
 }
 
-/// Builds a reply. `rcode` is the 12-bit extended RCODE (the upper 8 bits
-/// go into the OPT, if the query had one). If the answers would push the
-/// reply over `limit`, they are dropped and TC is set.
-fn build_reply(
-    query: &Header,
-    question: Option<&Question<'_>>,
+/// Everything a reply is made of.
+struct ReplyParts<'a> {
+    /// The query's header: its id, opcode, RD and CD are echoed.
+    query: &'a Header,
+    question: Option<&'a Question<'a>>,
+    /// The query's OPT: the reply gets our own.
     edns: Option<Edns>,
+    /// The 12-bit extended RCODE (the upper 8 bits go into the OPT, if
+    /// the query had one).
     rcode: u16,
-    answers: &[Record],
+    answers: &'a [Rr],
+    authority: &'a [Rr],
     authoritative: bool,
+    /// Set TC whatever the size (the upstream's answer was truncated).
+    truncated: bool,
+    /// If the records would push the reply over this, they are dropped and
+    /// TC is set.
     limit: usize,
-) -> Vec<u8> {
+}
+
+/// Builds a reply.
+fn build_reply(p: &ReplyParts<'_>) -> Vec<u8> {
+    let query = p.query;
     let mut flags = flag::QR | flag::RA | (query.flags & (flag::OPCODE_MASK | flag::RD | flag::CD));
-    if authoritative {
+    if p.authoritative {
         flags |= flag::AA;
     }
-    flags |= rcode & 0x000f;
+    if p.truncated {
+        flags |= flag::TC;
+    }
+    flags |= p.rcode & 0x000f;
     let mut header = Header {
         id: query.id,
         flags,
-        qdcount: u16::from(question.is_some()),
+        qdcount: u16::from(p.question.is_some()),
         ancount: 0,
         nscount: 0,
-        arcount: u16::from(edns.is_some()),
+        arcount: u16::from(p.edns.is_some()),
     };
     let mut body = Vec::new();
-    if let Some(q) = question {
+    if let Some(q) = p.question {
         wire::write_name(&mut body, &q.labels);
         body.extend_from_slice(&q.qtype.to_be_bytes());
         body.extend_from_slice(&q.qclass.to_be_bytes());
     }
-    let mut answer_bytes = Vec::new();
-    for record in answers {
-        // The owner is the question name, always at offset 12.
-        answer_bytes.extend_from_slice(&[0xc0, HEADER_LEN as u8]);
-        let (rtype, rdata): (u16, &[u8]) = match record {
-            Record::A(ip) => (rr::TYPE_A, &ip.octets()[..]),
-            Record::Aaaa(ip) => (rr::TYPE_AAAA, &ip.octets()[..]),
-            Record::Ptr(name) => (rr::TYPE_PTR, name),
-        };
-        answer_bytes.extend_from_slice(&rtype.to_be_bytes());
-        answer_bytes.extend_from_slice(&rr::CLASS_IN.to_be_bytes());
-        answer_bytes.extend_from_slice(&LOCAL_TTL.to_be_bytes());
-        answer_bytes.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-        answer_bytes.extend_from_slice(rdata);
+    let mut records = Vec::new();
+    for record in p.answers.iter().chain(p.authority) {
+        record.write(&mut records);
     }
-    let opt_len = if edns.is_some() { 11 } else { 0 };
-    if HEADER_LEN + body.len() + answer_bytes.len() + opt_len > limit {
-        header.flags |= flag::TC;
-    } else {
-        header.ancount = answers.len() as u16;
-        body.extend_from_slice(&answer_bytes);
+    let opt_len = if p.edns.is_some() { 11 } else { 0 };
+    let counts = (
+        u16::try_from(p.answers.len()),
+        u16::try_from(p.authority.len()),
+    );
+    match counts {
+        (Ok(an), Ok(ns)) if HEADER_LEN + body.len() + records.len() + opt_len <= p.limit => {
+            header.ancount = an;
+            header.nscount = ns;
+            body.extend_from_slice(&records);
+        }
+        _ => header.flags |= flag::TC,
     }
-    if let Some(e) = edns {
-        let ext_rcode = (rcode >> 4) as u8;
+    if let Some(e) = p.edns {
+        let ext_rcode = (p.rcode >> 4) as u8;
         let do_bit = if e.dnssec_ok { 0x80 } else { 0 };
         body.push(0); // root owner
         body.extend_from_slice(&rr::TYPE_OPT.to_be_bytes());
@@ -651,6 +721,50 @@ fn build_reply(
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     header.write(&mut out);
     out.extend_from_slice(&body);
+    out
+}
+
+/// Who asked what: a message's id and its question (name lowercased,
+/// type, class). Replies are matched to the queries sent by it. `None`
+/// for a message without a header; an empty question for one without a
+/// readable question (some error replies).
+pub(crate) fn question_key(msg: &[u8]) -> Option<(u16, Vec<u8>)> {
+    let header = Header::parse(msg)?;
+    let Ok((q, _)) = read_question(msg, &header) else {
+        return Some((header.id, Vec::new()));
+    };
+    let mut key = Vec::new();
+    let lower: Vec<Vec<u8>> = q.labels.iter().map(|l| l.to_ascii_lowercase()).collect();
+    let labels: Vec<&[u8]> = lower.iter().map(Vec::as_slice).collect();
+    wire::write_name(&mut key, &labels);
+    key.extend_from_slice(&q.qtype.to_be_bytes());
+    key.extend_from_slice(&q.qclass.to_be_bytes());
+    Some((header.id, key))
+}
+
+/// The response code of a response, or `None` for anything else.
+pub(crate) fn response_rcode(msg: &[u8]) -> Option<u8> {
+    let header = Header::parse(msg)?;
+    (header.flags & flag::QR != 0).then_some((header.flags & 0x000f) as u8)
+}
+
+/// Whether `msg` is a response with RCODE SERVFAIL or REFUSED: worth
+/// asking another resolver.
+pub(crate) fn is_failure(msg: &[u8]) -> bool {
+    matches!(response_rcode(msg), Some(2 | 5))
+}
+
+/// Names in uncompressed wire form, one after the other: the search list
+/// of DHCPv6 (option 24, RFC 3646) and of a router advertisement's DNSSL
+/// (RFC 8106), which must not use compression. Names that are not valid
+/// host names are left out.
+pub fn encode_names(names: &[String]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for name in names {
+        if let Ok(n) = records::normalize_name(name, false) {
+            out.extend_from_slice(&name_wire(&n));
+        }
+    }
     out
 }
 

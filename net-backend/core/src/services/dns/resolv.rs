@@ -1,9 +1,45 @@
-//! Upstream resolvers from resolv.conf text (resolv.conf(5)).
+//! Upstream resolvers and the search list from resolv.conf text
+//! (resolv.conf(5)).
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 /// The port every resolv.conf nameserver listens on.
 const DNS_PORT: u16 = 53;
+
+/// What the gateway takes from a resolv.conf.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvConf {
+    /// The `nameserver` lines, as [`parse_resolv_conf`] reads them.
+    pub nameservers: Vec<SocketAddr>,
+    /// The domains of the last `search` or `domain` line (as glibc: the
+    /// last one wins), in order; empty without one.
+    pub search: Vec<String>,
+}
+
+impl ResolvConf {
+    /// Parses resolv.conf text (see [`parse_resolv_conf_with`] for the
+    /// `nameserver` lines). The search domains are taken as written;
+    /// [`super::normalize_search`] drops invalid ones such as the `.`
+    /// systemd-resolved writes when there are none.
+    pub fn parse(text: &str, scope_id_of: impl Fn(&str) -> Option<u32>) -> ResolvConf {
+        let mut search = Vec::new();
+        for line in text.lines() {
+            // A word starting a comment ends the line.
+            let mut words = line
+                .split_whitespace()
+                .take_while(|w| !w.starts_with(['#', ';']));
+            match words.next() {
+                Some("search") => search = words.map(str::to_owned).collect(),
+                Some("domain") => search = words.next().map(str::to_owned).into_iter().collect(),
+                _ => {}
+            }
+        }
+        ResolvConf {
+            nameservers: parse_resolv_conf_with(text, scope_id_of),
+            search,
+        }
+    }
+}
 
 /// Upstream resolvers from resolv.conf text: the `nameserver` lines, IPv4
 /// and IPv6, port 53, in file order, duplicates removed.
@@ -129,6 +165,31 @@ nameserver 10.0.0.1
             panic!("not v6")
         };
         assert_eq!(a.scope_id(), 7);
+    }
+
+    #[test]
+    fn search_and_domain_lines_last_one_wins() {
+        let text = "\
+domain first.example
+nameserver 10.0.0.1
+search corp.example lab.corp.example  # a comment
+";
+        let r = ResolvConf::parse(text, |_| None);
+        assert_eq!(r.nameservers, vec![v4(10, 0, 0, 1)]);
+        assert_eq!(r.search, ["corp.example", "lab.corp.example"]);
+        let r = ResolvConf::parse("search a.test b.test\ndomain c.test extra\n", |_| None);
+        assert_eq!(r.search, ["c.test"]);
+        let r = ResolvConf::parse("# search x.test\nnameserver ::1\n", |_| None);
+        assert!(r.search.is_empty());
+        // systemd-resolved's stub file without search domains.
+        let r = ResolvConf::parse(
+            "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch .\n",
+            |_| None,
+        );
+        assert_eq!(
+            (r.nameservers, r.search),
+            (vec![v4(127, 0, 0, 53)], vec![".".to_owned()])
+        );
     }
 
     #[test]

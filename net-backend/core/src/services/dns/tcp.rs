@@ -1,10 +1,9 @@
 //! DNS over TCP (RFC 1035 §4.2.2, RFC 7766): 2-byte big-endian length
-//! prefixes, and the per-connection relay between the guest and one
-//! upstream TCP connection.
+//! prefixes, and the guest's side of a connection to the gateway.
 
 use std::sync::Arc;
 
-use super::{answer_local_within, error_reply, DnsError, LocalOutcome, LocalRecords, TCP_LIMIT};
+use super::{error_reply, plan, DnsError, DnsView, Forward, Plan, TCP_LIMIT};
 
 /// Prefixes `msg` with its 2-byte big-endian length. Fails for an empty
 /// message and for one longer than 65535 bytes.
@@ -15,7 +14,7 @@ pub fn tcp_frame(msg: &[u8]) -> Result<Vec<u8>, DnsError> {
 }
 
 /// Appends one framed message to `out`.
-fn push_frame(out: &mut Vec<u8>, msg: &[u8]) -> Result<(), DnsError> {
+pub(crate) fn push_frame(out: &mut Vec<u8>, msg: &[u8]) -> Result<(), DnsError> {
     let len = u16::try_from(msg.len()).map_err(|_| DnsError::MessageTooLong(msg.len()))?;
     if len == 0 {
         return Err(DnsError::ZeroLengthMessage);
@@ -95,58 +94,60 @@ impl TcpFramer {
     }
 }
 
-/// What [`DnsTcpSession::from_guest`] wants sent.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What [`DnsTcpSession::from_guest`] wants done.
+#[derive(Debug, Default)]
 pub struct TcpActions {
     /// Framed replies for the guest (local answers and error replies).
     pub to_guest: Vec<u8>,
-    /// Framed queries for the upstream connection, unchanged.
-    pub to_upstream: Vec<u8>,
+    /// Queries to send upstream, in the order they came.
+    pub forward: Vec<Forward>,
+    /// Queries answered locally.
+    pub local: usize,
 }
 
-/// One guest DNS-over-TCP connection to the gateway.
+/// The guest's side of one DNS-over-TCP connection to the gateway.
 ///
-/// Local names are answered here; every other query is relayed unchanged
-/// (id untouched) to one upstream TCP connection, and upstream replies are
-/// relayed back whole. Queries may be pipelined and replies come back in any
-/// order (RFC 7766 §6.2.1.1): local answers go out at once, before earlier
-/// forwarded queries are answered. A malformed query gets FORMERR (NOTIMP
-/// for other opcodes) when it has a header; shorter junk and responses are
-/// dropped. The records are a snapshot taken when the session starts: a
-/// name added later is seen by new connections.
+/// Local names are answered here; every other query becomes a [`Forward`]
+/// (the guest's query unchanged, id untouched, or the query for a local
+/// CNAME's target) for the bridge to send to its upstream over TCP.
+/// Queries may be pipelined and replies go back in any order (RFC 7766
+/// §6.2.1.1): local answers go out at once, before earlier forwarded
+/// queries are answered. A malformed query gets FORMERR (NOTIMP for other
+/// opcodes) when it has a header; shorter junk and responses are dropped.
+/// Each query is decided with the [`DnsView`] current when it arrives
+/// ([`DnsTcpSession::set_view`]).
 #[derive(Debug)]
 pub struct DnsTcpSession {
-    records: Arc<LocalRecords>,
+    view: Arc<DnsView>,
     guest: TcpFramer,
-    upstream: TcpFramer,
-    forwarded: u64,
-    relayed: u64,
 }
 
 impl DnsTcpSession {
-    /// A session answering from `records`.
-    pub fn new(records: Arc<LocalRecords>) -> Self {
+    /// A session deciding with `view`.
+    pub fn new(view: Arc<DnsView>) -> Self {
         Self {
-            records,
+            view,
             guest: TcpFramer::new(),
-            upstream: TcpFramer::new(),
-            forwarded: 0,
-            relayed: 0,
         }
     }
 
-    /// Bytes the guest sent. Returns framed bytes for the guest and for the
-    /// upstream connection. `Err` only for a broken stream (zero-length
+    /// Decides later queries with `view`.
+    pub fn set_view(&mut self, view: Arc<DnsView>) {
+        self.view = view;
+    }
+
+    /// Bytes the guest sent. `Err` only for a broken stream (zero-length
     /// prefix): close the connection.
     pub fn from_guest(&mut self, bytes: &[u8]) -> Result<TcpActions, DnsError> {
         let mut actions = TcpActions::default();
         for msg in self.guest.push(bytes)? {
-            match answer_local_within(&msg, &self.records, Some(TCP_LIMIT)) {
-                Ok(LocalOutcome::Answer(reply)) => push_frame(&mut actions.to_guest, &reply)?,
-                Ok(LocalOutcome::Forward) => {
-                    push_frame(&mut actions.to_upstream, &msg)?;
-                    self.forwarded += 1;
+            match plan(&msg, &self.view, Some(TCP_LIMIT)) {
+                Ok(Plan::Answer(reply) | Plan::NxDomain(reply)) => {
+                    actions.local += 1;
+                    push_frame(&mut actions.to_guest, &reply)?
                 }
+                Ok(Plan::NoUpstream(reply)) => push_frame(&mut actions.to_guest, &reply)?,
+                Ok(Plan::Forward(forward)) => actions.forward.push(forward),
                 Err(e) => {
                     log::debug!("DNS/TCP: bad query from guest: {e}");
                     let reply = e.reply_rcode().and_then(|rcode| error_reply(&msg, rcode));
@@ -157,27 +158,5 @@ impl DnsTcpSession {
             }
         }
         Ok(actions)
-    }
-
-    /// Bytes the upstream sent. Returns the whole messages they complete,
-    /// re-framed for the guest; a partial message stays buffered.
-    pub fn from_upstream(&mut self, bytes: &[u8]) -> Result<Vec<u8>, DnsError> {
-        let mut out = Vec::new();
-        for msg in self.upstream.push(bytes)? {
-            push_frame(&mut out, &msg)?;
-            self.relayed += 1;
-        }
-        Ok(out)
-    }
-
-    /// True once any query was forwarded: the upstream connection is needed.
-    pub fn needs_upstream(&self) -> bool {
-        self.forwarded > 0
-    }
-
-    /// Forwarded queries not yet matched by an upstream reply (by count, not
-    /// id: useful to decide when a half-closed connection may be closed).
-    pub fn outstanding(&self) -> u64 {
-        self.forwarded.saturating_sub(self.relayed)
     }
 }

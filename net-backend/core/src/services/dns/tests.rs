@@ -3,6 +3,7 @@
 
 use super::wire::{be16, be32, read_name};
 use super::*;
+use std::net::Ipv6Addr;
 use std::sync::Arc;
 
 const HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 127, 254);
@@ -27,6 +28,21 @@ const BUSYBOX_PTR: &[u8] = b"\x00\x07\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\
 const MIXED_CASE_DO: &[u8] = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x01\
 \x04hOsT\x07AiRlOcK\x08InTeRnAl\x00\x00\x01\x00\x01\
 \x00\x00\x29\x04\xd0\x00\x00\x80\x00\x00\x00";
+
+/// A view with `records`, the local zone `airlock.internal` and one
+/// resolver.
+fn view(records: LocalRecords) -> Arc<DnsView> {
+    LiveDns::new(DnsSettings {
+        upstreams: vec!["127.0.0.1:53".parse().unwrap()],
+        zones: vec![ZoneSpec {
+            name: "airlock.internal".into(),
+            target: ZoneTarget::Local,
+        }],
+        records,
+        ..DnsSettings::default()
+    })
+    .view()
+}
 
 fn records() -> LocalRecords {
     let mut r = LocalRecords::new();
@@ -377,8 +393,10 @@ fn case_insensitive_and_0x20_echo() {
     assert_eq!(recs.lookup("mixed.example"), Some(GATEWAY));
     assert_eq!(recs.lookup("MIXED.EXAMPLE."), Some(GATEWAY));
     assert_eq!(
-        recs.iter().collect::<Vec<_>>(),
-        vec![("mixed.example", GATEWAY.into())]
+        recs.iter()
+            .map(|r| (r.name.as_str(), r.data.clone()))
+            .collect::<Vec<_>>(),
+        vec![("mixed.example", RecordData::A(GATEWAY))]
     );
     let q = query(3, "MIXED.example", 1, None);
     assert_eq!(answer(&q, &recs).answers.len(), 1);
@@ -468,10 +486,332 @@ fn oversize_udp_answer_sets_tc() {
     );
     assert_eq!(answer(&q, &r).answers.len(), 12);
     let q = query(7, "254.127.168.192.in-addr.arpa", 12, None);
-    let LocalOutcome::Answer(tcp) = answer_local_within(&q, &r, Some(TCP_LIMIT)).unwrap() else {
+    let Plan::Answer(tcp) = plan(&q, &view(r), Some(TCP_LIMIT)).unwrap() else {
         panic!()
     };
     assert_eq!(decode(&tcp).answers.len(), 12);
+}
+
+// ---- AAAA, CNAME, wildcards ----------------------------------------------
+
+/// A reply with every section: (owner, type, data) per answer and
+/// authority record, names in data uncompressed as [`chase::read_record`]
+/// gives them.
+struct Full {
+    header: Header,
+    question: String,
+    answers: Vec<(String, u16, Vec<u8>)>,
+    authority: Vec<(String, u16, Vec<u8>)>,
+    opt: bool,
+}
+
+fn decode_full(m: &[u8]) -> Full {
+    let header = Header::parse(m).unwrap();
+    let (labels, at) = read_name(m, HEADER_LEN).unwrap();
+    let question = raw_name(&labels);
+    let mut pos = at + 4;
+    let section = |n: u16, pos: &mut usize| {
+        (0..n)
+            .map(|_| {
+                let (labels, _) = read_name(m, *pos).unwrap();
+                let (record, next) = chase::read_record(m, *pos).unwrap();
+                *pos = next;
+                (raw_name(&labels), record.rtype, record.rdata)
+            })
+            .collect::<Vec<_>>()
+    };
+    let answers = section(header.ancount, &mut pos);
+    let authority = section(header.nscount, &mut pos);
+    let opt = header.arcount == 1 && be16(m, pos + 1) == Some(41);
+    Full {
+        header,
+        question,
+        answers,
+        authority,
+        opt,
+    }
+}
+
+fn wire_name(name: &str) -> Vec<u8> {
+    name_wire(name)
+}
+
+fn typed_records() -> LocalRecords {
+    let mut r = LocalRecords::new();
+    for (name, value) in [
+        ("v6.test", "fd00::1"),
+        ("both.test", "10.0.0.2"),
+        ("both.test", "fd00::2"),
+        ("alias.test", "both.test"),
+        ("loop1.test", "loop2.test"),
+        ("loop2.test", "loop1.test"),
+        ("*.apps.test", "10.0.0.9"),
+        ("x.apps.test", "10.0.0.10"),
+        ("out.test", "www.corp.test"),
+        ("gone.test", "missing.airlock.internal"),
+    ] {
+        r.add(
+            name,
+            RecordData::parse(value).unwrap(),
+            RecordSource::Config,
+        )
+        .unwrap();
+    }
+    r
+}
+
+fn local(msg: &[u8], r: &LocalRecords) -> Full {
+    match answer_local(msg, r).unwrap() {
+        LocalOutcome::Answer(reply) => decode_full(&reply),
+        LocalOutcome::Forward => panic!("forwarded"),
+    }
+}
+
+#[test]
+fn aaaa_cname_and_wildcard_answers() {
+    let r = typed_records();
+    let v6: Ipv6Addr = "fd00::1".parse().unwrap();
+    let a = local(&query(1, "v6.test", 28, None), &r);
+    assert_eq!(a.answers, [("v6.test".into(), 28, v6.octets().to_vec())]);
+    assert!(
+        local(&query(2, "v6.test", 1, None), &r).answers.is_empty(),
+        "NODATA"
+    );
+    let any = local(&query(3, "both.test", 255, None), &r);
+    assert_eq!(any.answers.iter().map(|a| a.1).collect::<Vec<_>>(), [1, 28]);
+
+    // A CNAME, then what its target holds, owned by the target.
+    let c = local(&query(4, "Alias.Test", 1, None), &r);
+    assert!(c.header.flags & flag::AA != 0);
+    assert_eq!(
+        c.answers,
+        [
+            ("Alias.Test".into(), 5, wire_name("both.test")),
+            ("both.test".into(), 1, vec![10, 0, 0, 2]),
+        ]
+    );
+    let c = local(&query(5, "alias.test", 28, None), &r);
+    assert_eq!(c.answers[1].1, 28);
+    assert_eq!(local(&query(6, "alias.test", 5, None), &r).answers.len(), 1);
+
+    // A loop ends: each name once.
+    let l = local(&query(7, "loop1.test", 1, None), &r);
+    assert_eq!(
+        l.answers.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(),
+        ["loop1.test", "loop2.test"]
+    );
+
+    // Wildcards answer below their zone, not for it, and yield to a
+    // name's own records.
+    for name in ["y.apps.test", "deep.y.apps.test"] {
+        let w = local(&query(8, name, 1, None), &r);
+        assert_eq!(w.answers, [(name.into(), 1, vec![10, 0, 0, 9])]);
+    }
+    assert_eq!(
+        local(&query(9, "x.apps.test", 1, None), &r).answers[0].2,
+        [10, 0, 0, 10]
+    );
+    assert_eq!(
+        answer_local(&query(10, "apps.test", 1, None), &r),
+        Ok(LocalOutcome::Forward)
+    );
+
+    // PTR for an IPv6 address: every name, no wildcard.
+    let rev: String = v6
+        .octets()
+        .iter()
+        .rev()
+        .map(|b| format!("{:x}.{:x}.", b & 0xf, b >> 4))
+        .collect::<String>()
+        + "ip6.arpa";
+    let p = local(&query(11, &rev, 12, None), &r);
+    assert_eq!(p.answers, [(rev.clone(), 12, wire_name("v6.test"))]);
+    assert_eq!(reverse_v6(&rev[2..]), None, "31 nibbles");
+    assert_eq!(reverse_v6(&format!("0.{rev}")), None, "33 nibbles");
+
+    // A CNAME to a name the records do not have: not answered here.
+    assert_eq!(
+        answer_local(&query(12, "out.test", 1, None), &r),
+        Ok(LocalOutcome::Forward)
+    );
+}
+
+/// A view: `records`, the local zone `airlock.internal`, `corp.test` to
+/// 10.0.0.53, and the resolver 127.0.0.1 for the rest.
+fn zoned(records: LocalRecords) -> Arc<DnsView> {
+    LiveDns::new(DnsSettings {
+        upstreams: vec!["127.0.0.1:53".parse().unwrap()],
+        zones: vec![
+            ZoneSpec {
+                name: "airlock.internal".into(),
+                target: ZoneTarget::Local,
+            },
+            ZoneSpec {
+                name: "corp.test".into(),
+                target: ZoneTarget::Upstreams(vec!["10.0.0.53:53".parse().unwrap()]),
+            },
+        ],
+        records,
+        ..DnsSettings::default()
+    })
+    .view()
+}
+
+fn forwarded_to(p: &Plan) -> Vec<String> {
+    match p {
+        Plan::Forward(f) => f.upstreams.iter().map(|u| u.addr.to_string()).collect(),
+        other => panic!("not forwarded: {other:?}"),
+    }
+}
+
+#[test]
+fn plan_routes_by_zone() {
+    let v = zoned(records());
+    let q = query(1, "a.corp.test", 1, None);
+    let p = plan(&q, &v, None).unwrap();
+    assert_eq!(forwarded_to(&p), ["10.0.0.53:53"]);
+    let Plan::Forward(f) = p else { unreachable!() };
+    assert_eq!((f.query, f.chase.is_none()), (q, true), "unchanged");
+    let p = plan(&query(2, "other.test", 1, None), &v, None).unwrap();
+    assert_eq!(forwarded_to(&p), ["127.0.0.1:53"]);
+    let Plan::NxDomain(nx) = plan(&query(3, "nope.airlock.internal", 1, None), &v, None).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(decode(&nx).rcode(), 3);
+    let Plan::Answer(ok) = plan(GLIBC_A, &v, None).unwrap() else {
+        panic!()
+    };
+    assert_eq!(decode(&ok).answers.len(), 1);
+    let none = LiveDns::new(DnsSettings::default()).view();
+    let Plan::NoUpstream(fail) = plan(DIG_A, &none, None).unwrap() else {
+        panic!()
+    };
+    assert_eq!(decode(&fail).rcode(), 2);
+    assert!(plan(&GLIBC_A[..20], &v, None).is_err());
+}
+
+/// An upstream's answer for www.corp.test, compressed as servers do:
+/// www.corp.test CNAME lb.corp.test, lb.corp.test A 10.1.1.1, and a SOA
+/// for corp.test in the authority section.
+fn corp_answer(id: u16, flags: u16) -> Vec<u8> {
+    let mut m = Vec::new();
+    for v in [id, flags, 1, 2, 1, 0] {
+        m.extend_from_slice(&v.to_be_bytes());
+    }
+    m.extend_from_slice(b"\x03www\x04corp\x04test\x00\x00\x01\x00\x01"); // 12..31
+                                                                         // www.corp.test CNAME lb + pointer to "corp.test" (offset 16).
+    m.extend_from_slice(b"\xc0\x0c\x00\x05\x00\x01\x00\x00\x01\x2c\x00\x05\x02lb\xc0\x10");
+    // lb.corp.test (offset 43) A 10.1.1.1.
+    m.extend_from_slice(b"\xc0\x2b\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x0a\x01\x01\x01");
+    // corp.test SOA ns.corp.test admin.corp.test + 20 bytes.
+    m.extend_from_slice(
+        b"\xc0\x10\x00\x06\x00\x01\x00\x00\x00\x3c\x00\x21\x02ns\xc0\x10\x05admin\xc0\x10",
+    );
+    m.extend_from_slice(&[0; 20]);
+    m
+}
+
+#[test]
+fn cname_to_an_outside_name_is_chased_upstream() {
+    let v = zoned(typed_records());
+    let q = query(0x1234, "Out.Test", 1, Some((4096, 0, true)));
+    let Plan::Forward(f) = plan(&q, &v, None).unwrap() else {
+        panic!("not forwarded")
+    };
+    assert_eq!(
+        f.upstreams
+            .iter()
+            .map(|u| u.addr.to_string())
+            .collect::<Vec<_>>(),
+        ["10.0.0.53:53"],
+        "the target's zone decides"
+    );
+    // The query upstream: same id, RD, the target's name, our OPT with DO.
+    let sent = Header::parse(&f.query).unwrap();
+    assert_eq!(
+        (sent.id, sent.flags, sent.qdcount, sent.arcount),
+        (0x1234, 0x0100, 1, 1)
+    );
+    assert_eq!(parse_query(&f.query).unwrap().name, "www.corp.test");
+    assert_eq!(
+        &f.query[f.query.len() - 11..],
+        b"\x00\x00\x29\x04\xd0\x00\x00\x80\x00\x00\x00"
+    );
+    let chase = f.chase.unwrap();
+    assert_eq!(chase.original(), &q[..]);
+
+    let reply = decode_full(&chase.finish(&corp_answer(0x1234, 0x8180)).unwrap());
+    assert_eq!(reply.header.id, 0x1234);
+    assert_eq!(reply.header.flags & 0x000f, 0);
+    assert!(reply.header.flags & flag::AA == 0, "not all ours");
+    assert_eq!(reply.question, "Out.Test", "the guest's question, its case");
+    assert_eq!(
+        reply.answers,
+        [
+            ("Out.Test".into(), 5, wire_name("www.corp.test")),
+            ("www.corp.test".into(), 5, wire_name("lb.corp.test")),
+            ("lb.corp.test".into(), 1, vec![10, 1, 1, 1]),
+        ]
+    );
+    let mut soa = wire_name("ns.corp.test");
+    soa.extend_from_slice(&wire_name("admin.corp.test"));
+    soa.extend_from_slice(&[0; 20]);
+    assert_eq!(reply.authority, [("corp.test".into(), 6, soa)]);
+    assert!(reply.opt);
+
+    // NXDOMAIN and TC come through; a malformed answer is no answer.
+    let nx = decode_full(&chase.finish(&corp_answer(0x1234, 0x8183)).unwrap());
+    assert_eq!(nx.header.flags & 0x000f, 3);
+    let tc = Header::parse(&chase.finish(&corp_answer(0x1234, 0x8380)).unwrap()).unwrap();
+    assert!(tc.flags & flag::TC != 0);
+    let mut bad = corp_answer(0x1234, 0x8180);
+    bad[47] = 0x40; // a pointer forwards, into the A record
+    assert_eq!(chase.finish(&bad), None);
+    assert_eq!(chase.finish(&bad[..40]), None);
+    assert_eq!(chase.finish(&f.query), None, "a query is not an answer");
+
+    // Too big for the guest's 512 bytes: TC, no records.
+    let small = query(0x1235, "out.test", 1, None);
+    let Plan::Forward(f) = plan(&small, &v, None).unwrap() else {
+        panic!()
+    };
+    let mut big = corp_answer(0x1235, 0x8180);
+    big[7] = 3;
+    let at = 31 + 17 + 16;
+    let mut txt = b"\xc0\x0c\x00\x10\x00\x01\x00\x00\x00\x3c\x01\x90".to_vec();
+    txt.extend_from_slice(&[0x20; 400]);
+    big.splice(at..at, txt);
+    let reply = Header::parse(&f.chase.unwrap().finish(&big).unwrap()).unwrap();
+    assert!(reply.flags & flag::TC != 0);
+    assert_eq!((reply.ancount, reply.nscount), (0, 0));
+}
+
+#[test]
+fn cname_into_a_local_zone_without_the_name_is_nxdomain() {
+    let v = zoned(typed_records());
+    let Plan::NxDomain(reply) = plan(&query(1, "gone.test", 1, None), &v, None).unwrap() else {
+        panic!()
+    };
+    let r = decode_full(&reply);
+    assert_eq!(r.header.flags & 0x000f, 3);
+    assert_eq!(
+        r.answers,
+        [("gone.test".into(), 5, wire_name("missing.airlock.internal"))]
+    );
+}
+
+#[test]
+fn search_lists_for_dhcpv6_and_ra_are_uncompressed() {
+    let names = vec![
+        "corp.test".to_owned(),
+        "lab.corp.test".into(),
+        "bad..name".into(),
+    ];
+    assert_eq!(
+        encode_names(&names),
+        b"\x04corp\x04test\x00\x03lab\x04corp\x04test\x00".to_vec()
+    );
 }
 
 // ---- error_reply -------------------------------------------------------
@@ -551,10 +891,12 @@ fn local_records_validation() {
     r.insert("_SRV-NAME.example.", HOST).unwrap();
     assert_eq!(r.len(), 2, "replaced, not added");
     assert_eq!(r.lookup("_srv-name.example"), Some(HOST));
-    assert_eq!(r.names_for(HOST).count(), 2);
-    assert_eq!(r.remove("_Srv-Name.EXAMPLE."), Some(HOST));
+    assert_eq!(r.names_for(HOST.into()).count(), 2);
+    let gone = r.remove("_Srv-Name.EXAMPLE.", None);
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].data, RecordData::A(HOST));
     assert_eq!(r.lookup("_srv-name.example"), None);
-    assert_eq!(r.remove("nothing"), None);
+    assert!(r.remove("nothing", None).is_empty());
 }
 
 // ---- TCP framing -------------------------------------------------------
@@ -627,20 +969,24 @@ fn framer_limits_and_errors() {
 
 #[test]
 fn session_local_and_forwarded_in_one_chunk() {
-    let mut s = DnsTcpSession::new(Arc::new(records()));
-    assert!(!s.needs_upstream());
+    let mut s = DnsTcpSession::new(view(records()));
     let mut chunk = tcp_frame(DIG_A).unwrap(); // forwarded
     chunk.extend_from_slice(&tcp_frame(GLIBC_A).unwrap()); // local
     chunk.extend_from_slice(&tcp_frame(GLIBC_AAAA).unwrap()); // local NODATA
     let remote2 = query(0x7777, "www.example.org", 28, None);
     chunk.extend_from_slice(&tcp_frame(&remote2).unwrap()); // forwarded
     let act = s.from_guest(&chunk).unwrap();
-    assert!(s.needs_upstream());
-    assert_eq!(s.outstanding(), 2);
-
-    let mut up = tcp_frame(DIG_A).unwrap();
-    up.extend_from_slice(&tcp_frame(&remote2).unwrap());
-    assert_eq!(act.to_upstream, up, "relayed unchanged, ids untouched");
+    assert_eq!(act.local, 2);
+    let forwarded: Vec<&[u8]> = act.forward.iter().map(|f| f.query.as_slice()).collect();
+    assert_eq!(
+        forwarded,
+        [DIG_A, &remote2[..]],
+        "relayed unchanged, ids untouched"
+    );
+    assert!(act
+        .forward
+        .iter()
+        .all(|f| f.chase.is_none() && f.upstreams.len() == 1));
     let replies = TcpFramer::new().push(&act.to_guest).unwrap();
     assert_eq!(replies.len(), 2);
     let (a, aaaa) = (decode(&replies[0]), decode(&replies[1]));
@@ -649,36 +995,24 @@ fn session_local_and_forwarded_in_one_chunk() {
 }
 
 #[test]
-fn session_upstream_replies_split_and_reordered() {
-    let mut s = DnsTcpSession::new(Arc::new(records()));
-    let q1 = query(0x0101, "one.example", 1, None);
-    let q2 = query(0x0202, "two.example", 1, None);
-    let mut chunk = tcp_frame(&q1).unwrap();
-    chunk.extend_from_slice(&tcp_frame(&q2).unwrap());
-    s.from_guest(&chunk).unwrap();
-    // Upstream answers q2 first, split over three reads.
-    let mut r2 = q2.clone();
-    r2[2] |= 0x80;
-    r2.extend_from_slice(b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x01\x2c\x00\x04\x5d\xb8\xd8\x22");
-    r2[7] = 1;
-    let mut r1 = q1.clone();
-    r1[2] |= 0x80;
-    r1[3] = 0x83; // NXDOMAIN
-    let mut stream = tcp_frame(&r2).unwrap();
-    stream.extend_from_slice(&tcp_frame(&r1).unwrap());
-    assert!(s.from_upstream(&stream[..1]).unwrap().is_empty());
-    assert!(s.from_upstream(&stream[1..20]).unwrap().is_empty());
-    let first = s.from_upstream(&stream[20..r2.len() + 3]).unwrap();
-    assert_eq!(first, tcp_frame(&r2).unwrap());
-    assert_eq!(s.outstanding(), 1);
-    let rest = s.from_upstream(&stream[r2.len() + 3..]).unwrap();
-    assert_eq!(rest, tcp_frame(&r1).unwrap());
-    assert_eq!(s.outstanding(), 0);
+fn session_takes_a_new_view_for_later_queries() {
+    let mut s = DnsTcpSession::new(view(LocalRecords::new()));
+    let q = query(1, "web.test", 1, None);
+    assert_eq!(
+        s.from_guest(&tcp_frame(&q).unwrap()).unwrap().forward.len(),
+        1
+    );
+    let mut r = LocalRecords::new();
+    r.insert("web.test", HOST).unwrap();
+    s.set_view(view(r));
+    let act = s.from_guest(&tcp_frame(&q).unwrap()).unwrap();
+    assert!(act.forward.is_empty());
+    assert_eq!(act.local, 1);
 }
 
 #[test]
 fn session_bad_queries() {
-    let mut s = DnsTcpSession::new(Arc::new(records()));
+    let mut s = DnsTcpSession::new(view(records()));
     let mut bad = GLIBC_A.to_vec();
     bad[5] = 2; // two questions
     let mut chunk = tcp_frame(&bad).unwrap();
@@ -687,13 +1021,14 @@ fn session_bad_queries() {
     response[2] |= 0x80;
     chunk.extend_from_slice(&tcp_frame(&response).unwrap()); // a response: dropped
     let act = s.from_guest(&chunk).unwrap();
-    assert!(act.to_upstream.is_empty());
-    assert!(!s.needs_upstream());
+    assert!(act.forward.is_empty());
     let replies = TcpFramer::new().push(&act.to_guest).unwrap();
     assert_eq!(replies.len(), 1);
     assert_eq!(decode(&replies[0]).rcode(), 1, "FORMERR");
-    assert_eq!(s.from_guest(&[0, 0]), Err(DnsError::ZeroLengthMessage));
-    assert_eq!(s.from_upstream(&[0, 0]), Err(DnsError::ZeroLengthMessage));
+    assert_eq!(
+        s.from_guest(&[0, 0]).unwrap_err(),
+        DnsError::ZeroLengthMessage
+    );
 }
 
 // ---- property test -----------------------------------------------------
@@ -718,7 +1053,7 @@ fn random_input_never_panics() {
     let recs = records();
     let seeds: [&[u8]; 4] = [DIG_A, GLIBC_A, BUSYBOX_PTR, MIXED_CASE_DO];
     let mut framer = TcpFramer::new();
-    let mut session = DnsTcpSession::new(Arc::new(recs.clone()));
+    let mut session = DnsTcpSession::new(view(recs.clone()));
     let mut answered = 0;
     for i in 0..50_000usize {
         let msg: Vec<u8> = if i % 2 == 0 {
@@ -749,8 +1084,8 @@ fn random_input_never_panics() {
         if framer.push(&msg).is_err() {
             framer = TcpFramer::new();
         }
-        if session.from_guest(&msg).is_err() || session.from_upstream(&msg).is_err() {
-            session = DnsTcpSession::new(Arc::new(recs.clone()));
+        if session.from_guest(&msg).is_err() {
+            session = DnsTcpSession::new(view(recs.clone()));
         }
     }
     assert!(
@@ -763,10 +1098,18 @@ fn random_input_never_panics() {
 fn aaaa_any_and_ip6_ptr_for_local_names() {
     let v6: Ipv6Addr = "fd61:6972:c0a8:7f00::fe".parse().unwrap();
     let mut recs = records();
-    recs.insert("host.airlock.internal", v6).unwrap();
-    // A name has one address per family: the IPv4 one stays.
+    recs.add(
+        "HOST.airlock.internal.",
+        RecordData::Aaaa(v6),
+        RecordSource::Config,
+    )
+    .unwrap();
+    // An AAAA record joins the name's A record.
     assert_eq!(recs.lookup("host.airlock.internal"), Some(HOST));
-    assert_eq!(recs.lookup6("HOST.airlock.internal."), Some(v6));
+    assert_eq!(
+        recs.find("host.airlock.internal"),
+        [&RecordData::A(HOST), &RecordData::Aaaa(v6)]
+    );
     let r = answer(&query(1, "host.airlock.internal", 28, None), &recs);
     assert_eq!(r.answers.len(), 1);
     assert_eq!(
@@ -801,6 +1144,6 @@ fn aaaa_any_and_ip6_ptr_for_local_names() {
             Ok(LocalOutcome::Forward)
         );
     }
-    recs.remove("host.airlock.internal");
-    assert_eq!(recs.lookup6("host.airlock.internal"), None);
+    assert_eq!(recs.remove("host.airlock.internal", None).len(), 2);
+    assert!(recs.find("host.airlock.internal").is_empty());
 }

@@ -28,6 +28,7 @@ pub(super) mod flag {
 /// Record types and classes used here.
 pub(super) mod rr {
     pub(crate) const TYPE_A: u16 = 1;
+    pub(crate) const TYPE_CNAME: u16 = 5;
     pub(crate) const TYPE_PTR: u16 = 12;
     pub(crate) const TYPE_AAAA: u16 = 28;
     pub(crate) const TYPE_OPT: u16 = 41;

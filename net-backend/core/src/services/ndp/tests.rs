@@ -109,10 +109,12 @@ fn option_set(m: &[u8], fixed: usize) -> Vec<Vec<u8>> {
 
 #[test]
 fn advertisement_matches_radvd_for_the_same_configuration() {
-    let mut cfg = config();
-    cfg.dhcp.search_domains = vec!["airlock.internal".into(), "example.test".into()];
+    let cfg = config();
     let v6 = cfg.ipv6.clone().unwrap();
-    let ours = Router::new(&cfg, &v6, 1).advertisement();
+    let mut router = Router::new(&cfg, &v6, 1);
+    assert!(router.set_search(&["airlock.internal".into(), "example.test".into()]));
+    assert!(!router.set_search(&["airlock.internal".into(), "example.test".into()]));
+    let ours = router.advertisement();
     let radvd = hex(RADVD_RA);
     // The header after the checksum: hop limit, flags, lifetimes.
     assert_eq!(ours[0], radvd[0]);
