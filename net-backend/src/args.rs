@@ -260,8 +260,15 @@ pub struct Args {
 
     /// Do not offer checksum offload (VIRTIO_NET_F_CSUM/GUEST_CSUM) to the
     /// guest; every checksum is then computed and verified in software.
+    /// Implies --no-segmentation-offload.
     #[arg(long)]
     pub no_checksum_offload: bool,
+
+    /// Do not offer TCP segmentation offload (VIRTIO_NET_F_HOST_TSO4/6,
+    /// GUEST_TSO4/6): TCP segments then cross the queues no larger than the
+    /// guest's MSS, one frame each.
+    #[arg(long)]
+    pub no_segmentation_offload: bool,
 
     /// Set RLIMIT_NOFILE (soft and hard) to N: each flow holds one host
     /// socket [default: --max-flows + 1024].

@@ -18,6 +18,7 @@ use airlock_netcore::services::dns::{
 use airlock_netcore::{EthernetAddress, GatewayConfig, PolicySource, TcpLimits};
 
 use crate::args::Args;
+use crate::device::Offloads;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -80,7 +81,7 @@ pub enum ConfigError {
 pub struct Config {
     pub listen: ListenArgs,
     pub gateway: GatewayConfig,
-    pub offer_csum: bool,
+    pub offloads: Offloads,
     pub exit_on_disconnect: bool,
     pub log: LogArgs,
     /// The DNS service at start (resolvers, search list, zones, records).
@@ -475,7 +476,10 @@ impl TryFrom<Args> for Config {
             rlimit_nofile: a.rlimit_nofile.unwrap_or(a.max_flows as u64 + 1024),
             confine: a.confine,
             seccomp: a.seccomp.seccomp.unwrap_or_default(),
-            offer_csum: !a.no_checksum_offload,
+            offloads: Offloads {
+                csum: !a.no_checksum_offload,
+                tso: !a.no_checksum_offload && !a.no_segmentation_offload,
+            },
             exit_on_disconnect: a.lifecycle.exit_on_disconnect,
             log: a.log,
             dns: DnsSettings {
@@ -536,7 +540,7 @@ mod tests {
             .records
             .iter()
             .all(|r| r.source == RecordSource::Builtin));
-        assert!(c.offer_csum);
+        assert!(c.offloads.csum && c.offloads.tso);
         assert_eq!(
             c.dns.zones,
             vec![ZoneSpec {

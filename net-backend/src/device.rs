@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex};
 
 use airlock_common::ratelimited;
 use airlock_netcore::stats::DropReason;
-use airlock_netcore::{Backlog, Gateway, GatewayConfig, GuestTx, Shared};
+use airlock_netcore::{Backlog, Gateway, GatewayConfig, GuestSegmentation, GuestTx, Shared};
 use airlock_vhost::{GuestMemory, GuestState, Session, Vring, Worker};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
 };
 use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
@@ -24,7 +25,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::pcap::Pcap;
-use crate::virtio_net::{self, Placed};
+use crate::virtio_net::{self, NetHdr, Placed};
 
 /// The guest posted receive buffers.
 pub const RX_QUEUE_EVENT: u16 = 0;
@@ -49,13 +50,24 @@ struct Inner {
     frame: Vec<u8>,
 }
 
+/// The offloads the device offers the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offloads {
+    /// Checksum offload both ways (VIRTIO_NET_F_CSUM, GUEST_CSUM).
+    pub csum: bool,
+    /// TCP segmentation offload both ways (HOST_TSO4/6, GUEST_TSO4/6):
+    /// TCP segments larger than the MSS cross the queues whole. Needs
+    /// `csum` (a segment's checksum is partial).
+    pub tso: bool,
+}
+
 /// One frontend connection's virtio-net device and its gateway.
 pub struct NetSession {
     inner: Mutex<Inner>,
     shared: Arc<Shared>,
     guest: GuestState,
     acked: AtomicU64,
-    offer_csum: bool,
+    offloads: Offloads,
     /// `--pcap`: every frame each way.
     pcap: Option<Arc<Pcap>>,
 }
@@ -64,7 +76,7 @@ impl NetSession {
     pub fn new(
         cfg: GatewayConfig,
         shared: Arc<Shared>,
-        offer_csum: bool,
+        offloads: Offloads,
         pcap: Option<Arc<Pcap>>,
     ) -> io::Result<Self> {
         Ok(NetSession {
@@ -76,7 +88,7 @@ impl NetSession {
             shared,
             guest: GuestState::default(),
             acked: AtomicU64::new(0),
-            offer_csum,
+            offloads,
             pcap,
         })
     }
@@ -91,11 +103,7 @@ impl NetSession {
             return Ok(());
         };
         let mergeable = self.acked(VIRTIO_NET_F_MRG_RXBUF);
-        let flags = if inner.backlog.csum_offload() {
-            virtio_net::F_DATA_VALID
-        } else {
-            0
-        };
+        let data_valid = inner.backlog.csum_offload();
         let shared = self.shared.clone();
         let stats = &shared.stats;
         let mut state = rx.get_mut();
@@ -107,7 +115,8 @@ impl NetSession {
                 if !queue.ready() {
                     return Ok(());
                 }
-                let placed = virtio_net::place_frame(queue, guard, frame, mergeable, flags);
+                let hdr = NetHdr::to_guest(inner.backlog.front_segment(), data_valid);
+                let placed = virtio_net::place_frame(queue, guard, frame, mergeable, &hdr);
                 match placed {
                     Ok(Placed::Done { .. }) => {
                         stats.frame_to_guest(frame.len());
@@ -164,24 +173,32 @@ impl NetSession {
             return Ok(());
         };
         let event_idx = self.guest.event_idx();
+        let acked = self.acked.load(Ordering::Relaxed);
         let shared = self.shared.clone();
         let stats = &shared.stats;
         airlock_vhost::drain(tx, &mem, event_idx, "transmit", |chains| {
             let mut heads = Vec::with_capacity(chains.len());
             for chain in chains {
                 heads.push(chain.head_index());
-                match virtio_net::read_frame(chain, &mut inner.frame) {
-                    Ok(flags) => {
-                        let partial = flags & virtio_net::F_NEEDS_CSUM != 0;
-                        if let Some(p) = &self.pcap {
-                            p.record(&inner.frame);
-                        }
+                let offload = virtio_net::read_frame(chain, &mut inner.frame).map(|hdr| {
+                    if let Some(p) = &self.pcap {
+                        p.record(&inner.frame);
+                    }
+                    virtio_net::offload(&hdr, acked, inner.frame.len())
+                });
+                match offload {
+                    Ok(Ok(offload)) => {
                         let Inner {
                             gateway,
                             backlog,
                             frame,
                         } = &mut *inner;
-                        gateway.guest_frame(frame, partial, backlog);
+                        gateway.guest_frame_offload(frame, offload, backlog);
+                    }
+                    Ok(Err(e)) => {
+                        ratelimited!(log::Level::Warn, "frame from the guest refused: {e}");
+                        stats.frame_from_guest(inner.frame.len());
+                        stats.dropped(DropReason::BadOffload);
                     }
                     Err(e) => {
                         ratelimited!(log::Level::Warn, "bad frame from the guest: {e}");
@@ -235,20 +252,29 @@ impl VhostUserBackend for NetSession {
     fn features(&self) -> u64 {
         let mut f =
             airlock_vhost::BASE_FEATURES | (1 << VIRTIO_NET_F_MRG_RXBUF) | (1 << VIRTIO_NET_F_MTU);
-        if self.offer_csum {
+        if self.offloads.csum {
             f |= (1 << VIRTIO_NET_F_CSUM) | (1 << VIRTIO_NET_F_GUEST_CSUM);
+            if self.offloads.tso {
+                f |= (1 << VIRTIO_NET_F_HOST_TSO4)
+                    | (1 << VIRTIO_NET_F_HOST_TSO6)
+                    | (1 << VIRTIO_NET_F_GUEST_TSO4)
+                    | (1 << VIRTIO_NET_F_GUEST_TSO6);
+            }
         }
         f
     }
 
     fn acked_features(&self, features: u64) {
         self.acked.store(features, Ordering::Relaxed);
-        let offload = features & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0;
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .backlog
-            .set_offload(offload);
+        let has = |bit: u32| features & (1 << bit) != 0;
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.backlog.set_offload(has(VIRTIO_NET_F_GUEST_CSUM));
+        // The gateway follows at its next event (it rebuilds its TCP
+        // interface to send larger segments).
+        inner.backlog.set_segmentation(GuestSegmentation {
+            ipv4: has(VIRTIO_NET_F_GUEST_TSO4),
+            ipv6: has(VIRTIO_NET_F_GUEST_TSO6),
+        });
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -391,7 +417,13 @@ impl Session for NetSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio_net::HDR_LEN;
     use airlock_netcore::PolicySource;
+
+    const ALL_OFFLOADS: Offloads = Offloads {
+        csum: true,
+        tso: true,
+    };
 
     /// The default configuration, as the command line makes it.
     fn config() -> GatewayConfig {
@@ -457,7 +489,7 @@ mod tests {
                 None,
             )
             .unwrap();
-            let session = NetSession::new(config(), shared, true, None).unwrap();
+            let session = NetSession::new(config(), shared, ALL_OFFLOADS, None).unwrap();
             let mut queues = GuestQueues::new(&[16, 16]);
             queues.set_event_idx(true);
             session.set_event_idx(true);
@@ -473,6 +505,114 @@ mod tests {
         );
     }
 
+    /// An Ethernet + IPv4 frame to 192.168.127.254 carrying `proto` with
+    /// `l4` (a 20-byte TCP header or 8-byte UDP header, then data).
+    fn ipv4_frame(proto: u8, l4: &[u8]) -> Vec<u8> {
+        let mut f = vec![
+            0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xdd, 0x52, 0x54, 0, 0x12, 0x34, 0x56,
+        ];
+        f.extend_from_slice(&[0x08, 0x00]);
+        let total = (20 + l4.len()) as u16;
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = proto;
+        ip[12..16].copy_from_slice(&[192, 168, 127, 2]);
+        ip[16..20].copy_from_slice(&[192, 168, 127, 254]);
+        let mut sum: u32 = ip
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(l4);
+        f
+    }
+
+    /// The guest's TX headers are checked against what it acknowledged:
+    /// segmentation it did not negotiate (TSO6 here), without a partial
+    /// checksum, on a frame that is not TCP, or a checksum position past
+    /// the frame, is dropped as bad_offload; a proper TSO frame is not.
+    #[test]
+    fn transmitted_offload_headers_are_checked_against_the_acked_features() {
+        use airlock_testkit::queues::{GuestQueues, HIGH_BUFFERS};
+        use virtio_bindings::bindings::virtio_net::{
+            VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
+        };
+
+        let shared = Shared::new(
+            config().guest_ip,
+            PolicySource::default(),
+            Default::default(),
+            None,
+        )
+        .unwrap();
+        let session = NetSession::new(config(), shared.clone(), ALL_OFFLOADS, None).unwrap();
+        let mut queues = GuestQueues::new(&[16, 16]);
+        session.update_memory(queues.mem.clone()).unwrap();
+        session.acked_features(
+            airlock_vhost::BASE_FEATURES
+                | (1 << VIRTIO_NET_F_CSUM)
+                | (1 << VIRTIO_NET_F_GUEST_CSUM)
+                | (1 << VIRTIO_NET_F_HOST_TSO4),
+        );
+        // An ACK-only TCP segment with 3000 bytes to a port nobody
+        // listens on (the gateway answers it with a RST, nothing opens).
+        let mut tcp = vec![0u8; 20];
+        tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&9u16.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x10;
+        tcp.resize(20 + 3000, 7);
+        let tcp_frame = ipv4_frame(6, &tcp);
+        let udp_frame = ipv4_frame(17, &[0x9c, 0x40, 0, 9, 0x0b, 0xc0, 0, 0]);
+        let hdr = |flags: u8, gso: u32, start: u16| {
+            NetHdr {
+                flags,
+                gso_type: gso as u8,
+                hdr_len: 54,
+                gso_size: 1460,
+                csum_start: start,
+                csum_offset: 16,
+            }
+            .bytes(0)
+        };
+        let cases = [
+            (hdr(1, VIRTIO_NET_HDR_GSO_TCPV4, 34), &tcp_frame, 0),
+            (hdr(1, VIRTIO_NET_HDR_GSO_TCPV6, 34), &tcp_frame, 1),
+            (hdr(0, VIRTIO_NET_HDR_GSO_TCPV4, 34), &tcp_frame, 1),
+            (hdr(1, VIRTIO_NET_HDR_GSO_TCPV4, 34), &udp_frame, 1),
+            (hdr(1, 0, 4000), &tcp_frame, 1),
+        ];
+        let mut expected = 0;
+        for (i, (h, frame, bad)) in cases.iter().enumerate() {
+            let addr = HIGH_BUFFERS.start + i as u64 * 0x2000;
+            queues.write(addr, h);
+            queues.write(addr + HDR_LEN as u64, frame);
+            let len = (HDR_LEN + frame.len()) as u32;
+            queues.set_desc(1, i as u16, addr, len, 0, 0);
+            queues.push_avail(1, i as u16);
+            session
+                .handle_event(TX_QUEUE_EVENT, EventSet::IN, &queues.vrings, 0)
+                .unwrap();
+            expected += bad;
+            let drops = shared.stats.snapshot().drops;
+            assert!(
+                drops.contains(&("bad_offload".to_owned(), expected)),
+                "case {i}: {drops:?}"
+            );
+        }
+        assert_eq!(
+            queues.used_idx(1),
+            cases.len() as u16,
+            "every chain returned"
+        );
+    }
+
     #[test]
     fn every_named_event_is_handled_without_stopping_the_worker() {
         let shared = Shared::new(
@@ -482,7 +622,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let session = NetSession::new(config(), shared.clone(), true, None).unwrap();
+        let session = NetSession::new(config(), shared.clone(), ALL_OFFLOADS, None).unwrap();
         let mem = GuestMemoryAtomic::new(
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
         );

@@ -232,7 +232,7 @@ pub fn run_with(config: Config, startup: Startup) -> Result<(), NetError> {
                 NetSession::new(
                     config.gateway.clone(),
                     shared.clone(),
-                    config.offer_csum,
+                    config.offloads,
                     pcap.clone(),
                 )
             })?

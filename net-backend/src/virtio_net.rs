@@ -8,6 +8,11 @@
 
 use std::io::{self, Read, Write};
 
+use airlock_netcore::{FrameOffload, Segmentation, TxSegment, TCP_CSUM_OFFSET};
+use virtio_bindings::bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
+};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{GuestMemoryLoadGuard, GuestMemoryMmap};
 
@@ -34,8 +39,143 @@ pub(crate) enum FrameError {
     Copy(#[source] io::Error),
 }
 
-/// Copies the frame in a TX chain into `buf`; returns the header flags.
-pub(crate) fn read_frame(chain: Chain, buf: &mut Vec<u8>) -> Result<u8, FrameError> {
+/// `struct virtio_net_hdr_v1` without `num_buffers` (little endian, as
+/// VIRTIO_F_VERSION_1 has it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct NetHdr {
+    pub flags: u8,
+    pub gso_type: u8,
+    pub hdr_len: u16,
+    pub gso_size: u16,
+    pub csum_start: u16,
+    pub csum_offset: u16,
+}
+
+impl NetHdr {
+    pub(crate) fn parse(raw: &[u8; HDR_LEN]) -> NetHdr {
+        let le = |i: usize| u16::from_le_bytes([raw[i], raw[i + 1]]);
+        NetHdr {
+            flags: raw[0],
+            gso_type: raw[1],
+            hdr_len: le(2),
+            gso_size: le(4),
+            csum_start: le(6),
+            csum_offset: le(8),
+        }
+    }
+
+    /// The header with `num_buffers`.
+    pub(crate) fn bytes(&self, num_buffers: u16) -> [u8; HDR_LEN] {
+        let mut raw = [0u8; HDR_LEN];
+        raw[0] = self.flags;
+        raw[1] = self.gso_type;
+        for (i, v) in [
+            self.hdr_len,
+            self.gso_size,
+            self.csum_start,
+            self.csum_offset,
+            num_buffers,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            raw[2 + 2 * i..4 + 2 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        raw
+    }
+
+    /// The header of a frame to the guest: a larger TCP segment for the
+    /// guest to take whole (GSO type and size, the partial checksum's
+    /// place), or an ordinary frame whose checksums are valid or filled in.
+    pub(crate) fn to_guest(segment: Option<TxSegment>, data_valid: bool) -> NetHdr {
+        match segment {
+            Some(s) => NetHdr {
+                flags: F_NEEDS_CSUM,
+                gso_type: if s.segmentation.ipv6 {
+                    VIRTIO_NET_HDR_GSO_TCPV6 as u8
+                } else {
+                    VIRTIO_NET_HDR_GSO_TCPV4 as u8
+                },
+                hdr_len: s.headers,
+                gso_size: s.segmentation.size,
+                csum_start: s.l4_offset,
+                csum_offset: TCP_CSUM_OFFSET,
+            },
+            None => NetHdr {
+                flags: if data_valid { F_DATA_VALID } else { 0 },
+                ..NetHdr::default()
+            },
+        }
+    }
+}
+
+/// Why a frame's header was refused: the guest claims an offload it did
+/// not negotiate, or metadata that does not fit the frame.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum OffloadError {
+    #[error("partial checksum without VIRTIO_NET_F_CSUM")]
+    CsumNotNegotiated,
+    #[error("partial checksum at {start}+{offset} beyond a frame of {len} bytes")]
+    CsumOutside { start: u16, offset: u16, len: usize },
+    #[error("segmentation type {0:#x} not negotiated")]
+    GsoNotNegotiated(u8),
+    #[error("segmentation without a partial checksum")]
+    GsoWithoutCsum,
+    #[error("segmentation with a segment size of 0")]
+    GsoSizeZero,
+}
+
+/// What a transmitted frame's header says, checked against the features
+/// the driver acknowledged (`acked`) and the frame's length: a partial
+/// checksum needs VIRTIO_NET_F_CSUM and a place inside the frame; a larger
+/// TCP segment needs HOST_TSO4/6, a partial checksum (as the virtio spec
+/// requires) and a segment size. Anything else is refused, never trusted.
+/// `hdr_len` is a hint and not used: the gateway parses the headers itself.
+pub(crate) fn offload(
+    hdr: &NetHdr,
+    acked: u64,
+    frame_len: usize,
+) -> Result<FrameOffload, OffloadError> {
+    let has = |bit: u32| acked & (1u64 << bit) != 0;
+    let partial_csum = hdr.flags & F_NEEDS_CSUM != 0;
+    if partial_csum {
+        if !has(VIRTIO_NET_F_CSUM) {
+            return Err(OffloadError::CsumNotNegotiated);
+        }
+        let end = usize::from(hdr.csum_start) + usize::from(hdr.csum_offset) + 2;
+        if end > frame_len {
+            return Err(OffloadError::CsumOutside {
+                start: hdr.csum_start,
+                offset: hdr.csum_offset,
+                len: frame_len,
+            });
+        }
+    }
+    let ipv6 = match u32::from(hdr.gso_type) {
+        VIRTIO_NET_HDR_GSO_NONE => return Ok(FrameOffload::csum(partial_csum)),
+        VIRTIO_NET_HDR_GSO_TCPV4 if has(VIRTIO_NET_F_HOST_TSO4) => false,
+        VIRTIO_NET_HDR_GSO_TCPV6 if has(VIRTIO_NET_F_HOST_TSO6) => true,
+        // Not acknowledged, or never offered: UDP fragmentation and
+        // segmentation, the ECN bit (HOST_ECN).
+        _ => return Err(OffloadError::GsoNotNegotiated(hdr.gso_type)),
+    };
+    if !partial_csum {
+        return Err(OffloadError::GsoWithoutCsum);
+    }
+    if hdr.gso_size == 0 {
+        return Err(OffloadError::GsoSizeZero);
+    }
+    Ok(FrameOffload {
+        partial_csum,
+        segmentation: Some(Segmentation {
+            ipv6,
+            size: hdr.gso_size,
+        }),
+    })
+}
+
+/// Copies the frame in a TX chain into `buf`; returns its header.
+pub(crate) fn read_frame(chain: Chain, buf: &mut Vec<u8>) -> Result<NetHdr, FrameError> {
     let mem = chain.memory();
     let mut reader = virtio_queue::Reader::new(mem, chain.clone()).map_err(FrameError::Chain)?;
     let total = reader.available_bytes();
@@ -50,7 +190,7 @@ pub(crate) fn read_frame(chain: Chain, buf: &mut Vec<u8>) -> Result<u8, FrameErr
     reader.read_exact(&mut hdr).map_err(FrameError::Copy)?;
     buf.resize(len, 0);
     reader.read_exact(buf).map_err(FrameError::Copy)?;
-    Ok(hdr[0])
+    Ok(NetHdr::parse(&hdr))
 }
 
 /// Result of trying to place one frame in the guest's receive buffers.
@@ -72,19 +212,18 @@ fn writable_len(chain: &Chain) -> usize {
         .fold(0usize, |acc, d| acc.saturating_add(d.len() as usize))
 }
 
-/// Writes `frame` (with a virtio-net header) into the guest's RX queue and
-/// publishes the buffers it used with [`publish_used`]: all of a frame's
-/// buffers at once.
+/// Writes `frame` (after `hdr`) into the guest's RX queue and publishes the
+/// buffers it used with [`publish_used`]: all of a frame's buffers at once.
 pub(crate) fn place_frame<Q: QueueT + QueueOwnedT>(
     queue: &mut Q,
     mem: GuestMemoryLoadGuard<GuestMemoryMmap<()>>,
     frame: &[u8],
     mergeable: bool,
-    flags: u8,
+    hdr: &NetHdr,
 ) -> Result<Placed, virtio_queue::Error> {
     let guard = mem.clone();
     let mut used: Vec<(u16, u32)> = Vec::new();
-    let placed = fill_buffers(queue, mem, frame, mergeable, flags, &mut used);
+    let placed = fill_buffers(queue, mem, frame, mergeable, hdr, &mut used);
     let published = publish_used(queue, &*guard, &used);
     let placed = placed?;
     published?;
@@ -188,7 +327,7 @@ fn fill_buffers<Q: QueueT + QueueOwnedT>(
     mem: GuestMemoryLoadGuard<GuestMemoryMmap<()>>,
     frame: &[u8],
     mergeable: bool,
-    flags: u8,
+    hdr: &NetHdr,
     used: &mut Vec<(u16, u32)>,
 ) -> Result<Placed, virtio_queue::Error> {
     let need = HDR_LEN + frame.len();
@@ -220,10 +359,7 @@ fn fill_buffers<Q: QueueT + QueueOwnedT>(
         return Ok(Placed::NoRoom);
     }
     let count = chains.len();
-    let mut hdr = [0u8; HDR_LEN];
-    hdr[0] = flags;
-    // num_buffers (little endian) is the last field of the v1 header.
-    hdr[10..12].copy_from_slice(&(count as u16).to_le_bytes());
+    let hdr = hdr.bytes(count as u16);
     let mut rest = frame;
     let mut failed = None;
     for (i, (chain, cap)) in chains.into_iter().enumerate() {
@@ -278,6 +414,144 @@ mod tests {
         let vq = MockSplitQueue::new(mem, SIZE);
         let q: Queue = vq.create_queue().unwrap();
         (vq, q)
+    }
+
+    const CSUM: u64 = 1 << VIRTIO_NET_F_CSUM;
+    const TSO4: u64 = 1 << VIRTIO_NET_F_HOST_TSO4;
+    const TSO6: u64 = 1 << VIRTIO_NET_F_HOST_TSO6;
+
+    fn tso(gso_type: u32, gso_size: u16) -> NetHdr {
+        NetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: gso_type as u8,
+            hdr_len: 54,
+            gso_size,
+            csum_start: 34,
+            csum_offset: 16,
+        }
+    }
+
+    #[test]
+    fn headers_round_trip_little_endian() {
+        let h = tso(VIRTIO_NET_HDR_GSO_TCPV6, 1440);
+        let raw = h.bytes(3);
+        assert_eq!(raw, [1, 4, 54, 0, 0xa0, 5, 34, 0, 16, 0, 3, 0]);
+        assert_eq!(NetHdr::parse(&raw), h);
+    }
+
+    #[test]
+    fn offloads_are_taken_only_as_negotiated_and_inside_the_frame() {
+        let none = NetHdr::default();
+        assert_eq!(offload(&none, 0, 60), Ok(FrameOffload::default()));
+        // A partial checksum needs CSUM and a place in the frame.
+        let partial = NetHdr {
+            flags: F_NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 16,
+            ..NetHdr::default()
+        };
+        assert_eq!(offload(&partial, CSUM, 52), Ok(FrameOffload::csum(true)));
+        assert_eq!(
+            offload(&partial, 0, 52),
+            Err(OffloadError::CsumNotNegotiated)
+        );
+        assert!(matches!(
+            offload(&partial, CSUM, 51),
+            Err(OffloadError::CsumOutside { len: 51, .. })
+        ));
+        let far = NetHdr {
+            csum_start: u16::MAX,
+            csum_offset: u16::MAX,
+            ..partial
+        };
+        assert!(matches!(
+            offload(&far, CSUM, 60),
+            Err(OffloadError::CsumOutside { .. })
+        ));
+        // TSO: negotiated per IP version, with a partial checksum and a size.
+        let v4 = tso(VIRTIO_NET_HDR_GSO_TCPV4, 1448);
+        assert_eq!(
+            offload(&v4, CSUM | TSO4, 9000),
+            Ok(FrameOffload {
+                partial_csum: true,
+                segmentation: Some(Segmentation {
+                    ipv6: false,
+                    size: 1448
+                }),
+            })
+        );
+        assert_eq!(
+            offload(&v4, CSUM | TSO6, 9000),
+            Err(OffloadError::GsoNotNegotiated(1))
+        );
+        let v6 = tso(VIRTIO_NET_HDR_GSO_TCPV6, 1428);
+        assert!(offload(&v6, CSUM | TSO6, 9000).is_ok());
+        assert!(offload(&v6, CSUM | TSO4, 9000).is_err());
+        let no_csum = NetHdr { flags: 0, ..v4 };
+        assert_eq!(
+            offload(&no_csum, CSUM | TSO4, 9000),
+            Err(OffloadError::GsoWithoutCsum)
+        );
+        assert_eq!(
+            offload(&tso(VIRTIO_NET_HDR_GSO_TCPV4, 0), CSUM | TSO4, 9000),
+            Err(OffloadError::GsoSizeZero)
+        );
+        // Never offered: UDP fragmentation and segmentation, ECN.
+        for t in [3u32, 5, 0x81, 0xff] {
+            assert_eq!(
+                offload(&tso(t, 1400), u64::MAX, 9000),
+                Err(OffloadError::GsoNotNegotiated(t as u8)),
+                "gso_type {t:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn frames_to_the_guest_carry_their_segmentation() {
+        let seg = TxSegment {
+            segmentation: Segmentation {
+                ipv6: true,
+                size: 1428,
+            },
+            l4_offset: 54,
+            headers: 86,
+        };
+        assert_eq!(
+            NetHdr::to_guest(Some(seg), true),
+            NetHdr {
+                flags: F_NEEDS_CSUM,
+                gso_type: VIRTIO_NET_HDR_GSO_TCPV6 as u8,
+                hdr_len: 86,
+                gso_size: 1428,
+                csum_start: 54,
+                csum_offset: 16,
+            }
+        );
+        assert_eq!(NetHdr::to_guest(None, true).flags, F_DATA_VALID);
+        assert_eq!(NetHdr::to_guest(None, false), NetHdr::default());
+
+        // Written ahead of the frame, with num_buffers, into the guest's
+        // receive buffer.
+        use airlock_testkit::queues::{GuestQueues, F_WRITE, HIGH_BUFFERS};
+        use vhost_user_backend::VringT;
+        use vm_memory::GuestAddressSpace;
+        let mut queues = GuestQueues::new(&[16]);
+        queues.set_desc(0, 0, HIGH_BUFFERS.start, 4096, F_WRITE, 0);
+        queues.push_avail(0, 0);
+        let frame = [0xab_u8; 100];
+        let hdr = NetHdr::to_guest(Some(seg), true);
+        let placed = {
+            let mut state = queues.vrings[0].get_mut();
+            let mem = queues.mem.memory();
+            place_frame(state.get_queue_mut(), mem, &frame, true, &hdr).unwrap()
+        };
+        assert_eq!(placed, Placed::Done { buffers: 1 });
+        assert_eq!(queues.read(HIGH_BUFFERS.start, HDR_LEN), hdr.bytes(1));
+        assert_eq!(
+            queues.read(HIGH_BUFFERS.start + HDR_LEN as u64, frame.len()),
+            frame
+        );
+        assert_eq!(queues.used_elem(0, 0), (0, (HDR_LEN + frame.len()) as u32));
     }
 
     #[test]

@@ -21,12 +21,16 @@
 use airlock_testkit::queues::GuestQueues;
 use airlock_testkit::Input;
 use vhost_user_backend::VhostUserBackend;
-use virtio_bindings::bindings::virtio_net::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF};
+use virtio_bindings::bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MRG_RXBUF,
+};
 use vmm_sys_util::epoll::EventSet;
 
 use super::{gateway_config, shared};
 use airlock_net::device::{
-    NetSession, CONTROL_EVENT, HOST_SOCKETS_EVENT, RX_QUEUE_EVENT, TIMER_EVENT, TX_QUEUE_EVENT,
+    NetSession, Offloads, CONTROL_EVENT, HOST_SOCKETS_EVENT, RX_QUEUE_EVENT, TIMER_EVENT,
+    TX_QUEUE_EVENT,
 };
 
 const MAX_STEPS: usize = 64;
@@ -51,8 +55,25 @@ pub fn run(data: &[u8]) -> u64 {
     }
     let event_idx = features & 4 != 0;
     let mtu = if features & 8 != 0 { 1500 } else { 65_520 };
+    // Partial checksums and larger TCP segments from the guest: its
+    // virtio_net_hdr (flags, gso_type, gso_size, hdr_len, csum_start,
+    // csum_offset) comes from the input like the rest of each buffer.
+    if features & 16 != 0 {
+        acked |= 1 << VIRTIO_NET_F_CSUM;
+    }
+    if features & 32 != 0 {
+        acked |= (1 << VIRTIO_NET_F_HOST_TSO4) | (1 << VIRTIO_NET_F_HOST_TSO6);
+    }
+    // Larger segments to the guest.
+    if features & 64 != 0 {
+        acked |= (1 << VIRTIO_NET_F_GUEST_TSO4) | (1 << VIRTIO_NET_F_GUEST_TSO6);
+    }
+    let offloads = Offloads {
+        csum: true,
+        tso: true,
+    };
 
-    let session = NetSession::new(gateway_config(mtu), shared(), true, None)
+    let session = NetSession::new(gateway_config(mtu), shared(), offloads, None)
         .expect("cannot create the net session");
     let mut queues = GuestQueues::from_input(2, &mut input);
     queues.set_event_idx(event_idx);

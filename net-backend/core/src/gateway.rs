@@ -22,6 +22,8 @@ mod ipv6;
 pub(crate) mod tests;
 #[cfg(test)]
 mod tests6;
+#[cfg(test)]
+mod tests_offload;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
@@ -49,7 +51,7 @@ use crate::flows::{
     FlowKey, FlowTable, Flows, GuestPacket, Link, OpenError, Stack, Unreachable, Verdict,
 };
 use crate::host::Target;
-use crate::phy::{GuestTx, IpDevice, NullTx};
+use crate::phy::{FrameOffload, GuestSegmentation, GuestTx, IpDevice, NullTx};
 use crate::poller::{FlowId, Poller, Source};
 use crate::services::dhcp::{DhcpServer, LeaseInfo};
 use crate::services::dhcpv6::Dhcpv6Server;
@@ -88,38 +90,27 @@ fn random_seed() -> u64 {
 impl Gateway {
     pub fn new(cfg: GatewayConfig, shared: Arc<Shared>) -> io::Result<Gateway> {
         let epoch = Instant::now();
-        let mut iface_cfg = IfaceConfig::new(HardwareAddress::Ip);
-        iface_cfg.random_seed = random_seed();
-        let mut sink = NullTx::default();
-        let mut dev = IpDevice::new(
-            &mut sink,
-            cfg.gateway_mac,
-            EthernetAddress::BROADCAST,
-            cfg.mtu,
-        );
-        let mut iface = Interface::new(iface_cfg, &mut dev, smoltcp::time::Instant::ZERO);
-        iface.update_ip_addrs(|addrs| {
-            let _ = addrs.push(IpCidr::new(cfg.gateway_ip.into(), cfg.prefix_len));
-            if let Some(v6) = &cfg.ipv6 {
-                let _ = addrs.push(IpCidr::new(v6.gateway.into(), PREFIX6_LEN));
-                let ll = Ipv6Config::link_local(cfg.gateway_mac);
-                let _ = addrs.push(IpCidr::new(ll.into(), PREFIX6_LEN));
-            }
-        });
-        // Accept segments for every destination: each flow's socket listens
-        // on the exact address the guest connected to.
-        iface.set_any_ip(true);
+        let mut addrs = vec![IpCidr::new(cfg.gateway_ip.into(), cfg.prefix_len)];
+        if let Some(v6) = &cfg.ipv6 {
+            addrs.push(IpCidr::new(v6.gateway.into(), PREFIX6_LEN));
+            let ll = Ipv6Config::link_local(cfg.gateway_mac);
+            addrs.push(IpCidr::new(ll.into(), PREFIX6_LEN));
+        }
+        let link = Link {
+            gateway_mac: cfg.gateway_mac,
+            guest_mac: EthernetAddress::BROADCAST,
+            guest_ip6: None,
+            mtu: cfg.mtu,
+            epoch,
+        };
+        let segmentation = GuestSegmentation::default();
         let stack = Stack {
-            iface,
+            iface: interface(&link, &addrs, segmentation),
+            addrs,
+            segmentation,
             poller: Poller::new()?,
             shared,
-            link: Link {
-                gateway_mac: cfg.gateway_mac,
-                guest_mac: EthernetAddress::BROADCAST,
-                guest_ip6: None,
-                mtu: cfg.mtu,
-                epoch,
-            },
+            link,
             scratch: vec![0u8; MAX_DATAGRAM],
         };
         let seed = iface_cfg_seed();
@@ -192,6 +183,19 @@ impl Gateway {
     /// Handles one Ethernet frame from the guest. `partial_csum`: the guest
     /// marked it NEEDS_CSUM (its L4 checksum is not filled in).
     pub fn guest_frame(&mut self, frame: &[u8], partial_csum: bool, tx: &mut dyn GuestTx) {
+        self.guest_frame_offload(frame, FrameOffload::csum(partial_csum), tx);
+    }
+
+    /// Handles one Ethernet frame from the guest with what its transport
+    /// said about it. A frame claiming to be a larger TCP segment must be
+    /// one (TCP over the IP version it names), or it is dropped as
+    /// [`DropReason::BadOffload`]; it then goes to its flow whole.
+    pub fn guest_frame_offload(
+        &mut self,
+        frame: &[u8],
+        offload: FrameOffload,
+        tx: &mut dyn GuestTx,
+    ) {
         self.shared().stats.frame_from_guest(frame.len());
         let Ok(eth) = EthernetFrame::new_checked(frame) else {
             self.dropped(DropReason::Malformed);
@@ -200,6 +204,13 @@ impl Gateway {
         let src = eth.src_addr();
         if src.is_unicast() {
             self.flows.stack.link.guest_mac = src;
+        }
+        let partial_csum = offload.partial_csum;
+        if let Some(seg) = offload.segmentation {
+            if !is_tcp_segment(eth.ethertype(), eth.payload(), seg) {
+                self.dropped(DropReason::BadOffload);
+                return;
+            }
         }
         match eth.ethertype() {
             EthernetProtocol::Arp => self.arp(eth.payload(), tx),
@@ -884,6 +895,56 @@ const ROUTER_TIMER: FlowId = FlowId {
 
 fn iface_cfg_seed() -> u64 {
     random_seed()
+}
+
+/// Whether `payload` of an Ethernet frame of `ethertype` is what a larger
+/// TCP segment `seg` claims to be: TCP directly over the IP version it
+/// names (Linux sends no extension headers with TSO up to 64 KiB).
+fn is_tcp_segment(
+    ethertype: EthernetProtocol,
+    payload: &[u8],
+    seg: crate::phy::Segmentation,
+) -> bool {
+    if seg.size == 0 {
+        return false;
+    }
+    match ethertype {
+        EthernetProtocol::Ipv4 if !seg.ipv6 => {
+            Ipv4Packet::new_checked(payload).is_ok_and(|p| p.next_header() == IpProtocol::Tcp)
+        }
+        EthernetProtocol::Ipv6 if seg.ipv6 => smoltcp::wire::Ipv6Packet::new_checked(payload)
+            .is_ok_and(|p| p.next_header() == IpProtocol::Tcp),
+        _ => false,
+    }
+}
+
+/// The smoltcp interface every TCP flow is polled through: the gateway's
+/// addresses, accepting segments for every destination (each flow's socket
+/// listens on the exact address the guest connected to), sending TCP
+/// segments as large as `segmentation` lets the guest take.
+pub(crate) fn interface(
+    link: &Link,
+    addrs: &[IpCidr],
+    segmentation: GuestSegmentation,
+) -> Interface {
+    let mut iface_cfg = IfaceConfig::new(HardwareAddress::Ip);
+    iface_cfg.random_seed = random_seed();
+    let mut sink = NullTx::default();
+    let mut dev = IpDevice::new(
+        &mut sink,
+        link.gateway_mac,
+        EthernetAddress::BROADCAST,
+        link.mtu,
+    )
+    .with_segmentation(segmentation);
+    let mut iface = Interface::new(iface_cfg, &mut dev, smoltcp::time::Instant::ZERO);
+    iface.update_ip_addrs(|list| {
+        for a in addrs {
+            let _ = list.push(*a);
+        }
+    });
+    iface.set_any_ip(true);
+    iface
 }
 
 impl Drop for Gateway {

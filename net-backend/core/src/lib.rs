@@ -32,6 +32,8 @@ mod wire;
 pub use config::{GatewayConfig, PublishSource};
 pub use flows::tcp::TcpLimits;
 pub use gateway::Gateway;
-pub use phy::{Backlog, GuestTx};
+pub use phy::{
+    Backlog, FrameOffload, GuestSegmentation, GuestTx, Segmentation, TxSegment, TCP_CSUM_OFFSET,
+};
 pub use shared::{GuestView, PolicySource, Shared, SharedError};
 pub use smoltcp::wire::EthernetAddress;

@@ -4,20 +4,95 @@
 //!   queue a transport drains into the guest's receive buffers;
 //! - `IpDevice`: the `smoltcp::phy::Device` that hands smoltcp at most one
 //!   IP packet (the segment being processed) and writes whatever smoltcp
-//!   transmits to the guest as Ethernet frames.
+//!   transmits to the guest as Ethernet frames;
+//! - segmentation offload both ways ([`Segmentation`]): a guest may send
+//!   TCP segments larger than its MSS ([`FrameOffload`]), and take such
+//!   segments from the gateway when it says so ([`GuestSegmentation`]);
+//!   each such frame going to the guest is marked with a [`TxSegment`].
 //!
 //! smoltcp runs with `Medium::Ip`: the gateway owns the Ethernet layer (ARP,
 //! MAC addresses), so smoltcp never needs a neighbour cache.
 
 use std::collections::VecDeque;
 
-use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use std::num::NonZeroUsize;
+
+use smoltcp::phy::{
+    self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium, SegmentationCapabilities,
+};
 use smoltcp::time::Instant;
 use smoltcp::wire::{
-    EthernetAddress, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket,
+    checksum, EthernetAddress, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket,
 };
 
 use crate::wire::{write_eth, ETH_HEADER};
+
+/// A TCP segment carried across the link in one piece although it is
+/// larger than the receiver's MSS: the receiving side's stack takes it
+/// whole, or its device cuts it into `size`-byte segments (virtio-net's
+/// TSO, Linux's GSO).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segmentation {
+    /// IPv6 (else IPv4).
+    pub ipv6: bool,
+    /// Payload bytes per segment once cut.
+    pub size: u16,
+}
+
+/// What the guest's transport says about a frame the guest sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameOffload {
+    /// The L4 checksum is not filled in (virtio-net's NEEDS_CSUM).
+    pub partial_csum: bool,
+    /// A TCP segment larger than the guest's MSS, sent whole (virtio-net's
+    /// HOST_TSO4/6). The gateway checks it is one; its size is the guest's
+    /// business (the segment is fed to the TCP layer whole).
+    pub segmentation: Option<Segmentation>,
+}
+
+impl FrameOffload {
+    /// A frame with only a checksum flag.
+    pub fn csum(partial_csum: bool) -> FrameOffload {
+        FrameOffload {
+            partial_csum,
+            segmentation: None,
+        }
+    }
+}
+
+/// Which TCP segments larger than its MSS the guest takes whole
+/// (virtio-net's GUEST_TSO4/6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestSegmentation {
+    pub ipv4: bool,
+    pub ipv6: bool,
+}
+
+impl GuestSegmentation {
+    fn allows(self, ipv6: bool) -> bool {
+        if ipv6 {
+            self.ipv6
+        } else {
+            self.ipv4
+        }
+    }
+}
+
+/// A frame to the guest that is one TCP segment larger than the guest's
+/// MSS: how its transport describes it (virtio-net's header: GSO type and
+/// size, NEEDS_CSUM with the checksum's place). The TCP checksum field
+/// holds the pseudo-header sum only, as a partial checksum does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxSegment {
+    pub segmentation: Segmentation,
+    /// Offset of the TCP header in the frame (where checksumming starts).
+    pub l4_offset: u16,
+    /// Ethernet + IP + TCP header bytes.
+    pub headers: u16,
+}
+
+/// Offset of the checksum field in a TCP header.
+pub const TCP_CSUM_OFFSET: u16 = 16;
 
 /// Where the gateway's frames to the guest go.
 pub trait GuestTx {
@@ -30,6 +105,14 @@ pub trait GuestTx {
     /// True if frames may leave L4 checksums out (the guest accepted
     /// checksum offload and frames are marked as carrying valid data).
     fn csum_offload(&self) -> bool;
+    /// Which TCP segments larger than its MSS the guest takes (none unless
+    /// the transport can say so per frame, see [`GuestTx::mark_segment`]).
+    fn segmentation(&self) -> GuestSegmentation {
+        GuestSegmentation::default()
+    }
+    /// Marks the frame last returned by [`GuestTx::frame`] as one larger
+    /// TCP segment; called only for what [`GuestTx::segmentation`] allows.
+    fn mark_segment(&mut self, _segment: TxSegment) {}
 }
 
 /// A `GuestTx` that discards everything (startup, shutdown).
@@ -53,11 +136,12 @@ impl GuestTx for NullTx {
 /// [`GuestTx::has_room`] is false and TCP holds its data back. A transport
 /// moves its frames into the guest ([`Backlog::front`], [`Backlog::pop`]).
 pub struct Backlog {
-    frames: VecDeque<Vec<u8>>,
+    frames: VecDeque<(Vec<u8>, Option<TxSegment>)>,
     bytes: usize,
     limit: usize,
     pool: Vec<Vec<u8>>,
     offload: bool,
+    segmentation: GuestSegmentation,
 }
 
 impl Backlog {
@@ -68,6 +152,7 @@ impl Backlog {
             limit,
             pool: Vec::new(),
             offload: false,
+            segmentation: GuestSegmentation::default(),
         }
     }
 
@@ -75,6 +160,12 @@ impl Backlog {
     /// with L4 checksums.
     pub fn set_offload(&mut self, on: bool) {
         self.offload = on;
+    }
+
+    /// Which larger TCP segments the guest takes; only with checksum
+    /// offload (a segment's checksum is left partial).
+    pub fn set_segmentation(&mut self, segmentation: GuestSegmentation) {
+        self.segmentation = segmentation;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -86,7 +177,7 @@ impl Backlog {
     }
 
     pub fn clear(&mut self) {
-        while let Some(f) = self.frames.pop_front() {
+        while let Some((f, _)) = self.frames.pop_front() {
             self.recycle(f);
         }
         self.bytes = 0;
@@ -99,11 +190,16 @@ impl Backlog {
     }
 
     pub fn front(&self) -> Option<&[u8]> {
-        self.frames.front().map(|f| &f[..])
+        self.frames.front().map(|(f, _)| &f[..])
+    }
+
+    /// How the first frame is segmented, if it is a larger TCP segment.
+    pub fn front_segment(&self) -> Option<TxSegment> {
+        self.frames.front().and_then(|(_, s)| *s)
     }
 
     pub fn pop(&mut self) {
-        if let Some(f) = self.frames.pop_front() {
+        if let Some((f, _)) = self.frames.pop_front() {
             self.bytes -= f.len();
             self.recycle(f);
         }
@@ -124,15 +220,29 @@ impl GuestTx for Backlog {
             f.resize(len, 0);
         }
         self.bytes += len;
-        self.frames.push_back(f);
+        self.frames.push_back((f, None));
         match self.frames.back_mut() {
-            Some(f) => &mut f[..],
+            Some((f, _)) => &mut f[..],
             None => unreachable!("a frame was just pushed"),
         }
     }
 
     fn csum_offload(&self) -> bool {
         self.offload
+    }
+
+    fn segmentation(&self) -> GuestSegmentation {
+        if self.offload {
+            self.segmentation
+        } else {
+            GuestSegmentation::default()
+        }
+    }
+
+    fn mark_segment(&mut self, segment: TxSegment) {
+        if let Some((_, s)) = self.frames.back_mut() {
+            *s = Some(segment);
+        }
     }
 }
 
@@ -142,6 +252,11 @@ pub(crate) struct IpDevice<'a> {
     src_mac: EthernetAddress,
     dst_mac: EthernetAddress,
     mtu: usize,
+    /// The guest's MSS on the connection being polled (see
+    /// [`IpDevice::with_mss`]).
+    mss: Option<u16>,
+    /// What smoltcp is told at the interface's creation.
+    segmentation: GuestSegmentation,
 }
 
 impl<'a> IpDevice<'a> {
@@ -157,7 +272,26 @@ impl<'a> IpDevice<'a> {
             src_mac,
             dst_mac,
             mtu,
+            mss: None,
+            segmentation: GuestSegmentation::default(),
         }
+    }
+
+    /// The device an interface is created with: smoltcp reads its
+    /// capabilities once, so an interface that may send TCP segments
+    /// larger than the guest's MSS is built with `segmentation` (and
+    /// rebuilt when the guest's offloads change).
+    pub(crate) fn with_segmentation(mut self, segmentation: GuestSegmentation) -> Self {
+        self.segmentation = segmentation;
+        self
+    }
+
+    /// The MSS the guest announced on the TCP connection being polled:
+    /// TCP segments from smoltcp larger than it go out as one frame marked
+    /// for the guest to take whole ([`GuestTx::mark_segment`]).
+    pub(crate) fn with_mss(mut self, mss: u16) -> Self {
+        self.mss = Some(mss);
+        self
     }
 
     /// Sets the one packet smoltcp will receive on its next poll. Its TCP
@@ -184,6 +318,7 @@ pub(crate) struct TxToken<'b> {
     tx: &'b mut dyn GuestTx,
     src_mac: EthernetAddress,
     dst_mac: EthernetAddress,
+    mss: Option<u16>,
 }
 
 impl phy::TxToken for TxToken<'_> {
@@ -192,6 +327,7 @@ impl phy::TxToken for TxToken<'_> {
         F: FnOnce(&mut [u8]) -> R,
     {
         let fill = !self.tx.csum_offload();
+        let allowed = self.tx.segmentation();
         let buf = self.tx.frame(ETH_HEADER + len);
         let r = f(&mut buf[ETH_HEADER..]);
         // smoltcp wrote the IP packet; its version says the EtherType.
@@ -200,8 +336,13 @@ impl phy::TxToken for TxToken<'_> {
             _ => EthernetProtocol::Ipv4,
         };
         write_eth(buf, self.src_mac, self.dst_mac, ethertype);
-        if fill {
-            fill_tcp_checksum(&mut buf[ETH_HEADER..]);
+        let segment = self
+            .mss
+            .and_then(|mss| tcp_segment(&mut buf[ETH_HEADER..], mss, allowed));
+        match segment {
+            Some(s) => self.tx.mark_segment(s),
+            None if fill => fill_tcp_checksum(&mut buf[ETH_HEADER..]),
+            None => {}
         }
         r
     }
@@ -225,6 +366,7 @@ impl phy::Device for IpDevice<'_> {
                 tx: &mut *self.tx,
                 src_mac: self.src_mac,
                 dst_mac: self.dst_mac,
+                mss: self.mss,
             },
         ))
     }
@@ -237,6 +379,7 @@ impl phy::Device for IpDevice<'_> {
             tx: &mut *self.tx,
             src_mac: self.src_mac,
             dst_mac: self.dst_mac,
+            mss: self.mss,
         })
     }
 
@@ -250,8 +393,64 @@ impl phy::Device for IpDevice<'_> {
         let mut checksum = ChecksumCapabilities::default();
         checksum.tcp = Checksum::None;
         caps.checksum = checksum;
+        // TCP segments up to a whole IP packet of the link's MTU where the
+        // guest takes them (smoltcp's own limit is one MSS otherwise). An
+        // IPv6 segment must also fit the MTU: smoltcp drops larger ones.
+        let whole = NonZeroUsize::new(self.mtu);
+        let mut segmentation = SegmentationCapabilities::default();
+        segmentation.tcpv4 = whole.filter(|_| self.segmentation.ipv4);
+        segmentation.tcpv6 = whole.filter(|_| self.segmentation.ipv6);
+        caps.segmentation = segmentation;
         caps
     }
+}
+
+/// If `packet` is a TCP segment whose payload is larger than what one
+/// segment of the guest's `mss` carries (less the segment's own TCP
+/// options, as the sender counts it), and the guest takes such segments
+/// for its IP version: leaves a partial checksum (the pseudo-header's sum)
+/// in it and says how to cut it.
+fn tcp_segment(packet: &mut [u8], mss: u16, allowed: GuestSegmentation) -> Option<TxSegment> {
+    let ipv6 = packet.first()? >> 4 == 6;
+    if !allowed.allows(ipv6) {
+        return None;
+    }
+    let (ip_header, tcp_len, pseudo) = if ipv6 {
+        let ip = Ipv6Packet::new_checked(&*packet).ok()?;
+        if ip.next_header() != IpProtocol::Tcp {
+            return None;
+        }
+        let len = usize::from(ip.payload_len());
+        let sum =
+            checksum::pseudo_header_v6(&ip.src_addr(), &ip.dst_addr(), IpProtocol::Tcp, len as u32);
+        (ip.header_len(), len, sum)
+    } else {
+        let ip = Ipv4Packet::new_checked(&*packet).ok()?;
+        if ip.next_header() != IpProtocol::Tcp {
+            return None;
+        }
+        let header = usize::from(ip.header_len());
+        let len = usize::from(ip.total_len()).checked_sub(header)?;
+        let sum =
+            checksum::pseudo_header_v4(&ip.src_addr(), &ip.dst_addr(), IpProtocol::Tcp, len as u32);
+        (header, len, sum)
+    };
+    let mut tcp = TcpPacket::new_checked(packet.get_mut(ip_header..)?).ok()?;
+    let tcp_header = usize::from(tcp.header_len());
+    let payload = tcp_len.checked_sub(tcp_header)?;
+    let size = usize::from(mss).checked_sub(tcp_header.saturating_sub(20))?;
+    if size == 0 || payload <= size {
+        return None;
+    }
+    tcp.set_checksum(pseudo);
+    Some(TxSegment {
+        segmentation: Segmentation {
+            ipv6,
+            size: u16::try_from(size).ok()?,
+        },
+        l4_offset: u16::try_from(ETH_HEADER + ip_header).ok()?,
+        headers: u16::try_from(ETH_HEADER + ip_header + tcp_header).ok()?,
+    })
 }
 
 /// Computes the TCP checksum of the IP packet in `packet` (a no-op for
@@ -279,5 +478,87 @@ pub(crate) fn fill_tcp_checksum(packet: &mut [u8]) {
     let (src, dst) = (ip.src_addr(), ip.dst_addr());
     if let Ok(mut tcp) = TcpPacket::new_checked(ip.payload_mut()) {
         tcp.fill_checksum(&src.into(), &dst.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{IpAddress, Ipv4Address, Ipv4Repr, TcpRepr, TcpSeqNumber};
+
+    /// An IPv4 TCP packet with `payload` bytes and, if `timestamps`, the
+    /// 12 bytes of a timestamp option.
+    fn packet(payload: usize, timestamps: bool) -> Vec<u8> {
+        let data = vec![1u8; payload];
+        let tcp = TcpRepr {
+            src_port: 80,
+            dst_port: 40000,
+            control: smoltcp::wire::TcpControl::None,
+            seq_number: TcpSeqNumber(1),
+            ack_number: Some(TcpSeqNumber(1)),
+            window_len: 100,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: timestamps.then_some(smoltcp::wire::TcpTimestampRepr::new(1, 2)),
+            payload: &data,
+        };
+        let (src, dst) = (Ipv4Address::new(10, 0, 0, 1), Ipv4Address::new(10, 0, 0, 2));
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut buf = vec![0u8; 20 + tcp.buffer_len()];
+        let caps = ChecksumCapabilities::default();
+        ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[..]), &caps);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(&mut buf[20..]),
+            &IpAddress::Ipv4(src),
+            &IpAddress::Ipv4(dst),
+            &caps,
+        );
+        buf
+    }
+
+    const V4: GuestSegmentation = GuestSegmentation {
+        ipv4: true,
+        ipv6: false,
+    };
+
+    #[test]
+    fn a_segment_larger_than_the_mss_less_its_options_is_marked() {
+        // 1460 bytes of payload: one full segment, nothing to cut.
+        assert_eq!(tcp_segment(&mut packet(1460, false), 1460, V4), None);
+        let mut p = packet(1461, false);
+        let s = tcp_segment(&mut p, 1460, V4).unwrap();
+        assert_eq!(
+            s.segmentation,
+            Segmentation {
+                ipv6: false,
+                size: 1460
+            }
+        );
+        assert_eq!((s.l4_offset, s.headers), (14 + 20, 14 + 40));
+        let ip = Ipv4Packet::new_checked(&p[..]).unwrap();
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(tcp.verify_partial_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
+        // With 12 bytes of options each segment carries 12 bytes less.
+        assert_eq!(tcp_segment(&mut packet(1448, true), 1460, V4), None);
+        let s = tcp_segment(&mut packet(1449, true), 1460, V4).unwrap();
+        assert_eq!(s.segmentation.size, 1448);
+        assert_eq!(s.headers, 14 + 20 + 32);
+        // Not for a guest that takes no IPv4 segments, nor an MSS that
+        // the options eat up.
+        assert_eq!(
+            tcp_segment(&mut packet(3000, false), 1460, GuestSegmentation::default()),
+            None
+        );
+        assert_eq!(tcp_segment(&mut packet(3000, true), 12, V4), None);
+        assert_eq!(tcp_segment(&mut [0x45, 0, 0], 1460, V4), None);
     }
 }

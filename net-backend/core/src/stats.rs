@@ -33,10 +33,14 @@ pub enum DropReason {
     SourceAddress,
     /// An IPv6 fragment (not reassembled).
     Fragment,
+    /// Offload metadata that does not fit the frame or was not negotiated:
+    /// a "larger TCP segment" that is not TCP, a segmentation type or
+    /// checksum position the transport refuses.
+    BadOffload,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Malformed,
         DropReason::Unsupported,
         DropReason::Oversize,
@@ -48,6 +52,7 @@ impl DropReason {
         DropReason::NoService,
         DropReason::SourceAddress,
         DropReason::Fragment,
+        DropReason::BadOffload,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +68,7 @@ impl DropReason {
             DropReason::NoService => "no_service",
             DropReason::SourceAddress => "source_address",
             DropReason::Fragment => "fragment",
+            DropReason::BadOffload => "bad_offload",
         }
     }
 }

@@ -7,10 +7,13 @@
 //! - [`memory`]: the guest memory with a bump allocator;
 //! - [`virtq`]: a split-virtqueue driver;
 //! - [`netdev`]: a virtio-net driver on top (receive buffers, frames out);
-//! - [`frames`]: the Ethernet/IPv4/UDP/ARP frames a harness guest sends.
+//! - [`frames`]: the Ethernet/IPv4/UDP/ARP frames a harness guest sends;
+//! - [`tap`]: a TAP device bridged to a virtio-net device, so that the
+//!   guest is the kernel's network stack in a namespace.
 
 pub mod device;
 pub mod frames;
 pub mod memory;
 pub mod netdev;
+pub mod tap;
 pub mod virtq;

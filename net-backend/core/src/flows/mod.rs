@@ -28,12 +28,12 @@ use std::time::{Duration, Instant};
 use airlock_api::{FlowInfo, Proto};
 use smoltcp::iface::Interface;
 use smoltcp::wire::{
-    EthernetAddress, Icmpv4DstUnreachable, Icmpv4Repr, Icmpv6DstUnreachable, Icmpv6Repr,
+    EthernetAddress, Icmpv4DstUnreachable, Icmpv4Repr, Icmpv6DstUnreachable, Icmpv6Repr, IpCidr,
     IpProtocol, Ipv4Repr, Ipv6Repr,
 };
 use vmm_sys_util::epoll::EventSet;
 
-use crate::phy::GuestTx;
+use crate::phy::{GuestSegmentation, GuestTx};
 use crate::poller::{FlowId, Poller, Source};
 use crate::shared::Shared;
 use crate::stats::DropReason;
@@ -178,6 +178,10 @@ pub(crate) struct Link {
 /// The gateway's machinery every flow uses while handling an event.
 pub(crate) struct Stack {
     pub iface: Interface,
+    /// The interface's addresses (to build it again).
+    pub addrs: Vec<IpCidr>,
+    /// The larger TCP segments the interface was built to send.
+    pub segmentation: GuestSegmentation,
     pub poller: Poller,
     pub shared: Arc<Shared>,
     pub link: Link,
@@ -186,7 +190,15 @@ pub(crate) struct Stack {
 }
 
 impl Stack {
+    /// The context of one event. smoltcp reads a device's capabilities
+    /// once: when the guest's segmentation offloads changed (a transport
+    /// negotiated them), the interface is built again to match.
     pub(crate) fn cx<'a>(&'a mut self, tx: &'a mut dyn GuestTx) -> Cx<'a> {
+        let segmentation = tx.segmentation();
+        if segmentation != self.segmentation {
+            self.iface = crate::gateway::interface(&self.link, &self.addrs, segmentation);
+            self.segmentation = segmentation;
+        }
         Cx {
             stack: self,
             tx,

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use airlock_api::{Direction, FlowInfo, Proto};
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, State};
-use smoltcp::wire::{IpEndpoint, IpListenEndpoint};
+use smoltcp::wire::{IpEndpoint, IpListenEndpoint, TcpPacket};
 use vmm_sys_util::epoll::EventSet;
 
 use super::{age_ms, Cx, End, Flow, FlowKey, GuestPacket, Verdict};
@@ -69,10 +69,29 @@ pub(crate) struct TcpFlow {
     /// When the flow next needs polling (smoltcp's timers, the connect
     /// timeout).
     deadline: Option<Instant>,
+    /// The MSS the guest announced in its SYN (or SYN-ACK): segments to it
+    /// larger than this go out marked for the guest to cut, when it takes
+    /// them (segmentation offload).
+    guest_mss: u16,
     pub bytes_to_host: u64,
     pub bytes_to_guest: u64,
     pub opened: Instant,
     end: Option<End>,
+}
+
+/// The MSS TCP assumes when a SYN carries none (RFC 9293), and the least
+/// smoltcp takes from one.
+const DEFAULT_MSS: u16 = 536;
+const MIN_MSS: u16 = 48;
+
+/// The MSS option of a SYN (or SYN-ACK) segment, as smoltcp takes it.
+fn syn_mss(segment: &[u8]) -> Option<u16> {
+    let tcp = TcpPacket::new_checked(segment).ok()?;
+    if !tcp.syn() {
+        return None;
+    }
+    let mss = tcp.options_summary().ok()?.max_segment_size?;
+    Some(mss.max(MIN_MSS))
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -127,6 +146,7 @@ impl TcpFlow {
             fin_queued: false,
             interest: None,
             deadline: None,
+            guest_mss: DEFAULT_MSS,
             bytes_to_host: 0,
             bytes_to_guest: 0,
             opened: now,
@@ -230,7 +250,8 @@ impl TcpFlow {
     fn poll(&mut self, cx: &mut Cx, packet: Option<&[u8]>) {
         let now = cx.smol_now();
         let link = cx.stack.link;
-        let mut dev = IpDevice::new(&mut *cx.tx, link.gateway_mac, link.guest_mac, link.mtu);
+        let mut dev = IpDevice::new(&mut *cx.tx, link.gateway_mac, link.guest_mac, link.mtu)
+            .with_mss(self.guest_mss);
         if let Some(p) = packet {
             dev = dev.with_packet(p);
         }
@@ -552,6 +573,9 @@ impl Flow for TcpFlow {
 
     /// A segment from the guest (its checksum already checked).
     fn guest_packet(&mut self, id: FlowId, packet: &GuestPacket, cx: &mut Cx) -> Verdict {
+        if let Some(mss) = syn_mss(packet.payload) {
+            self.guest_mss = mss;
+        }
         self.poll(cx, Some(packet.ip));
         self.pump(id, cx);
         self.settle(id, cx);

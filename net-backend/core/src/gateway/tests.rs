@@ -19,7 +19,7 @@ use crate::config::PublishSource;
 use crate::config::{GatewayConfig, Ipv6Config};
 use crate::flows::tcp::TcpLimits;
 use crate::host::Target;
-use crate::phy::GuestTx;
+use crate::phy::{GuestSegmentation, GuestTx, TxSegment};
 use crate::policy::Proto;
 use crate::services::dhcp::DhcpConfig;
 use crate::services::dns::{
@@ -44,10 +44,16 @@ pub const GUEST6: Ipv6Addr = Ipv6Addr::new(
 );
 
 /// Records frames to the guest; `room` simulates guest receive buffers.
+/// Without offloads by default; `offload` and `segmentation` play a guest
+/// that took checksum and segmentation offload, `segments` records the
+/// frames marked as larger TCP segments (by index).
 #[derive(Default)]
 pub struct Recorder {
     pub frames: Vec<Vec<u8>>,
     pub room: Option<usize>,
+    pub offload: bool,
+    pub segmentation: GuestSegmentation,
+    pub segments: Vec<(usize, TxSegment)>,
 }
 
 impl GuestTx for Recorder {
@@ -62,7 +68,13 @@ impl GuestTx for Recorder {
             .unwrap_or(&mut [])
     }
     fn csum_offload(&self) -> bool {
-        false
+        self.offload
+    }
+    fn segmentation(&self) -> GuestSegmentation {
+        self.segmentation
+    }
+    fn mark_segment(&mut self, segment: TxSegment) {
+        self.segments.push((self.frames.len() - 1, segment));
     }
 }
 
