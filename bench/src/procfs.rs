@@ -70,6 +70,17 @@ pub fn cpu_time(pid: u32) -> Result<Duration, Error> {
     Ok(Duration::from_secs_f64(ticks as f64 / ticks_per_second()))
 }
 
+/// CPU time used so far by thread `tid` of process `pid`.
+pub fn task_cpu_time(pid: u32, tid: u32) -> Result<Duration, Error> {
+    let path = format!("/proc/{pid}/task/{tid}/stat");
+    let text = read(path.clone())?;
+    let (_, ticks) = parse_stat(&text).ok_or(Error::Parse {
+        path,
+        what: "utime/stime",
+    })?;
+    Ok(Duration::from_secs_f64(ticks as f64 / ticks_per_second()))
+}
+
 /// CPU time of the threads of `pid` whose name satisfies `select` (live
 /// threads only: `/proc/PID/task/*/stat`).
 pub fn thread_cpu_time(pid: u32, select: impl Fn(&str) -> bool) -> Result<Duration, Error> {

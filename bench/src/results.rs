@@ -129,6 +129,12 @@ impl Row {
         self.per_gib(|c| c.qemu_cpu_s)
     }
 
+    /// Median CPU seconds of the harness thread per GiB moved, where
+    /// recorded next to a daemon's.
+    pub fn harness_cpu_per_gib(&self) -> Option<Summary> {
+        self.per_gib(|c| c.harness_cpu_s)
+    }
+
     fn per_gib(&self, cpu: impl Fn(&Cost) -> Option<f64>) -> Option<Summary> {
         let values: Vec<f64> = self
             .samples
@@ -170,6 +176,10 @@ pub struct Cost {
     /// CPU seconds of QEMU outside its vCPU threads during the same time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qemu_cpu_s: Option<f64>,
+    /// CPU seconds of the benchmark's own harness thread that plays QEMU
+    /// and vhost-net for the daemon (the kernel-stack guest's TAP bridge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harness_cpu_s: Option<f64>,
     /// Payload bytes moved, for CPU-per-GiB figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
@@ -187,8 +197,10 @@ pub struct Resource {
     pub process: String,
     /// CPU seconds over the load.
     pub cpu_s: f64,
-    /// Memory at the end of the load.
-    pub memory: Memory,
+    /// Memory at the end of the load; none for a thread of the benchmark
+    /// itself (the harness), which has none of its own.
+    #[serde(default)]
+    pub memory: Option<Memory>,
 }
 
 /// Something that could not be measured.
@@ -261,6 +273,7 @@ mod tests {
             Some(Cost {
                 cpu_s,
                 qemu_cpu_s: None,
+                harness_cpu_s: None,
                 bytes,
             })
         };

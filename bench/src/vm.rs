@@ -50,7 +50,7 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
 }
 
 /// Runs `f`, turning a rig panic into [`Error::Rig`].
-fn guard<T>(what: impl Into<String>, f: impl FnOnce() -> T) -> Result<T, Error> {
+pub(crate) fn guard<T>(what: impl Into<String>, f: impl FnOnce() -> T) -> Result<T, Error> {
     panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| Error::Rig {
         what: what.into(),
         message: panic_message(payload),

@@ -178,6 +178,7 @@ fn run_fuse(options: &Options, out: &mut GroupRun) -> Result<(), Error> {
                                 cost: cpu.map(|cpu_s| Cost {
                                     cpu_s,
                                     qemu_cpu_s: None,
+                                    harness_cpu_s: None,
                                     bytes: Some(op.bytes() * t.ops).filter(|&b| b > 0),
                                 }),
                             };
@@ -236,7 +237,7 @@ fn run_fuse(options: &Options, out: &mut GroupRun) -> Result<(), Error> {
                 peer: p.peer.label.into(),
                 process: p.peer.label.into(),
                 cpu_s: cpu.as_secs_f64(),
-                memory,
+                memory: Some(memory),
             });
         }
     }

@@ -519,6 +519,7 @@ fn run_udp(options: &Options, out: &mut GroupRun) -> Result<(), String> {
                 cost: d.cpu_s.map(|cpu_s| Cost {
                     cpu_s,
                     qemu_cpu_s: None,
+                    harness_cpu_s: None,
                     bytes: Some(d.payload_bytes),
                 }),
             })
@@ -549,7 +550,7 @@ fn run_udp(options: &Options, out: &mut GroupRun) -> Result<(), String> {
             peer: AIRLOCK_NET.into(),
             process: AIRLOCK_NET.into(),
             cpu_s: cpu.as_secs_f64(),
-            memory,
+            memory: Some(memory),
         });
     }
     Ok(())

@@ -431,7 +431,7 @@ fn record_resources(out: &mut GroupRun, plan: &Plan, r: &Running, qemu_pid: Opti
             peer: r.peer.label.to_string(),
             process: process.clone(),
             cpu_s: cpu.as_secs_f64(),
-            memory,
+            memory: Some(memory),
         });
     }
 }
@@ -505,6 +505,7 @@ fn step(
         cost: cpu_s.map(|cpu_s| Cost {
             cpu_s,
             qemu_cpu_s: if r.daemon.is_some() { qemu_cpu_s } else { None },
+            harness_cpu_s: None,
             bytes: op.bytes(sizes),
         }),
     }))

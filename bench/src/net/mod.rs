@@ -163,7 +163,8 @@ fn tcp_listening(port: u16) -> bool {
     })
 }
 
-fn wait_tcp_listening(what: &str, port: u16) -> Result<(), Error> {
+/// Waits until something on the host listens on TCP `port` of any address.
+pub(crate) fn wait_tcp_listening(what: &str, port: u16) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !tcp_listening(port) {
         if Instant::now() >= deadline {
@@ -389,13 +390,13 @@ fn record_resources(out: &mut GroupRun, r: &Running, qemu_pid: Option<u32>) {
             peer: r.peer.label.into(),
             process,
             cpu_s: cpu.as_secs_f64(),
-            memory,
+            memory: Some(memory),
         });
     }
 }
 
 /// iperf3's receiver throughput (bits/s) and bytes from its JSON.
-fn iperf_received(json: &str) -> Result<(f64, u64), String> {
+pub(crate) fn iperf_received(json: &str) -> Result<(f64, u64), String> {
     let v: serde_json::Value = serde_json::from_str(json)
         .map_err(|e| format!("iperf3 output is not JSON ({e}): {json}"))?;
     if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
@@ -554,6 +555,7 @@ fn step(
         cost: cpu_s.map(|cpu_s| Cost {
             cpu_s,
             qemu_cpu_s: if r.daemon.is_some() { qemu_cpu_s } else { None },
+            harness_cpu_s: None,
             bytes,
         }),
     }))

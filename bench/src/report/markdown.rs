@@ -181,17 +181,17 @@ pub fn cost_table(run: &GroupRun, table: &str) -> Option<String> {
             .iter()
             .map(|p| {
                 let row = find(run, table, &t.test, p);
-                let own = row.and_then(Row::cpu_per_gib);
-                let qemu = row.and_then(Row::qemu_cpu_per_gib);
-                match (own, qemu) {
-                    (Some(o), Some(q)) => format!(
-                        "{} (+ QEMU {})",
-                        format_value(o.median),
-                        format_value(q.median)
-                    ),
-                    (Some(o), None) => format_value(o.median),
-                    _ => "—".to_string(),
+                let Some(own) = row.and_then(Row::cpu_per_gib) else {
+                    return "—".to_string();
+                };
+                let mut text = format_value(own.median);
+                if let Some(q) = row.and_then(Row::qemu_cpu_per_gib) {
+                    let _ = write!(text, " (+ QEMU {})", format_value(q.median));
                 }
+                if let Some(h) = row.and_then(Row::harness_cpu_per_gib) {
+                    let _ = write!(text, " (+ harness {})", format_value(h.median));
+                }
+                text
             })
             .collect();
         let _ = writeln!(out, "| {} | {} |", t.test, cells.join(" | "));
@@ -221,11 +221,15 @@ pub fn resource_table(run: &GroupRun, table: &str) -> Option<String> {
                 format!("{} ({})", r.peer, r.process)
             },
             format_value(r.cpu_s),
-            format_value(r.memory.peak_rss_kib as f64 / 1024.0),
-            format_value(r.memory.rss_anon_kib as f64 / 1024.0)
+            mib(r.memory.map(|m| m.peak_rss_kib)),
+            mib(r.memory.map(|m| m.rss_anon_kib))
         );
     }
     Some(out)
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or_else(|| "—".to_string(), |k| format_value(k as f64 / 1024.0))
 }
 
 /// The whole generated section of one group.
