@@ -30,10 +30,15 @@ pub enum Group {
     /// Networks, guest-level: airlock-net, passt and QEMU's slirp with
     /// iperf3, latency, UDP and published-port connection rates.
     Net,
+    /// Networks with a fast guest: the kernel's own stack in a network
+    /// namespace; airlock-net (through a TAP bridge playing QEMU and
+    /// vhost-net), pasta and slirp4netns with iperf3, round trips, UDP and
+    /// published-port connection rates.
+    Netns,
     /// airlock-fs' --notify-socket on 100 000 files (walk, idle, a burst of
     /// 10 000 changes), and inotify vs fanotify on the same tree. No guest.
     Notify,
-    /// fs, backend, net and notify.
+    /// fs, backend, net, netns and notify.
     All,
 }
 
@@ -45,6 +50,7 @@ impl Group {
             Group::FsQuick => "fs-quick",
             Group::Backend => "backend",
             Group::Net => "net",
+            Group::Netns => "netns",
             Group::Notify => "notify",
             Group::All => "all",
         }
@@ -76,7 +82,8 @@ pub struct Args {
 
     /// Only these peers (ids: airlock, airlock-pool4, airlock-audit,
     /// virtiofsd-c, virtiofsd-rs, 9p, airlock-net, airlock-net-stream, passt,
-    /// slirp); repeatable.
+    /// slirp; netns: airlock-net, pasta, slirp4netns, airlock-net-no-tso);
+    /// repeatable.
     #[arg(long = "peer", value_name = "ID")]
     pub peers: Vec<String>,
 
@@ -152,7 +159,13 @@ impl TryFrom<Args> for Config {
         let mut groups = Vec::new();
         for g in &args.groups {
             let expanded: &[Group] = match g {
-                Group::All => &[Group::Fs, Group::Backend, Group::Net, Group::Notify],
+                Group::All => &[
+                    Group::Fs,
+                    Group::Backend,
+                    Group::Net,
+                    Group::Netns,
+                    Group::Notify,
+                ],
                 one => std::slice::from_ref(one),
             };
             for &e in expanded {
@@ -197,9 +210,15 @@ mod tests {
         let c = config(&["fs", "all", "net"]).unwrap();
         assert_eq!(
             c.groups,
-            vec![Group::Fs, Group::Backend, Group::Net, Group::Notify]
+            vec![
+                Group::Fs,
+                Group::Backend,
+                Group::Net,
+                Group::Netns,
+                Group::Notify
+            ]
         );
-        assert_eq!(config(&[]).unwrap().groups.len(), 4);
+        assert_eq!(config(&[]).unwrap().groups.len(), 5);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! Groups: [`fs`] (guest-level file systems), `backend` (a Rust frontend
 //! playing QEMU over the vhost-user socket, no guest), `net`
-//! (guest-level networks) and [`notify`] (the cost of airlock-fs'
+//! (guest-level networks), [`netns`] (networks with the kernel's own stack
+//! in a namespace as the guest) and [`notify`] (the cost of airlock-fs'
 //! `--notify-socket`, and inotify vs fanotify). Everything runs on this machine; guest traffic
 //! only reaches servers the benchmark starts on the host's loopback.
 
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod fs;
 pub mod machine;
 pub mod net;
+pub mod netns;
 pub mod notify;
 pub mod procfs;
 pub mod report;
@@ -46,6 +48,9 @@ pub enum Error {
     /// The network group failed as a whole.
     #[error("network benchmark failed")]
     Net(#[source] net::Error),
+    /// The kernel-stack network group failed as a whole.
+    #[error("kernel-stack network benchmark failed")]
+    Netns(#[source] netns::Error),
     /// The backend group failed as a whole.
     #[error("backend benchmark failed")]
     Backend(#[source] backend::Error),
@@ -156,6 +161,14 @@ fn run_group(
                 only_peers: config.peers.clone(),
             };
             net::run(&options, run).map_err(Error::Net)
+        }
+        Group::Netns => {
+            let options = netns::Options {
+                reps: run.reps,
+                duration: Duration::from_secs(if config.quick { 2 } else { 10 }),
+                only_peers: config.peers.clone(),
+            };
+            netns::run(&options, run).map_err(Error::Netns)
         }
         Group::Notify => {
             let options = notify::Options { reps: run.reps };

@@ -30,11 +30,15 @@ pub enum Error {
 }
 
 /// Groups in report order, with their section headings and chart titles.
-pub const SECTIONS: [(&str, &str); 5] = [
+pub const SECTIONS: [(&str, &str); 6] = [
     ("fs-quick", "File systems: issue 2's first check"),
     ("fs", "File systems, guest-level"),
     ("backend", "Backend-only (no guest, no QEMU)"),
     ("net", "Networks, guest-level"),
+    (
+        "netns",
+        "Networks with a fast guest: the kernel's stack in a namespace",
+    ),
     ("notify", "File watching: airlock-fs --notify-socket"),
 ];
 
