@@ -28,7 +28,8 @@ pub enum Group {
     /// and loopback TCP limits.
     Backend,
     /// Networks, guest-level: airlock-net, passt and QEMU's slirp with
-    /// iperf3, latency, UDP and published-port connection rates.
+    /// iperf3 (airlock-net also over IPv6), latency, UDP and published-port
+    /// connection rates.
     Net,
     /// Networks with a fast guest: the kernel's own stack in a network
     /// namespace; airlock-net (through a TAP bridge playing QEMU and

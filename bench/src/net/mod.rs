@@ -85,13 +85,19 @@ enum Test {
     Connections,
     PublishedDown,
     PublishedUp,
+    /// The same as `TcpUp1` and `TcpDown1`, over IPv6 to the host's ::1
+    /// (peers with an IPv6 host alias only).
+    Tcp6Up1,
+    Tcp6Down1,
 }
 
-const TESTS: [Test; 10] = [
+const TESTS: [Test; 12] = [
     Test::TcpUp1,
     Test::TcpUp4,
     Test::TcpDown1,
     Test::TcpDown4,
+    Test::Tcp6Up1,
+    Test::Tcp6Down1,
     Test::UdpUp,
     Test::UdpDown,
     Test::RoundTrip,
@@ -103,9 +109,9 @@ const TESTS: [Test; 10] = [
 impl Test {
     fn id(self) -> &'static str {
         match self {
-            Test::TcpUp1 => "tcpup1",
+            Test::TcpUp1 | Test::Tcp6Up1 => "tcpup1",
             Test::TcpUp4 => "tcpup4",
-            Test::TcpDown1 => "tcpdown1",
+            Test::TcpDown1 | Test::Tcp6Down1 => "tcpdown1",
             Test::TcpDown4 => "tcpdown4",
             Test::UdpUp => "udpup",
             Test::UdpDown => "udpdown",
@@ -127,7 +133,13 @@ impl Test {
             Test::Connections => "connections/s host→guest through a published port",
             Test::PublishedDown => "iperf3 TCP host→guest through a published port",
             Test::PublishedUp => "iperf3 TCP guest→host through a published port",
+            Test::Tcp6Up1 => "iperf3 TCP guest→host over IPv6, 1 stream",
+            Test::Tcp6Down1 => "iperf3 TCP host→guest over IPv6, 1 stream",
         }
+    }
+
+    fn ipv6(self) -> bool {
+        matches!(self, Test::Tcp6Up1 | Test::Tcp6Down1)
     }
 
     fn unit(self) -> &'static str {
@@ -148,19 +160,49 @@ struct Running {
     peer: Peer,
     daemon: Option<DaemonHandle>,
     iperf_port: u16,
+    /// Its `iperf3 -s` on the host's ::1, for a peer with an IPv6 alias.
+    iperf6_port: Option<u16>,
     published: Published,
 }
 
 /// Whether something listens on TCP 127.0.0.1:`port` (`/proc/net/tcp`).
 fn tcp_listening(port: u16) -> bool {
-    let Ok(table) = fs::read_to_string("/proc/net/tcp") else {
+    listening_in("/proc/net/tcp", &format!("0100007F:{port:04X}"))
+}
+
+/// Whether something listens on TCP [::1]:`port` (`/proc/net/tcp6`).
+fn tcp6_listening(port: u16) -> bool {
+    listening_in(
+        "/proc/net/tcp6",
+        &format!("00000000000000000000000001000000:{port:04X}"),
+    )
+}
+
+/// Whether `table` (`/proc/net/tcp` or `tcp6`) has a listener at `local`
+/// (its hexadecimal address:port).
+fn listening_in(table: &str, local: &str) -> bool {
+    let Ok(table) = fs::read_to_string(table) else {
         return false;
     };
-    let needle = format!("0100007F:{port:04X}");
     table.lines().skip(1).any(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        f.get(1) == Some(&needle.as_str()) && f.get(3) == Some(&"0A")
+        f.get(1) == Some(&local) && f.get(3) == Some(&"0A")
     })
+}
+
+/// Waits until something listens on TCP [::1]:`port`.
+fn wait_tcp6_listening(what: &str, port: u16) -> Result<(), Error> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !tcp6_listening(port) {
+        if Instant::now() >= deadline {
+            return Err(Error::NotListening {
+                what: what.to_string(),
+                port,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// Waits until something on the host listens on TCP `port` of any address.
@@ -195,6 +237,11 @@ fn setup_notes(options: &Options) -> Vec<String> {
              1400-byte datagrams to fit every MTU), what arrived.",
             options.duration.as_secs()
         ),
+        "IPv6 rows (airlock-net only: the other peers' IPv6 is not set up here): the same iperf3 \
+         runs against an `iperf3 -s -B ::1` on the host, through airlock-net's IPv6 host alias \
+         fd61:6972:c0a8:7f00::fe (PREFIX::fe, the host's ::1); the guest's address comes from \
+         SLAAC on airlock-net's Router Advertisements."
+            .to_string(),
         format!(
             "Round trip: `curl` in the guest fetches a 1-byte response {} times over one kept-alive \
              connection from a host HTTP responder (TCP_NODELAY); the row is the median of curl's \
@@ -249,6 +296,19 @@ pub fn run(options: &Options, out: &mut GroupRun) -> Result<(), Error> {
             .spawn_daemon(&format!("iperf3-{}", peer.id), iperf, None)
             .map_err(Error::Vm)?;
         wait_tcp_listening("iperf3 -s", iperf_port)?;
+        let iperf6_port = match peer.host_alias6 {
+            Some(_) => {
+                let port = servers::free_port()?;
+                let mut iperf = Command::new("iperf3");
+                iperf.args(["-s", "-B", "::1", "-p", &port.to_string()]);
+                guest
+                    .spawn_daemon(&format!("iperf3-v6-{}", peer.id), iperf, None)
+                    .map_err(Error::Vm)?;
+                wait_tcp6_listening("iperf3 -s -B ::1", port)?;
+                Some(port)
+            }
+            None => None,
+        };
         let published = Published {
             http: servers::free_port()?,
             iperf: servers::free_port()?,
@@ -282,6 +342,7 @@ pub fn run(options: &Options, out: &mut GroupRun) -> Result<(), Error> {
             peer,
             daemon,
             iperf_port,
+            iperf6_port,
             published,
         });
     }
@@ -301,8 +362,12 @@ pub fn run(options: &Options, out: &mut GroupRun) -> Result<(), Error> {
     let nets = script::parse_nets(&text);
     running.retain(|r| match nets.iter().find(|n| n.0 == r.peer.id) {
         Some((_, iface, 0, mtu, addr)) => {
+            let addr6 = script::parse_net6(&text, r.peer.id)
+                .filter(|a| !a.is_empty())
+                .map(|a| format!(", {a}"))
+                .unwrap_or_default();
             out.setup.push(format!(
-                "{}: guest {iface}, MTU {mtu}, {addr}",
+                "{}: guest {iface}, MTU {mtu}, {addr}{addr6}",
                 r.peer.label
             ));
             true
@@ -321,6 +386,9 @@ pub fn run(options: &Options, out: &mut GroupRun) -> Result<(), Error> {
             for i in 0..running.len() {
                 let pi = (i + rep as usize) % n;
                 let r = &running[pi];
+                if test.ipv6() && r.iperf6_port.is_none() {
+                    continue;
+                }
                 match step(&mut guest, r, &rr_server, test, options, qemu_pid)? {
                     Ok(sample) => samples[pi][ti].push(sample),
                     Err(why) => fail(out, &r.peer, format!("{}: {why}", test.label())),
@@ -450,8 +518,16 @@ fn step(
     options: &Options,
     qemu_pid: Option<u32>,
 ) -> Result<Result<Sample, String>, Error> {
+    let mut alias = r.peer.host_alias;
     let (port, arg) = match test {
         Test::RoundTrip => (rr.port, options.round_trips.to_string()),
+        Test::Tcp6Up1 | Test::Tcp6Down1 => {
+            let (Some(a), Some(port)) = (r.peer.host_alias6, r.iperf6_port) else {
+                return Ok(Err("no IPv6 host alias".into()));
+            };
+            alias = a;
+            (port, options.duration.as_secs().max(1).to_string())
+        }
         Test::Connections | Test::PublishedDown | Test::PublishedUp => {
             (r.published.http, "-".to_string())
         }
@@ -459,10 +535,9 @@ fn step(
     };
     guest
         .send(&format!(
-            "run {} {} {} {port} {arg}",
+            "run {} {} {alias} {port} {arg}",
             test.id(),
             r.peer.id,
-            r.peer.host_alias
         ))
         .map_err(Error::Vm)?;
     guest
@@ -582,7 +657,12 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         assert!(tcp_listening(port));
+        assert!(!tcp6_listening(port));
         drop(l);
+        assert!(!tcp_listening(port));
+        let l = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(tcp6_listening(port));
         assert!(!tcp_listening(port));
     }
 }

@@ -40,6 +40,9 @@ pub struct Peer {
     pub mac: &'static str,
     /// The address at which the guest reaches the host's 127.0.0.1.
     pub host_alias: &'static str,
+    /// The IPv6 address at which the guest reaches the host's ::1, for
+    /// the IPv6 rows (a peer without one has none of them).
+    pub host_alias6: Option<&'static str>,
 }
 
 /// The guest's `iperf3 -s` for the published-port throughput rows.
@@ -61,6 +64,8 @@ pub const AIRLOCK_NET: Peer = Peer {
     kind: Kind::AirlockNet,
     mac: "52:54:00:00:00:01",
     host_alias: "192.168.127.254",
+    // PREFIX::fe of the /64 airlock-net derives from its default subnet.
+    host_alias6: Some("fd61:6972:c0a8:7f00::fe"),
 };
 /// airlock-net on QEMU's stream netdev, in a subnet of its own.
 pub const AIRLOCK_NET_STREAM: Peer = Peer {
@@ -69,6 +74,7 @@ pub const AIRLOCK_NET_STREAM: Peer = Peer {
     kind: Kind::AirlockNetStream,
     mac: "52:54:00:00:00:04",
     host_alias: "192.168.128.254",
+    host_alias6: None,
 };
 /// passt, with an explicit subnet so it does not copy the host's.
 pub const PASST: Peer = Peer {
@@ -77,6 +83,7 @@ pub const PASST: Peer = Peer {
     kind: Kind::Passt,
     mac: "52:54:00:00:00:02",
     host_alias: "10.88.0.1",
+    host_alias6: None,
 };
 /// QEMU's slirp.
 pub const SLIRP: Peer = Peer {
@@ -85,6 +92,7 @@ pub const SLIRP: Peer = Peer {
     kind: Kind::Slirp,
     mac: "52:54:00:00:00:03",
     host_alias: "10.0.2.2",
+    host_alias6: None,
 };
 
 /// Every peer, in table order.

@@ -11,6 +11,8 @@ use super::peers::{Peer, GUEST_IPERF_PORT};
 pub const READY: &str = "BENCH-READY";
 /// `NET <peer> <interface> <udhcpc status> mtu=<mtu> addr=<cidr>`.
 pub const NET: &str = "NET ";
+/// `NET6 <peer> <cidr>...`: the NIC's global IPv6 addresses (SLAAC).
+pub const NET6: &str = "NET6 ";
 /// The guest is ready for `go`.
 pub const PREPPED: &str = "PREPPED";
 /// Test output follows / ended.
@@ -62,6 +64,16 @@ iface_of() {
             mac = peer.mac,
             id = peer.id
         );
+        if peer.host_alias6.is_some() {
+            // The kernel configures the address itself (SLAAC) from the
+            // peer's Router Advertisements once the link is up.
+            let _ = writeln!(
+                s,
+                "i=0; while [ $i -lt 100 ] && ! ip -6 addr show dev \"$IF\" scope global | grep -q inet6; do sleep 0.1; i=$((i+1)); done\n\
+                 echo \"{NET6}{id} $(ip -6 -o addr show dev \"$IF\" scope global 2>/dev/null | awk '{{print $4}}')\"",
+                id = peer.id
+            );
+        }
     }
     let _ = write!(
         s,
@@ -96,6 +108,15 @@ pub fn output(text: &str) -> Option<&str> {
     text.get(start..end).map(str::trim)
 }
 
+/// The global IPv6 addresses of `peer`'s NIC from its `NET6` line.
+pub fn parse_net6(text: &str, peer: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix(NET6)?;
+        let (id, addrs) = rest.split_once(' ').unwrap_or((rest, ""));
+        (id == peer).then(|| addrs.trim().to_string())
+    })
+}
+
 /// `(peer, interface, status, mtu, address)` of every `NET` line.
 pub fn parse_nets(text: &str) -> Vec<(String, String, i32, String, String)> {
     text.lines()
@@ -125,6 +146,9 @@ mod tests {
         let s = guest_script(&[AIRLOCK_NET, SLIRP]);
         assert!(s.contains("iface_of 52:54:00:00:00:01"));
         assert!(s.contains("iface_of 52:54:00:00:00:03"));
+        // Only airlock-net's NIC waits for an IPv6 address.
+        assert_eq!(s.matches("NET6 ").count(), 1);
+        assert!(s.contains("NET6 airlock-net "));
         assert!(s.contains("httpd -p 80"));
         assert!(s.contains("test_$test"));
     }
@@ -149,5 +173,12 @@ mod tests {
             )
         );
         assert_eq!(nets[1].2, 1);
+        let text = "NET6 airlock-net fd61:6972:c0a8:7f00:5054:ff:fe00:1/64\nNET6 other\n";
+        assert_eq!(
+            parse_net6(text, "airlock-net").as_deref(),
+            Some("fd61:6972:c0a8:7f00:5054:ff:fe00:1/64")
+        );
+        assert_eq!(parse_net6(text, "other").as_deref(), Some(""));
+        assert_eq!(parse_net6(text, "passt"), None);
     }
 }
