@@ -165,8 +165,10 @@ fn setup_notes(options: &Options) -> Vec<String> {
         ),
         "Cost: CPU time of each peer's process from /proc/PID/stat; for airlock-net the harness' \
          bridge thread (/proc/self/task/TID/stat) is shown next to it: it does what QEMU and \
-         vhost-net would. The namespace's own kernel work (the guest's stack) is not counted for \
-         anyone."
+         vhost-net would. Kernel work counts to the process whose system call causes it: a write \
+         to the namespace's TAP runs the namespace's receive path (pasta's, slirp4netns' or the \
+         harness' write), a write to a host socket the host's loopback TCP. So airlock-net plus \
+         the harness compares with pasta or slirp4netns alone."
             .to_string(),
     ]
 }
