@@ -118,6 +118,33 @@ impl DaemonHandle {
         }
     }
 
+    /// Waits until `needle` appears `count` times in the daemon's log (a
+    /// state the daemon announces each time it reaches it, such as "ready
+    /// for a frontend"); panics with the log if the daemon exits or
+    /// `timeout` passes first.
+    pub fn wait_for_log_lines(&self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let exited = self.try_wait();
+            let log = self.log();
+            if log.matches(needle).count() >= count {
+                return;
+            }
+            if let Some(status) = exited {
+                panic!(
+                    "{} exited ({status}) while waiting for {needle:?} {count} times:\n{log}",
+                    self.name()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the {} log never showed {needle:?} {count} times within {timeout:?}:\n{log}",
+                self.name()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Whether the daemon is still running (reaps it if it has exited).
     pub fn is_running(&self) -> bool {
         self.try_wait().is_none()

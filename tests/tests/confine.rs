@@ -17,11 +17,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use airlock_e2e::{fd_count, fs_device_args, DaemonHandle, Rig, VmConfig};
+use airlock_e2e::{fd_count, fd_listing, fs_device_args, DaemonHandle, Rig, VmConfig};
 
 /// CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, SETGID, SETUID.
 const FS_CAPS: u64 = 0b1101_1111;
 const NOBODY: u32 = 65534;
+/// What the vhost-user daemons log each time a session is prepared.
+const READY: &str = "ready for a frontend";
 
 fn status_field(pid: u32, field: &str) -> String {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -145,10 +147,14 @@ fn airlock_fs_chroot_serves_one_guest_after_another() {
     assert_filtered(&d);
     assert_eq!(fs::read_link(format!("/proc/{pid}/root")).unwrap(), share);
     assert_eq!(caps(pid, "CapEff"), FS_CAPS);
+    // Counted once the daemon is idle with its first session prepared: the
+    // socket exists before that session's workers and eventfds do.
+    d.wait_for_log_lines(READY, 1, Duration::from_secs(20));
     let baseline = fd_count(pid);
 
     // Two guests in turn: the second is served by the same file system
     // instance after its reset, and sees what the first wrote.
+    let mut after_first = None;
     let scripts = [
         "set -e\nmount -t virtiofs share /mnt\ncat /mnt/host.txt\nmkdir /mnt/d\necho first > /mnt/d/f\nln -s /etc/passwd /mnt/abs\nsync\numount /mnt\necho ROUND-DONE\n",
         "set -e\nmount -t virtiofs share /mnt\ncat /mnt/d/f\nls /mnt\nreadlink /mnt/abs\nrm -r /mnt/d\numount /mnt\necho ROUND-DONE\n",
@@ -167,20 +173,21 @@ fn airlock_fs_chroot_serves_one_guest_after_another() {
         } else {
             out.assert_contains("from the host");
         }
-        // The guest's inodes and handles are gone once it is; what stays
-        // is the share's root, reopened by the reset for the next guest.
-        let mut fds = fd_count(pid);
-        for _ in 0..100 {
-            if fds <= baseline + 1 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            fds = fd_count(pid);
-        }
+        // The guest's inodes and handles are gone once it is: the next
+        // session is prepared only after this one was torn down. What may
+        // stay is the share's root, opened for the first guest and reopened
+        // by each reset for the next; from then on the count is constant.
+        d.wait_for_log_lines(READY, round + 2, Duration::from_secs(20));
+        let fds = fd_count(pid);
+        let allowed = *after_first.get_or_insert(baseline + 1);
         assert!(
-            fds <= baseline + 1,
-            "round {round}: {fds} fds, {baseline} before"
+            fds <= allowed,
+            "round {round}: {fds} fds, {baseline} before the first guest:\n{}",
+            fd_listing(pid)
         );
+        if round == 0 {
+            after_first = Some(fds);
+        }
     }
     assert!(!share.join("d").exists());
     assert_eq!(

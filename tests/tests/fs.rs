@@ -63,18 +63,6 @@ fn getxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     out.status.success().then_some(out.stdout)
 }
 
-fn wait_log(d: &DaemonHandle, needle: &str, count: usize, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while d.log().matches(needle).count() < count {
-        assert!(
-            Instant::now() < deadline,
-            "daemon log never showed {needle:?} {count}x:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn files_round_trip_between_guest_and_host() {
     let mut rig = Rig::new("fs_round_trip");
@@ -364,7 +352,7 @@ fn killed_qemu_mid_write_then_the_next_qemu_is_served_without_leaks() {
     let share = share_dir(&rig);
     let (d, socket) = start_fs(&mut rig, &share, &[]);
     // Measured once the daemon is idle with its next session prepared.
-    wait_log(&d, "ready for a frontend", 1, Duration::from_secs(20));
+    d.wait_for_log_lines("ready for a frontend", 1, Duration::from_secs(20));
     let baseline_fds = fd_count(d.pid());
 
     let mut vm = rig.boot(VmConfig {
@@ -385,7 +373,7 @@ fn killed_qemu_mid_write_then_the_next_qemu_is_served_without_leaks() {
     }
     vm.kill();
     drop(vm);
-    wait_log(&d, "ready for a frontend", 2, Duration::from_secs(20));
+    d.wait_for_log_lines("ready for a frontend", 2, Duration::from_secs(20));
     assert!(d.is_running());
     assert_eq!(
         fd_count(d.pid()),
@@ -409,12 +397,7 @@ fn killed_qemu_mid_write_then_the_next_qemu_is_served_without_leaks() {
             fs::read_to_string(share.join(format!("r{round}"))).unwrap(),
             format!("round{round}\n")
         );
-        wait_log(
-            &d,
-            "ready for a frontend",
-            3 + round,
-            Duration::from_secs(20),
-        );
+        d.wait_for_log_lines("ready for a frontend", 3 + round, Duration::from_secs(20));
         assert_eq!(
             fd_count(d.pid()),
             baseline_fds,

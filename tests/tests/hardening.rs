@@ -51,28 +51,6 @@ fn start_fs(rig: &mut Rig, share: &Path, args: &[&str]) -> (DaemonHandle, PathBu
     (daemon, socket)
 }
 
-/// Waits until `needle` appears `count` times in the daemon's log; panics
-/// with the log if the daemon exits or `timeout` passes first.
-fn wait_log(daemon: &DaemonHandle, needle: &str, count: usize, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while daemon.log().matches(needle).count() < count {
-        if let Some(status) = daemon.try_wait() {
-            panic!(
-                "{} exited ({status}) while waiting for {needle:?}:\n{}",
-                daemon.name(),
-                daemon.log()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the {} log never showed {needle:?} {count} times within {timeout:?}:\n{}",
-            daemon.name(),
-            daemon.log()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Waits up to `timeout` for the daemon's fd count to be `expected`, then
 /// asserts it with the fd listing.
 fn assert_fds(daemon: &DaemonHandle, expected: usize, timeout: Duration, what: &str) {

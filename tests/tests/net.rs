@@ -70,19 +70,6 @@ fn boot(rig: &mut Rig, socket: &std::path::Path, script: String, reconnect: bool
     })
 }
 
-/// Waits until `needle` appears `count` times in the daemon's log.
-fn wait_log(daemon: &DaemonHandle, needle: &str, count: usize, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while daemon.log().matches(needle).count() < count {
-        assert!(
-            Instant::now() < deadline,
-            "the airlock-net log never showed {needle:?} {count} times within {timeout:?}:\n{}",
-            daemon.log()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The rest of the first output line starting with `prefix`.
 fn line_value<'a>(output: &'a str, prefix: &str) -> Option<&'a str> {
     output.lines().find_map(|l| l.strip_prefix(prefix))
@@ -565,7 +552,7 @@ fn qemu_killed_mid_transfer_then_new_guests() {
     let mut rig = Rig::new("net_qemu_killed");
     let (daemon, socket) = start_net(&mut rig, None, &upstream(&resolver));
     let pid = daemon.pid();
-    wait_log(&daemon, "ready for a frontend", 1, Duration::from_secs(10));
+    daemon.wait_for_log_lines("ready for a frontend", 1, Duration::from_secs(10));
     let baseline_fds = fd_count(pid);
     let url = format!("http://host.airlock.internal:{}", http.port());
     let script = format!(
@@ -598,18 +585,8 @@ echo "the stream ended"
             end.kind != std::io::ErrorKind::WouldBlock && end.kind != std::io::ErrorKind::TimedOut,
             "round {round}: the stream stalled instead of being closed: {end:?}"
         );
-        wait_log(
-            &daemon,
-            "frontend disconnected",
-            round + 1,
-            Duration::from_secs(15),
-        );
-        wait_log(
-            &daemon,
-            "ready for a frontend",
-            round + 2,
-            Duration::from_secs(15),
-        );
+        daemon.wait_for_log_lines("frontend disconnected", round + 1, Duration::from_secs(15));
+        daemon.wait_for_log_lines("ready for a frontend", round + 2, Duration::from_secs(15));
         assert!(
             daemon.is_running(),
             "round {round}: airlock-net exited:\n{}",

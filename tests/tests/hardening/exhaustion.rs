@@ -106,7 +106,7 @@ fn airlock_net_flow_exhaustion_is_refused_and_bounded() {
     let mut other_args = common.to_vec();
     other_args.extend(["--api-socket".into(), other_api.display().to_string()]);
     let (other, _) = start_net(&mut rig, "airlock-net-other", "other.sock", &other_args);
-    wait_log(&daemon, "ready for a frontend", 1, Duration::from_secs(10));
+    daemon.wait_for_log_lines("ready for a frontend", 1, Duration::from_secs(10));
     let pid = daemon.pid();
     let (base_fds, base_rss, base_anon) = (
         fd_count(pid),
@@ -264,7 +264,7 @@ $P udp-flows {host}:{udp_port} 20 5000
         "the other daemon's API took {slowest:?}"
     );
     assert!(other.is_running() && daemon.is_running());
-    wait_log(&daemon, "ready for a frontend", 2, Duration::from_secs(15));
+    daemon.wait_for_log_lines("ready for a frontend", 2, Duration::from_secs(15));
     assert_fds(
         &daemon,
         base_fds,
@@ -327,7 +327,7 @@ fn airlock_fs_file_exhaustion_is_refused_and_recovers() {
             audit.to_str().unwrap(),
         ],
     );
-    wait_log(&daemon, "ready for a frontend", 1, Duration::from_secs(10));
+    daemon.wait_for_log_lines("ready for a frontend", 1, Duration::from_secs(10));
     let pid = daemon.pid();
     let (base_fds, base_anon) = (fd_count(pid), airlock_e2e::rss_anon_kib(pid));
     let script = format!(
@@ -469,7 +469,7 @@ umount /mnt
     vm.send_line("release");
     let out = vm.wait();
     out.assert_success();
-    wait_log(&daemon, "ready for a frontend", 2, Duration::from_secs(15));
+    daemon.wait_for_log_lines("ready for a frontend", 2, Duration::from_secs(15));
     assert_fds(
         &daemon,
         base_fds,

@@ -44,8 +44,8 @@ fn qemu_killed_mid_net_and_fs_traffic_both_daemons_recover() {
         &["--dns-upstream".into(), resolver.addr().to_string()],
     );
     let (fsd, fs_socket) = start_fs(&mut rig, &share, &[]);
-    wait_log(&net, "ready for a frontend", 1, Duration::from_secs(10));
-    wait_log(&fsd, "ready for a frontend", 1, Duration::from_secs(10));
+    net.wait_for_log_lines("ready for a frontend", 1, Duration::from_secs(10));
+    fsd.wait_for_log_lines("ready for a frontend", 1, Duration::from_secs(10));
     let base: Vec<(usize, u64)> = [&net, &fsd]
         .iter()
         .map(|d| (fd_count(d.pid()), airlock_e2e::rss_kib(d.pid())))
@@ -90,7 +90,7 @@ wait
 
     let mut after_kill = Vec::new();
     for (d, (fds, rss)) in [&net, &fsd].into_iter().zip(&base) {
-        wait_log(d, "ready for a frontend", 2, Duration::from_secs(20));
+        d.wait_for_log_lines("ready for a frontend", 2, Duration::from_secs(20));
         after_kill.push(assert_back_to_baseline(
             d,
             *fds,
@@ -130,7 +130,7 @@ wait
     );
     let mut after_next = Vec::new();
     for (d, (fds, rss)) in [&net, &fsd].into_iter().zip(&base) {
-        wait_log(d, "ready for a frontend", 3, Duration::from_secs(20));
+        d.wait_for_log_lines("ready for a frontend", 3, Duration::from_secs(20));
         after_next.push(assert_back_to_baseline(
             d,
             *fds,

@@ -75,7 +75,7 @@ if kill -0 $nc_pid 2>/dev/null; then echo "after: the old connection still runs"
     first.kill();
     let killed_at = Instant::now();
     let (second, _) = start_net(&mut rig, "airlock-net-2", "net.sock", &args);
-    wait_log(&second, "frontend connected", 1, Duration::from_secs(30));
+    second.wait_for_log_lines("frontend connected", 1, Duration::from_secs(30));
     eprintln!(
         "QEMU reattached to the new airlock-net {:.1} s after the kill",
         killed_at.elapsed().as_secs_f64()
@@ -154,7 +154,7 @@ fn airlock_fs_killed_under_a_mounted_share_hangs_the_share() {
         "QEMU 7.2 with a reconnecting vhost-user-fs chardev was expected to fail at \
          start-up; it exited with {status}. QEMU stderr:\n{qemu_log}"
     );
-    wait_log(&first, "ready for a frontend", 2, Duration::from_secs(10));
+    first.wait_for_log_lines("ready for a frontend", 2, Duration::from_secs(10));
 
     // 2. No reconnect: the daemon dies under a mounted share.
     let script = r#"

@@ -580,7 +580,7 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// ended each refused session, logged a bounded amount, and holds exactly
 /// the descriptors it held before the first.
 fn malformed_sessions(daemon: &DaemonHandle, socket: &Path) {
-    wait_log(daemon, "ready for a frontend", 1, Duration::from_secs(10));
+    daemon.wait_for_log_lines("ready for a frontend", 1, Duration::from_secs(10));
     let baseline = fd_count(daemon.pid());
     let mut report = Vec::new();
     let mut sessions = 1;
@@ -603,7 +603,7 @@ fn malformed_sessions(daemon: &DaemonHandle, socket: &Path) {
         sessions += 1;
         // The next session is prepared only after this one ended: proof it
         // did, and that the daemon is alive.
-        wait_log(daemon, "ready for a frontend", sessions, VERDICT_TIMEOUT);
+        daemon.wait_for_log_lines("ready for a frontend", sessions, VERDICT_TIMEOUT);
         let errors: Vec<u64> = outcome.replies.iter().filter_map(|r| r.value()).collect();
         match case.expect {
             Expect::Refused => {
@@ -651,12 +651,7 @@ fn malformed_sessions(daemon: &DaemonHandle, socket: &Path) {
     let ack = front.read_reply(VERDICT_TIMEOUT).unwrap().expect("an ack");
     assert_eq!(ack.value(), Some(0), "{ack:?}");
     drop(front);
-    wait_log(
-        daemon,
-        "ready for a frontend",
-        sessions + 1,
-        VERDICT_TIMEOUT,
-    );
+    daemon.wait_for_log_lines("ready for a frontend", sessions + 1, VERDICT_TIMEOUT);
     assert_fds(
         daemon,
         baseline,
@@ -718,7 +713,7 @@ fn airlock_fs_survives_malformed_vhost_user_messages() {
 /// header, are dropped after the handshake timeout: the frontend queued
 /// behind them is served (it used to wait for as long as they stayed).
 fn silent_clients_then_a_frontend(daemon: &DaemonHandle, socket: &Path) {
-    wait_log(daemon, "ready for a frontend", 1, Duration::from_secs(10));
+    daemon.wait_for_log_lines("ready for a frontend", 1, Duration::from_secs(10));
     let silent = RawFrontend::connect(socket).unwrap();
     let mut half = RawFrontend::connect(socket).unwrap();
     half.send_bytes(
