@@ -105,6 +105,23 @@ pub fn thread_cpu_time(pid: u32, select: impl Fn(&str) -> bool) -> Result<Durati
     Ok(Duration::from_secs_f64(ticks as f64 / ticks_per_second()))
 }
 
+/// Whether every live thread of `pid` has a tracer (`TracerPid` in
+/// `/proc/PID/task/*/status`); false if the process cannot be read.
+pub fn all_threads_traced(pid: u32) -> bool {
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    entries.flatten().all(|entry| {
+        // A thread that exited meanwhile needs no tracer.
+        let Ok(text) = fs::read_to_string(entry.path().join("status")) else {
+            return true;
+        };
+        text.lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))
+            .is_some_and(|v| v.trim() != "0")
+    })
+}
+
 /// QEMU's CPU time outside its vCPU threads (named `CPU n/TCG` with
 /// `-name …,debug-threads=on`): the main loop, I/O threads and the thread
 /// pool, i.e. QEMU's built-in device back ends (9p, slirp) plus its

@@ -262,6 +262,74 @@ fn mark(running: &Running, qemu_pid: Option<u32>) -> CpuMark {
     }
 }
 
+/// `AIRLOCK_BENCH_FS_STRACE=DIR`: every operation's system calls in each
+/// peer daemon, counted by `strace -c -f` into
+/// `DIR/<cache>-<op>-<peer>-<n>.txt` (n counts the repetitions). Tracing
+/// slows the daemons several-fold: such a run's numbers are not for
+/// publication; the counts per operation are what it is for.
+const STRACE_ENV: &str = "AIRLOCK_BENCH_FS_STRACE";
+
+/// A `strace -c` attached to a peer daemon for one operation.
+struct SyscallTrace {
+    child: std::process::Child,
+    out: PathBuf,
+}
+
+/// Attaches strace to `r`'s daemon if [`STRACE_ENV`] asks for it, and
+/// returns once every thread is traced. Failures are logged and the
+/// operation runs untraced.
+fn syscall_trace(r: &Running, op: Op, cache: CacheMode) -> Option<SyscallTrace> {
+    let dir = PathBuf::from(std::env::var_os(STRACE_ENV)?);
+    let pid = r.daemon.as_ref()?.pid();
+    if let Err(e) = fs::create_dir_all(&dir) {
+        log::warn!("{STRACE_ENV}: cannot create {}: {e}", dir.display());
+        return None;
+    }
+    let out = (0..)
+        .map(|n| dir.join(format!("{cache}-{}-{}-{n}.txt", op.id(), r.peer.id)))
+        .find(|p| !p.exists())?;
+    let child = std::process::Command::new("strace")
+        .args(["-c", "-f", "-q", "-o"])
+        .arg(&out)
+        .arg("-p")
+        .arg(pid.to_string())
+        .stdin(std::process::Stdio::null())
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("{STRACE_ENV}: cannot run strace: {e}");
+            return None;
+        }
+    };
+    let trace = SyscallTrace { child, out };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !procfs::all_threads_traced(pid) {
+        if Instant::now() >= deadline {
+            log::warn!("{STRACE_ENV}: strace did not attach to {pid} within 10 s");
+            trace.finish();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Some(trace)
+}
+
+impl SyscallTrace {
+    /// Detaches (SIGINT makes strace write its table) and waits for it.
+    fn finish(mut self) {
+        // SAFETY: kill(2) on our own child, which has not been reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        match self.child.wait() {
+            Ok(status) if status.success() => {
+                log::info!("system calls counted in {}", self.out.display())
+            }
+            Ok(status) => log::warn!("strace for {} ended with {status}", self.out.display()),
+            Err(e) => log::warn!("cannot wait for strace: {e}"),
+        }
+    }
+}
+
 fn prepare_dir(path: &Path) -> Result<(), Error> {
     fs::create_dir_all(path).map_err(|source| Error::Prepare {
         path: path.to_path_buf(),
@@ -347,7 +415,7 @@ fn run_plan(
             let n = running.len().max(1);
             for i in 0..running.len() {
                 let r = &running[(i + rep as usize) % n];
-                match step(&mut guest, r, op, qemu_pid, &options.sizes)? {
+                match step(&mut guest, r, op, plan.cache, qemu_pid, &options.sizes)? {
                     Ok(sample) => samples
                         .entry((r.peer.id, op_index))
                         .or_default()
@@ -442,6 +510,7 @@ fn step(
     guest: &mut Guest,
     r: &Running,
     op: Op,
+    cache: CacheMode,
     qemu_pid: Option<u32>,
     sizes: &Sizes,
 ) -> Result<Result<Sample, String>, Error> {
@@ -459,12 +528,16 @@ fn step(
             );
         }
     }
+    let traced = syscall_trace(r, op, cache);
     let before = mark(r, qemu_pid);
     guest.send("go").map_err(Error::Vm)?;
     let text = guest
         .wait_for(script::RESULT, OP_TIMEOUT)
         .map_err(Error::Vm)?;
     let after = mark(r, qemu_pid);
+    if let Some(trace) = traced {
+        trace.finish();
+    }
     let Some(result) = script::parse_result(&text) else {
         return Err(Error::Protocol {
             step: format!("{} on {}", op.id(), r.peer.id),
