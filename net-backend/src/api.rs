@@ -426,8 +426,8 @@ impl<C: Control> Api<C> {
             .with_header("Allow", allow);
         }
         match endpoint {
-            Endpoint::Expose => self.expose(&req.body),
-            Endpoint::Unexpose => self.unexpose(&req.body),
+            Endpoint::Expose => self.expose(&req.body).unwrap_or_else(|refused| refused),
+            Endpoint::Unexpose => self.unexpose(&req.body).unwrap_or_else(|refused| refused),
             Endpoint::All => {
                 let mut all: Vec<PortEntry> = self
                     .control
@@ -458,64 +458,50 @@ impl<C: Control> Api<C> {
                 Response::text(200, text, crate::metrics::CONTENT_TYPE)
             }
             Endpoint::Dns => Response::json(200, &self.control.dns()),
-            Endpoint::DnsAdd => self.dns_add(&req.body),
-            Endpoint::DnsRemove => self.dns_remove(&req.body),
-            Endpoint::GvDnsAdd => self.gv_dns_add(&req.body),
+            Endpoint::DnsAdd => self.dns_add(&req.body).unwrap_or_else(|refused| refused),
+            Endpoint::DnsRemove => self.dns_remove(&req.body).unwrap_or_else(|refused| refused),
+            Endpoint::GvDnsAdd => self.gv_dns_add(&req.body).unwrap_or_else(|refused| refused),
             Endpoint::GvDnsAll => Response::json(200, &self.control.dns_zones()),
         }
     }
 
-    fn dns_add(&self, body: &[u8]) -> Response {
-        let req: DnsRecord = match parse_body(body) {
-            Ok(r) => r,
-            Err(r) => return r,
-        };
-        let data = match record_value(req.rtype.as_deref(), &req.value) {
-            Ok(d) => d,
-            Err(r) => return r,
-        };
-        match self.control.dns_add(&req.name, data.clone()) {
-            Ok(_) => {
-                let name = req.name.trim_end_matches('.').to_ascii_lowercase();
-                Response::json(
-                    200,
-                    &DnsRecord {
-                        name,
-                        rtype: Some(data.type_name().to_owned()),
-                        value: data.to_string(),
-                        source: Some("api".to_owned()),
-                    },
-                )
-            }
-            Err(e) => dns_error(&e),
-        }
+    fn dns_add(&self, body: &[u8]) -> Handled {
+        let req: DnsRecord = parse_body(body)?;
+        let data = record_value(req.rtype.as_deref(), &req.value)?;
+        self.control
+            .dns_add(&req.name, data.clone())
+            .map_err(|e| dns_error(&e))?;
+        let name = req.name.trim_end_matches('.').to_ascii_lowercase();
+        Ok(Response::json(
+            200,
+            &DnsRecord {
+                name,
+                rtype: Some(data.type_name().to_owned()),
+                value: data.to_string(),
+                source: Some("api".to_owned()),
+            },
+        ))
     }
 
-    fn dns_remove(&self, body: &[u8]) -> Response {
-        let req: DnsRemoveRequest = match parse_body(body) {
-            Ok(r) => r,
-            Err(r) => return r,
-        };
-        let data = match req
+    fn dns_remove(&self, body: &[u8]) -> Handled {
+        let req: DnsRemoveRequest = parse_body(body)?;
+        let data = req
             .value
             .as_deref()
             .map(|v| record_value(None, v))
-            .transpose()
-        {
-            Ok(d) => d,
-            Err(r) => return r,
-        };
-        match self.control.dns_remove(&req.name, data.as_ref()) {
-            Ok(gone) => Response::json(200, &gone.iter().map(api_record).collect::<Vec<_>>()),
-            Err(e) => dns_error(&e),
-        }
+            .transpose()?;
+        let gone = self
+            .control
+            .dns_remove(&req.name, data.as_ref())
+            .map_err(|e| dns_error(&e))?;
+        Ok(Response::json(
+            200,
+            &gone.iter().map(api_record).collect::<Vec<_>>(),
+        ))
     }
 
-    fn gv_dns_add(&self, body: &[u8]) -> Response {
-        let zone: GvZone = match parse_body(body) {
-            Ok(z) => z,
-            Err(r) => return r,
-        };
+    fn gv_dns_add(&self, body: &[u8]) -> Handled {
+        let zone: GvZone = parse_body(body)?;
         let parsed = (|| {
             if zone.name.trim_end_matches('.').is_empty() {
                 return Err("the zone has no Name".to_owned());
@@ -545,29 +531,22 @@ impl<C: Control> Api<C> {
             };
             Ok((records, default))
         })();
-        let (records, default) = match parsed {
-            Ok(p) => p,
-            Err(message) => return Response::error(400, &message),
-        };
-        match self.control.dns_add_zone(&zone.name, &records, default) {
-            Ok(name) => {
-                let stored = self
-                    .control
-                    .dns_zones()
-                    .into_iter()
-                    .find(|z| z.name.trim_end_matches('.') == name)
-                    .unwrap_or_default();
-                Response::json(200, &stored)
-            }
-            Err(e) => dns_error(&e),
-        }
+        let (records, default) = parsed.map_err(|message| bad_request(&message))?;
+        let name = self
+            .control
+            .dns_add_zone(&zone.name, &records, default)
+            .map_err(|e| dns_error(&e))?;
+        let stored = self
+            .control
+            .dns_zones()
+            .into_iter()
+            .find(|z| z.name.trim_end_matches('.') == name)
+            .unwrap_or_default();
+        Ok(Response::json(200, &stored))
     }
 
-    fn expose(&self, body: &[u8]) -> Response {
-        let req: ExposeRequest = match parse_body(body) {
-            Ok(r) => r,
-            Err(r) => return r,
-        };
+    fn expose(&self, body: &[u8]) -> Handled {
+        let req: ExposeRequest = parse_body(body)?;
         let spec = (|| {
             Ok::<_, String>(PortSpec {
                 proto: parse_protocol(req.protocol.as_deref())?,
@@ -575,31 +554,21 @@ impl<C: Control> Api<C> {
                 guest: self.net.remote(&req.remote)?,
             })
         })();
-        let spec = match spec {
-            Ok(s) => s,
-            Err(message) => return Response::error(400, &message),
-        };
-        match self.control.publish(spec) {
-            Ok(()) => Response::json(200, &PortEntry::from(spec)),
-            Err(e) => publish_error(&e),
-        }
+        let spec = spec.map_err(|message| bad_request(&message))?;
+        self.control.publish(spec).map_err(|e| publish_error(&e))?;
+        Ok(Response::json(200, &PortEntry::from(spec)))
     }
 
-    fn unexpose(&self, body: &[u8]) -> Response {
-        let req: UnexposeRequest = match parse_body(body) {
-            Ok(r) => r,
-            Err(r) => return r,
-        };
+    fn unexpose(&self, body: &[u8]) -> Handled {
+        let req: UnexposeRequest = parse_body(body)?;
         let target = parse_protocol(req.protocol.as_deref())
             .and_then(|proto| Ok((parse_local(&req.local)?, proto)));
-        let (host, proto) = match target {
-            Ok(t) => t,
-            Err(message) => return Response::error(400, &message),
-        };
-        match self.control.unpublish(host, proto) {
-            Ok(spec) => Response::json(200, &PortEntry::from(spec)),
-            Err(e) => publish_error(&e),
-        }
+        let (host, proto) = target.map_err(|message| bad_request(&message))?;
+        let spec = self
+            .control
+            .unpublish(host, proto)
+            .map_err(|e| publish_error(&e))?;
+        Ok(Response::json(200, &PortEntry::from(spec)))
     }
 }
 
@@ -614,9 +583,15 @@ fn no_answer() -> Response {
     )
 }
 
+/// A write endpoint's answer: `Err` is the refusal, already a response.
+type Handled = Result<Response, Response>;
+
 fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body)
-        .map_err(|e| Response::error(400, &format!("invalid request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| bad_request(&format!("invalid request body: {e}")))
+}
+
+fn bad_request(message: &str) -> Response {
+    Response::error(400, message)
 }
 
 // ---- the server --------------------------------------------------------------------

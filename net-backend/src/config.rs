@@ -501,6 +501,40 @@ impl TryFrom<Args> for Config {
     }
 }
 
+/// Test support: the gateway `airlock-net --dns-upstream 127.0.0.1` makes,
+/// and a [`Shared`](airlock_netcore::Shared) for it with the default policy.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use airlock_netcore::{GatewayConfig, PolicySource, Shared};
+
+    /// The default configuration, as the command line makes it.
+    pub fn gateway_config() -> GatewayConfig {
+        let args = crate::args::Args::try_parse_ordered_from([
+            "airlock-net",
+            "--socket-path",
+            "/nonexistent/net.sock",
+            "--dns-upstream",
+            "127.0.0.1",
+        ])
+        .unwrap();
+        super::Config::try_from(args).unwrap().gateway
+    }
+
+    /// The state a session shares with the control API, for
+    /// [`gateway_config`]'s guest.
+    pub fn shared() -> Arc<Shared> {
+        Shared::new(
+            gateway_config().guest_ip,
+            PolicySource::default(),
+            Default::default(),
+            None,
+        )
+        .unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -417,26 +417,14 @@ impl Session for NetSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::testing::{gateway_config, shared};
     use crate::virtio_net::HDR_LEN;
-    use airlock_netcore::PolicySource;
 
     const ALL_OFFLOADS: Offloads = Offloads {
         csum: true,
         tso: true,
     };
 
-    /// The default configuration, as the command line makes it.
-    fn config() -> GatewayConfig {
-        let args = crate::args::Args::try_parse_ordered_from([
-            "airlock-net",
-            "--socket-path",
-            "/nonexistent/net.sock",
-            "--dns-upstream",
-            "127.0.0.1",
-        ])
-        .unwrap();
-        crate::config::Config::try_from(args).unwrap().gateway
-    }
     use vhost_user_backend::VringT;
     use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -482,14 +470,8 @@ mod tests {
 
         let (finished, done) = mpsc::channel();
         std::thread::spawn(move || {
-            let shared = Shared::new(
-                config().guest_ip,
-                PolicySource::default(),
-                Default::default(),
-                None,
-            )
-            .unwrap();
-            let session = NetSession::new(config(), shared, ALL_OFFLOADS, None).unwrap();
+            let shared = shared();
+            let session = NetSession::new(gateway_config(), shared, ALL_OFFLOADS, None).unwrap();
             let mut queues = GuestQueues::new(&[16, 16]);
             queues.set_event_idx(true);
             session.set_event_idx(true);
@@ -544,14 +526,9 @@ mod tests {
             VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
         };
 
-        let shared = Shared::new(
-            config().guest_ip,
-            PolicySource::default(),
-            Default::default(),
-            None,
-        )
-        .unwrap();
-        let session = NetSession::new(config(), shared.clone(), ALL_OFFLOADS, None).unwrap();
+        let shared = shared();
+        let session =
+            NetSession::new(gateway_config(), shared.clone(), ALL_OFFLOADS, None).unwrap();
         let mut queues = GuestQueues::new(&[16, 16]);
         session.update_memory(queues.mem.clone()).unwrap();
         session.acked_features(
@@ -615,14 +592,9 @@ mod tests {
 
     #[test]
     fn every_named_event_is_handled_without_stopping_the_worker() {
-        let shared = Shared::new(
-            config().guest_ip,
-            PolicySource::default(),
-            Default::default(),
-            None,
-        )
-        .unwrap();
-        let session = NetSession::new(config(), shared.clone(), ALL_OFFLOADS, None).unwrap();
+        let shared = shared();
+        let session =
+            NetSession::new(gateway_config(), shared.clone(), ALL_OFFLOADS, None).unwrap();
         let mem = GuestMemoryAtomic::new(
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
         );

@@ -348,22 +348,10 @@ impl Drop for StreamSession<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use airlock_netcore::PolicySource;
+    use crate::config::testing::{gateway_config, shared};
     use std::time::Duration;
 
     const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
-
-    fn config() -> GatewayConfig {
-        let args = crate::args::Args::try_parse_ordered_from([
-            "airlock-net",
-            "--socket-path",
-            "/nonexistent/net.sock",
-            "--dns-upstream",
-            "127.0.0.1",
-        ])
-        .unwrap();
-        crate::config::Config::try_from(args).unwrap().gateway
-    }
 
     /// An ARP request from the guest (192.168.127.2) for the gateway.
     fn arp_request() -> Vec<u8> {
@@ -398,16 +386,10 @@ mod tests {
         frontend
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        let shared = Shared::new(
-            config().guest_ip,
-            PolicySource::default(),
-            Default::default(),
-            None,
-        )
-        .unwrap();
+        let shared = shared();
         let s = shared.clone();
         let serving = std::thread::spawn(move || {
-            let gateway = Gateway::new(config(), s.clone()).unwrap();
+            let gateway = Gateway::new(gateway_config(), s.clone()).unwrap();
             let mut session = StreamSession::new(backend, gateway, s, None).unwrap();
             session.serve().unwrap()
         });
