@@ -231,6 +231,7 @@ pub fn bind_socket(path: &Path, access: SocketAccess) -> Result<UnixListener, Li
         let _ = std::fs::remove_file(path);
         return Err(ListenError::Permissions(path.to_owned(), e));
     }
+    crate::sandbox::note_bound(path);
     Ok(listener)
 }
 
@@ -380,6 +381,27 @@ mod tests {
         drop(reaper);
         let _listener = binder.join().unwrap().unwrap();
         assert!(UnixStream::connect(&path).is_ok());
+    }
+
+    #[test]
+    fn at_exit_only_the_socket_this_process_bound_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = dir.path().join("ours.sock");
+        let _listener = bind_socket(&ours, SocketAccess::Owner).unwrap();
+        crate::sandbox::remove_socket(&ours).unwrap();
+        assert!(!ours.exists());
+
+        // Deleted by someone else while this process ran, and bound anew
+        // by another program: that program's socket stays.
+        let theirs = dir.path().join("theirs.sock");
+        let _listener = bind_socket(&theirs, SocketAccess::Owner).unwrap();
+        std::fs::remove_file(&theirs).unwrap();
+        // (Our listener still holds the unlinked inode: the new socket's
+        // number differs.)
+        let other = UnixListener::bind(&theirs).unwrap();
+        crate::sandbox::remove_socket(&theirs).unwrap();
+        assert!(UnixStream::connect(&theirs).is_ok());
+        drop(other);
     }
 
     #[test]

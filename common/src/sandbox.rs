@@ -9,11 +9,11 @@
 //! 2. bind every socket and open every file the daemon writes;
 //! 3. [`make_mounts_readonly`], then [`switch_user`], then seccomp.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -27,6 +27,43 @@ static UNSHARED: AtomicBool = AtomicBool::new(false);
 /// exit, when the path is out of reach (pivot_root) or its mount is
 /// read-only in the daemon's namespace (the descriptor keeps the host's).
 static SOCKET_DIRS: Mutex<Vec<(PathBuf, OwnedFd, CString)>> = Mutex::new(Vec::new());
+
+/// Sockets this process bound, by path, with their identity (device and
+/// inode): [`remove_socket`] removes a name only while it still refers to
+/// the socket this process bound. Replacing it needs nobody listening on it
+/// (listen::bind_socket), which cannot happen while this process runs, so
+/// only a socket deleted by someone else and bound anew is ever left alone.
+static BOUND: Mutex<Vec<(PathBuf, (u64, u64))>> = Mutex::new(Vec::new());
+
+/// Records that this process bound a socket at `socket` (for
+/// [`remove_socket`]). Unknown paths are removed without the check.
+pub(crate) fn note_bound(socket: &Path) {
+    match std::fs::symlink_metadata(socket) {
+        Ok(m) => {
+            let mut bound = BOUND.lock().unwrap_or_else(|e| e.into_inner());
+            bound.retain(|(p, _)| p != socket);
+            bound.push((socket.to_owned(), (m.dev(), m.ino())));
+        }
+        Err(e) => log::debug!("cannot stat {} just bound: {e}", socket.display()),
+    }
+}
+
+/// Device and inode of `name` in `dir`, not following a symlink.
+fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<(u64, u64)> {
+    // SAFETY: a zeroed stat is valid storage for fstatat to fill.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `dir` is an open directory descriptor (O_PATH serves as the
+    // base of fstatat), `name` NUL-terminated, `st` valid for writes.
+    check(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok((st.st_dev, st.st_ino))
+}
 
 /// Keeps a handle on the directory of `socket` (a path the daemon will
 /// create) for [`remove_socket`]. Call before entering the sandbox.
@@ -64,7 +101,8 @@ pub fn keep_socket_dirs<'a>(sockets: impl IntoIterator<Item = &'a Path>) {
 }
 
 /// Removes a socket file the daemon created, through the directory kept by
-/// [`keep_socket_dir`] if there is one. A daemon that switched users may
+/// [`keep_socket_dir`] if there is one, and only while the name still
+/// refers to the socket this process bound (see [`BOUND`]). A daemon that switched users may
 /// not be allowed to (the directory is root's): then the [socket
 /// reaper](spawn_socket_reaper), forked while it was root, removes the
 /// socket once it has exited, or — without a reaper — the file stays and
@@ -73,6 +111,28 @@ pub fn keep_socket_dirs<'a>(sockets: impl IntoIterator<Item = &'a Path>) {
 pub fn remove_socket(socket: &Path) -> io::Result<()> {
     let dirs = SOCKET_DIRS.lock().unwrap_or_else(|e| e.into_inner());
     let kept = dirs.iter().find(|(p, _, _)| p == socket);
+    let bound = {
+        let mut bound = BOUND.lock().unwrap_or_else(|e| e.into_inner());
+        let at = bound.iter().position(|(p, _)| p == socket);
+        at.map(|at| bound.swap_remove(at).1)
+    };
+    if let Some(ours) = bound {
+        let now = match kept {
+            Some((_, dir, name)) => stat_at(dir.as_fd(), name),
+            None => std::fs::symlink_metadata(socket).map(|m| (m.dev(), m.ino())),
+        };
+        match now {
+            Ok(now) if now != ours => {
+                log::info!(
+                    "leaving {}: it is no longer the socket this process bound",
+                    socket.display()
+                );
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            _ => {}
+        }
+    }
     let result = match kept {
         Some((_, dir, name)) => {
             // SAFETY: `dir` is an open directory descriptor and `name` a
