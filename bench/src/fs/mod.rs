@@ -12,6 +12,7 @@ pub mod script;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -321,7 +322,8 @@ impl SyscallTrace {
         // SAFETY: kill(2) on our own child, which has not been reaped.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
         match self.child.wait() {
-            Ok(status) if status.success() => {
+            // strace writes its table and ends by the SIGINT it was sent.
+            Ok(status) if status.success() || status.signal() == Some(libc::SIGINT) => {
                 log::info!("system calls counted in {}", self.out.display())
             }
             Ok(status) => log::warn!("strace for {} ended with {status}", self.out.display()),
