@@ -105,6 +105,77 @@ pub fn thread_cpu_time(pid: u32, select: impl Fn(&str) -> bool) -> Result<Durati
     Ok(Duration::from_secs_f64(ticks as f64 / ticks_per_second()))
 }
 
+/// Page faults and context switches of a process so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Events {
+    /// Minor page faults (all threads, live and exited).
+    pub minor_faults: u64,
+    /// Major page faults (all threads, live and exited).
+    pub major_faults: u64,
+    /// Voluntary context switches of the live threads.
+    pub voluntary_switches: u64,
+    /// Involuntary context switches of the live threads.
+    pub involuntary_switches: u64,
+}
+
+impl Events {
+    /// What happened between `self` and `later` (saturating: a thread that
+    /// exited takes its switches with it).
+    pub fn since(self, later: Events) -> Events {
+        Events {
+            minor_faults: later.minor_faults.saturating_sub(self.minor_faults),
+            major_faults: later.major_faults.saturating_sub(self.major_faults),
+            voluntary_switches: later
+                .voluntary_switches
+                .saturating_sub(self.voluntary_switches),
+            involuntary_switches: later
+                .involuntary_switches
+                .saturating_sub(self.involuntary_switches),
+        }
+    }
+}
+
+/// Page faults (`/proc/PID/stat` minflt, majflt) and context switches
+/// (`/proc/PID/task/*/status`) of `pid`.
+pub fn events(pid: u32) -> Result<Events, Error> {
+    let path = format!("/proc/{pid}/stat");
+    let text = read(path.clone())?;
+    let fields: Vec<&str> = text
+        .rfind(')')
+        .map(|close| text[close + 1..].split_whitespace().collect())
+        .unwrap_or_default();
+    // After the comm: state is field 3 (index 0 here); minflt 10, majflt 12.
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    let (Some(minor_faults), Some(major_faults)) = (field(7), field(9)) else {
+        return Err(Error::Parse {
+            path,
+            what: "minflt/majflt",
+        });
+    };
+    let mut events = Events {
+        minor_faults,
+        major_faults,
+        ..Events::default()
+    };
+    let dir = format!("/proc/{pid}/task");
+    let entries = fs::read_dir(&dir).map_err(|source| Error::Read { path: dir, source })?;
+    for entry in entries.flatten() {
+        // A thread may exit between listing and reading.
+        let Ok(text) = fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        for line in text.lines() {
+            let value = |v: &str| v.trim().parse::<u64>().unwrap_or(0);
+            if let Some(v) = line.strip_prefix("voluntary_ctxt_switches:") {
+                events.voluntary_switches += value(v);
+            } else if let Some(v) = line.strip_prefix("nonvoluntary_ctxt_switches:") {
+                events.involuntary_switches += value(v);
+            }
+        }
+    }
+    Ok(events)
+}
+
 /// Whether every live thread of `pid` has a tracer (`TracerPid` in
 /// `/proc/PID/task/*/status`); false if the process cannot be read.
 pub fn all_threads_traced(pid: u32) -> bool {
@@ -182,6 +253,19 @@ pub fn drop_host_caches() -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn touching_fresh_memory_counts_minor_faults() {
+        let before = events(std::process::id()).unwrap();
+        let mut memory = vec![0u8; 16 << 20];
+        for page in memory.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        std::hint::black_box(&memory);
+        let during = before.since(events(std::process::id()).unwrap());
+        assert!(during.minor_faults >= 1000, "{during:?}");
+        assert!(before.voluntary_switches + before.involuntary_switches > 0);
+    }
 
     #[test]
     fn stat_with_odd_comm() {

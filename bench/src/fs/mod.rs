@@ -265,15 +265,19 @@ fn mark(running: &Running, qemu_pid: Option<u32>) -> CpuMark {
 
 /// `AIRLOCK_BENCH_FS_STRACE=DIR`: every operation's system calls in each
 /// peer daemon, counted by `strace -c -f` into
-/// `DIR/<cache>-<op>-<peer>-<n>.txt` (n counts the repetitions). Tracing
+/// `DIR/<cache>-<op>-<peer>-<n>.txt` (n counts the repetitions), with its
+/// page faults and context switches. Tracing
 /// slows the daemons several-fold: such a run's numbers are not for
 /// publication; the counts per operation are what it is for.
 const STRACE_ENV: &str = "AIRLOCK_BENCH_FS_STRACE";
 
-/// A `strace -c` attached to a peer daemon for one operation.
+/// A `strace -c` attached to a peer daemon for one operation, and the
+/// daemon's page faults and context switches when it started.
 struct SyscallTrace {
     child: std::process::Child,
     out: PathBuf,
+    pid: u32,
+    events: Option<procfs::Events>,
 }
 
 /// Attaches strace to `r`'s daemon if [`STRACE_ENV`] asks for it, and
@@ -303,7 +307,12 @@ fn syscall_trace(r: &Running, op: Op, cache: CacheMode) -> Option<SyscallTrace> 
             return None;
         }
     };
-    let trace = SyscallTrace { child, out };
+    let mut trace = SyscallTrace {
+        child,
+        out,
+        pid,
+        events: None,
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     while !procfs::all_threads_traced(pid) {
         if Instant::now() >= deadline {
@@ -313,12 +322,19 @@ fn syscall_trace(r: &Running, op: Op, cache: CacheMode) -> Option<SyscallTrace> 
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    trace.events = procfs::events(pid).ok();
     Some(trace)
 }
 
 impl SyscallTrace {
-    /// Detaches (SIGINT makes strace write its table) and waits for it.
+    /// Detaches (SIGINT makes strace write its table) and waits for it,
+    /// then appends the daemon's page faults and context switches during
+    /// the operation to the table.
     fn finish(mut self) {
+        let during = self
+            .events
+            .zip(procfs::events(self.pid).ok())
+            .map(|(before, after)| before.since(after));
         // SAFETY: kill(2) on our own child, which has not been reaped.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
         match self.child.wait() {
@@ -328,6 +344,19 @@ impl SyscallTrace {
             }
             Ok(status) => log::warn!("strace for {} ended with {status}", self.out.display()),
             Err(e) => log::warn!("cannot wait for strace: {e}"),
+        }
+        if let Some(e) = during {
+            let line = format!(
+                "page faults: {} minor, {} major; context switches: {} voluntary, {} involuntary\n",
+                e.minor_faults, e.major_faults, e.voluntary_switches, e.involuntary_switches
+            );
+            let appended = fs::OpenOptions::new()
+                .append(true)
+                .open(&self.out)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+            if let Err(e) = appended {
+                log::warn!("cannot append to {}: {e}", self.out.display());
+            }
         }
     }
 }
