@@ -102,11 +102,11 @@ pub fn keep_socket_dirs<'a>(sockets: impl IntoIterator<Item = &'a Path>) {
 
 /// Removes a socket file the daemon created, through the directory kept by
 /// [`keep_socket_dir`] if there is one, and only while the name still
-/// refers to the socket this process bound (see [`BOUND`]). A daemon that switched users may
-/// not be allowed to (the directory is root's): then the [socket
-/// reaper](spawn_socket_reaper), forked while it was root, removes the
-/// socket once it has exited, or — without a reaper — the file stays and
-/// the next start replaces it. Failures are logged here; the result is for
+/// refers to the socket this process bound (see [`BOUND`]). A daemon that
+/// switched users may not be allowed to (the directory is root's): then the
+/// [socket reaper](spawn_socket_reaper), forked while it was root, removes
+/// the socket once it has exited, or — without a reaper — the file stays
+/// and the next start replaces it. Failures are logged here; the result is for
 /// callers that act on it.
 pub fn remove_socket(socket: &Path) -> io::Result<()> {
     let dirs = SOCKET_DIRS.lock().unwrap_or_else(|e| e.into_inner());
