@@ -102,7 +102,7 @@ pub fn keep_socket_dirs<'a>(sockets: impl IntoIterator<Item = &'a Path>) {
 
 /// Removes a socket file the daemon created, through the directory kept by
 /// [`keep_socket_dir`] if there is one, and only while the name still
-/// refers to the socket this process bound (see [`BOUND`]). A daemon that
+/// refers to the socket this process bound (recorded at bind). A daemon that
 /// switched users may not be allowed to (the directory is root's): then the
 /// [socket reaper](spawn_socket_reaper), forked while it was root, removes
 /// the socket once it has exited, or — without a reaper — the file stays
