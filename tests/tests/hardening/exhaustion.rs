@@ -106,7 +106,10 @@ fn airlock_net_flow_exhaustion_is_refused_and_bounded() {
     let mut other_args = common.to_vec();
     other_args.extend(["--api-socket".into(), other_api.display().to_string()]);
     let (other, _) = start_net(&mut rig, "airlock-net-other", "other.sock", &other_args);
-    daemon.wait_for_log_lines("ready for a frontend", 1, Duration::from_secs(10));
+    // Each daemon's API socket is bound after its vhost-user socket and
+    // before it prepares its first session.
+    daemon.wait_for_log_lines("ready for a frontend", 1, Duration::from_secs(30));
+    other.wait_for_log_lines("ready for a frontend", 1, Duration::from_secs(30));
     let pid = daemon.pid();
     let (base_fds, base_rss, base_anon) = (
         fd_count(pid),
