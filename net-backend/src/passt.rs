@@ -17,6 +17,7 @@
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -60,6 +61,8 @@ pub enum PasstError {
 pub enum DetachError {
     #[error("cannot fork into the background")]
     Fork(#[source] io::Error),
+    #[error("cannot make the pipe the background process waits on")]
+    Pipe(#[source] io::Error),
     #[error("cannot start a new session")]
     Setsid(#[source] io::Error),
     #[error("cannot write --pid file {0}")]
@@ -727,6 +730,17 @@ pub fn detach(startup: &Startup) -> Result<(), DetachError> {
             None => Ok(()),
         };
     }
+    // The child waits for the parent to be done with the pid file: it
+    // shares the parent's mount namespace and would otherwise go on to make
+    // the mounts read-only (sandbox::confine) before the parent could write.
+    let mut pipe = [0 as libc::c_int; 2];
+    // SAFETY: `pipe` is valid for writes of two descriptors.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(DetachError::Pipe(io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (parent_done, wait_for_parent) =
+        unsafe { (OwnedFd::from_raw_fd(pipe[1]), OwnedFd::from_raw_fd(pipe[0])) };
     // SAFETY: called before this process starts any thread (run_with
     // detaches before the signal thread and the API server exist), so the
     // child is a complete copy of a single-threaded process.
@@ -735,8 +749,10 @@ pub fn detach(startup: &Startup) -> Result<(), DetachError> {
         return Err(DetachError::Fork(io::Error::last_os_error()));
     }
     if child > 0 {
+        drop(wait_for_parent);
         // The parent. Like passt, it writes the pid file before it exits:
-        // libvirt reads the file as soon as the command returns.
+        // libvirt reads the file as soon as the command returns. Its end of
+        // the pipe closes when it exits, which lets the child go on.
         let code = match &startup.pid_file {
             Some(path) => match write_pid(path, child as u32) {
                 Ok(()) => 0,
@@ -753,6 +769,24 @@ pub fn detach(startup: &Startup) -> Result<(), DetachError> {
         // socket files it shares with the child must stay.
         unsafe { libc::_exit(code) }
     }
+    drop(parent_done);
+    // Blocks until the parent has exited (end of file). A parent that could
+    // not write the pid file sends SIGTERM first, which ends this process.
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: read(2) into one valid byte from a descriptor owned here.
+        let n = unsafe {
+            libc::read(
+                wait_for_parent.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+            )
+        };
+        if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    drop(wait_for_parent);
     // SAFETY: setsid has no memory preconditions.
     if unsafe { libc::setsid() } == -1 {
         return Err(DetachError::Setsid(io::Error::last_os_error()));

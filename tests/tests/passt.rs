@@ -111,12 +111,7 @@ fn http_get(port: u16, path: &str) -> String {
 /// The pid of the process whose command line contains `needle` (the
 /// background daemon: its parent exited).
 fn pid_of(needle: &str) -> Option<u32> {
-    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = fs::read(e.path().join("cmdline")).ok()?;
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        (text.contains(needle) && process_exists(pid)).then_some(pid)
-    })
+    pids_of(needle).into_iter().next()
 }
 
 fn wait_gone(pid: u32, socket: &Path, log: &str) {
@@ -463,4 +458,104 @@ fn passt_domain_example_is_valid_libvirt_xml() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// In the background, the daemon confines itself (read-only mounts in the
+/// mount namespace it shares with its parent) only after the parent has
+/// written the pid file and exited: a parent slower than the child (a busy
+/// machine) once found the mounts read-only and failed with EROFS. Here the
+/// pid file is a FIFO nobody reads yet, so the parent stays blocked on it,
+/// and the child must not go on until it is read.
+#[test]
+fn the_background_daemon_waits_for_its_pid_file_to_be_written() {
+    let rig = Rig::new("passt_pid_order");
+    let passt = passt_link(&rig);
+    let state = passt_state_dir(&rig);
+    let socket = state.join("order.socket");
+    let pid_file = state.join("order.pid");
+    let log_file = rig.dir().join("passt.log");
+    let fifo = std::ffi::CString::new(pid_file.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) on a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let mut parent = Command::new(&passt)
+        .args(["--vhost-user", "--one-off", "--socket"])
+        .arg(&socket)
+        .arg("--pid")
+        .arg(&pid_file)
+        .arg("--log-file")
+        .arg(&log_file)
+        .spawn()
+        .unwrap();
+    let log = || fs::read_to_string(&log_file).unwrap_or_default();
+    // Whatever happens, neither process outlives the test (the parent
+    // would wait on the FIFO for ever).
+    let mut started = Started(vec![parent.id()]);
+    // The child exists once a second process has the socket on its
+    // command line.
+    let needle = socket.to_str().unwrap().to_owned();
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    let child = loop {
+        if let Some(pid) = pids_of(&needle).into_iter().find(|&p| p != parent.id()) {
+            started.0.push(pid);
+            break pid;
+        }
+        assert!(parent.try_wait().unwrap().is_none(), "{}", log());
+        assert!(
+            Instant::now() < deadline,
+            "no background process:\n{}",
+            log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    // Without the wait the child confines and reports ready within
+    // milliseconds; give it two seconds to show it does not.
+    thread::sleep(Duration::from_secs(2));
+    assert!(
+        !log().contains("ready for a frontend"),
+        "the daemon went on before its pid file was written:\n{}",
+        log()
+    );
+    let written = fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(written.trim(), child.to_string());
+    let status = parent.wait().unwrap();
+    assert!(status.success(), "passt exited {status}:\n{}", log());
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    while !log().contains("ready for a frontend") {
+        assert!(process_exists(child), "the daemon exited:\n{}", log());
+        assert!(Instant::now() < deadline, "never ready:\n{}", log());
+        thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on the daemon this test started.
+    unsafe { libc::kill(child as libc::pid_t, libc::SIGTERM) };
+    wait_gone(child, &socket, &log());
+}
+
+/// Processes a test started, killed (SIGKILL) when it ends, however.
+struct Started(Vec<u32>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if process_exists(pid) {
+                // SAFETY: kill(2) on a process this test started.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Every live process whose command line contains `needle`.
+fn pids_of(needle: &str) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (text.contains(needle) && process_exists(pid)).then_some(pid)
+        })
+        .collect()
 }
