@@ -22,6 +22,8 @@ use airlock_e2e::{fd_count, fd_listing, fs_device_args, DaemonHandle, Rig, VmCon
 /// CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, SETGID, SETUID.
 const FS_CAPS: u64 = 0b1101_1111;
 const NOBODY: u32 = 65534;
+/// A user id no account and no other test uses.
+const LONE_UID: u32 = 64_999;
 /// What the vhost-user daemons log each time a session is prepared.
 const READY: &str = "ready for a frontend";
 
@@ -574,6 +576,10 @@ fn airlock_fs_startup_checks_the_share_and_its_threads() {
     );
 
     // Threads the system will not give: said so, not blamed on the share.
+    // RLIMIT_NPROC counts every process and thread of the real user, so the
+    // daemon runs as a user nothing else runs as (as nobody, the daemons
+    // of other tests would use up the limit first).
+    std::os::unix::fs::chown(&run, Some(LONE_UID), Some(NOBODY)).unwrap();
     let mut cmd = Command::new(airlock_e2e::Rig::bin("airlock-fs"));
     cmd.args([
         "--socket-path",
@@ -583,7 +589,7 @@ fn airlock_fs_startup_checks_the_share_and_its_threads() {
         "--thread-pool-size",
         "1000",
     ])
-    .uid(NOBODY)
+    .uid(LONE_UID)
     .gid(NOBODY);
     // SAFETY: setrlimit only, between fork and exec.
     unsafe {
