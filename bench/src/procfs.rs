@@ -46,22 +46,27 @@ fn ticks_per_second() -> f64 {
     }
 }
 
-/// `(comm, utime + stime in ticks)` from the text of a `stat` file.
-fn parse_stat(text: &str) -> Option<(String, u64)> {
+/// The comm and the fields after it of a `stat` file's text; field 3 of
+/// proc(5) (state) is index 0 of the fields.
+fn stat_fields(text: &str) -> Option<(&str, Vec<&str>)> {
     // "pid (comm) state ppid ..." — comm may contain spaces and parentheses.
     let open = text.find('(')?;
     let close = text.rfind(')')?;
-    let comm = text.get(open + 1..close)?.to_string();
-    let fields: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
-    // After the comm: state is field 3 (index 0 here); utime 14, stime 15.
+    let comm = text.get(open + 1..close)?;
+    Some((comm, text.get(close + 1..)?.split_whitespace().collect()))
+}
+
+/// `(comm, utime + stime in ticks)` from the text of a `stat` file.
+fn parse_stat(text: &str) -> Option<(&str, u64)> {
+    let (comm, fields) = stat_fields(text)?;
+    // utime is field 14, stime 15.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some((comm, utime + stime))
 }
 
-/// CPU time used so far by process `pid` (all its threads, live and exited).
-pub fn cpu_time(pid: u32) -> Result<Duration, Error> {
-    let path = format!("/proc/{pid}/stat");
+/// The CPU time (`utime + stime`) a `stat` file reports.
+fn stat_cpu_time(path: String) -> Result<Duration, Error> {
     let text = read(path.clone())?;
     let (_, ticks) = parse_stat(&text).ok_or(Error::Parse {
         path,
@@ -70,38 +75,41 @@ pub fn cpu_time(pid: u32) -> Result<Duration, Error> {
     Ok(Duration::from_secs_f64(ticks as f64 / ticks_per_second()))
 }
 
+/// Calls `each` with the text of `/proc/PID/task/*/FILE` for every live
+/// thread of `pid`; a thread that exits between listing and reading is
+/// skipped.
+fn for_each_task(pid: u32, file: &str, mut each: impl FnMut(&str)) -> Result<(), Error> {
+    let dir = format!("/proc/{pid}/task");
+    let entries = fs::read_dir(&dir).map_err(|source| Error::Read { path: dir, source })?;
+    for entry in entries.flatten() {
+        if let Ok(text) = fs::read_to_string(entry.path().join(file)) {
+            each(&text);
+        }
+    }
+    Ok(())
+}
+
+/// CPU time used so far by process `pid` (all its threads, live and exited).
+pub fn cpu_time(pid: u32) -> Result<Duration, Error> {
+    stat_cpu_time(format!("/proc/{pid}/stat"))
+}
+
 /// CPU time used so far by thread `tid` of process `pid`.
 pub fn task_cpu_time(pid: u32, tid: u32) -> Result<Duration, Error> {
-    let path = format!("/proc/{pid}/task/{tid}/stat");
-    let text = read(path.clone())?;
-    let (_, ticks) = parse_stat(&text).ok_or(Error::Parse {
-        path,
-        what: "utime/stime",
-    })?;
-    Ok(Duration::from_secs_f64(ticks as f64 / ticks_per_second()))
+    stat_cpu_time(format!("/proc/{pid}/task/{tid}/stat"))
 }
 
 /// CPU time of the threads of `pid` whose name satisfies `select` (live
 /// threads only: `/proc/PID/task/*/stat`).
 pub fn thread_cpu_time(pid: u32, select: impl Fn(&str) -> bool) -> Result<Duration, Error> {
-    let dir = format!("/proc/{pid}/task");
-    let entries = fs::read_dir(&dir).map_err(|source| Error::Read {
-        path: dir.clone(),
-        source,
-    })?;
     let mut ticks = 0;
-    for entry in entries.flatten() {
-        let path = entry.path().join("stat");
-        // A thread may exit between listing and reading.
-        let Ok(text) = fs::read_to_string(&path) else {
-            continue;
-        };
-        if let Some((comm, t)) = parse_stat(&text) {
-            if select(&comm) {
+    for_each_task(pid, "stat", |text| {
+        if let Some((comm, t)) = parse_stat(text) {
+            if select(comm) {
                 ticks += t;
             }
         }
-    }
+    })?;
     Ok(Duration::from_secs_f64(ticks as f64 / ticks_per_second()))
 }
 
@@ -140,11 +148,8 @@ impl Events {
 pub fn events(pid: u32) -> Result<Events, Error> {
     let path = format!("/proc/{pid}/stat");
     let text = read(path.clone())?;
-    let fields: Vec<&str> = text
-        .rfind(')')
-        .map(|close| text[close + 1..].split_whitespace().collect())
-        .unwrap_or_default();
-    // After the comm: state is field 3 (index 0 here); minflt 10, majflt 12.
+    let fields = stat_fields(&text).map(|(_, f)| f).unwrap_or_default();
+    // minflt is field 10, majflt 12.
     let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
     let (Some(minor_faults), Some(major_faults)) = (field(7), field(9)) else {
         return Err(Error::Parse {
@@ -157,13 +162,7 @@ pub fn events(pid: u32) -> Result<Events, Error> {
         major_faults,
         ..Events::default()
     };
-    let dir = format!("/proc/{pid}/task");
-    let entries = fs::read_dir(&dir).map_err(|source| Error::Read { path: dir, source })?;
-    for entry in entries.flatten() {
-        // A thread may exit between listing and reading.
-        let Ok(text) = fs::read_to_string(entry.path().join("status")) else {
-            continue;
-        };
+    for_each_task(pid, "status", |text| {
         for line in text.lines() {
             let value = |v: &str| v.trim().parse::<u64>().unwrap_or(0);
             if let Some(v) = line.strip_prefix("voluntary_ctxt_switches:") {
@@ -172,25 +171,21 @@ pub fn events(pid: u32) -> Result<Events, Error> {
                 events.involuntary_switches += value(v);
             }
         }
-    }
+    })?;
     Ok(events)
 }
 
 /// Whether every live thread of `pid` has a tracer (`TracerPid` in
 /// `/proc/PID/task/*/status`); false if the process cannot be read.
 pub fn all_threads_traced(pid: u32) -> bool {
-    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    entries.flatten().all(|entry| {
-        // A thread that exited meanwhile needs no tracer.
-        let Ok(text) = fs::read_to_string(entry.path().join("status")) else {
-            return true;
-        };
-        text.lines()
+    let mut all = true;
+    let listed = for_each_task(pid, "status", |text| {
+        all &= text
+            .lines()
             .find_map(|l| l.strip_prefix("TracerPid:"))
-            .is_some_and(|v| v.trim() != "0")
-    })
+            .is_some_and(|v| v.trim() != "0");
+    });
+    listed.is_ok() && all
 }
 
 /// QEMU's CPU time outside its vCPU threads (named `CPU n/TCG` with
@@ -270,7 +265,9 @@ mod tests {
     #[test]
     fn stat_with_odd_comm() {
         let text = "42 (a b) c)) S 1 42 42 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0";
-        assert_eq!(parse_stat(text), Some(("a b) c)".to_string(), 12)));
+        assert_eq!(parse_stat(text), Some(("a b) c)", 12)));
+        // minflt (field 10 of proc(5)).
+        assert_eq!(stat_fields(text).map(|(_, f)| f[7]), Some("100"));
         assert_eq!(parse_stat("42 (x) S 1"), None);
     }
 
