@@ -16,6 +16,7 @@
 use std::sync::atomic::Ordering;
 
 use vhost_user_backend::VringT;
+use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
@@ -259,7 +260,32 @@ impl GuestQueues {
         }
     }
 
-    /// Checks what the device published on queue `q` since `before`: no
+    /// The device's own next used index of queue `q` (what it has
+    /// published, whatever the guest's memory now says).
+    pub fn device_used_idx(&self, q: usize) -> u16 {
+        self.vrings[q].get_ref().get_queue().next_used()
+    }
+
+    /// For chains the input shapes: checks that the device published no
+    /// more than a ring's worth on queue `q` since `before` (from
+    /// [`GuestQueues::device_used_idx`]). The device's counter is checked,
+    /// not the used ring in memory: a guest may place its buffers on its
+    /// own rings, and then the device's writes into those buffers rewrite
+    /// the ring — the guest's own doing, which the ring's contents cannot
+    /// tell from a device fault. The heads the device publishes need no
+    /// check here: virtio-queue's `add_used` refuses one outside the ring,
+    /// and that error reaches the event handler.
+    pub fn check_device_used(&self, q: usize, before: u16) {
+        let size = self.size(q);
+        let added = self.device_used_idx(q).wrapping_sub(before);
+        assert!(
+            added <= size,
+            "queue {q}: the device published {added} chains on a ring of {size}"
+        );
+    }
+
+    /// For well-formed layouts (no buffer on a ring): checks what the
+    /// device published on queue `q` since `before` in the used ring: no
     /// more than a ring's worth, and only heads that exist.
     pub fn check_used(&self, q: usize, before: u16) {
         let size = self.size(q);

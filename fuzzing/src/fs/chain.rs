@@ -8,8 +8,8 @@
 //! the real share.
 //!
 //! After every event: the handler succeeded (an error would stop the
-//! worker) and the used ring only names descriptors that exist, at most a
-//! ring's worth per event.
+//! worker) and the device published at most a ring's worth of chains (see
+//! `GuestQueues::check_device_used`: buffers may lie on the rings).
 //!
 //! [`FsSession`]: airlock_fs::device::FsSession
 
@@ -49,10 +49,10 @@ pub fn fuzz_fs_chain(data: &[u8]) {
             }
         };
         let q = usize::from(event);
-        let before = queues.used_idx(q);
+        let before = queues.device_used_idx(q);
         if let Err(e) = session.handle_event(event, EventSet::IN, &queues.vrings, 0) {
             panic!("queue event {event} stopped the device: {e}");
         }
-        queues.check_used(q, before);
+        queues.check_device_used(q, before);
     }
 }

@@ -13,8 +13,9 @@
 //! zero lengths and indirect tables all come from there.
 //!
 //! After every event: the handler succeeded (an error stops the device's
-//! worker, so the guest must not be able to cause one) and the used rings
-//! only name descriptors that exist, at most a ring's worth per event.
+//! worker, so the guest must not be able to cause one) and the device
+//! published at most a ring's worth of chains per queue (see
+//! `GuestQueues::check_device_used`: buffers may lie on the rings).
 //!
 //! [`NetSession`]: airlock_net::device::NetSession
 
@@ -98,14 +99,14 @@ pub fn run(data: &[u8]) -> u64 {
                 continue;
             }
         };
-        let before = [queues.used_idx(RX), queues.used_idx(TX)];
+        let before = [queues.device_used_idx(RX), queues.device_used_idx(TX)];
         if let Err(e) = session.handle_event(event, EventSet::IN, &queues.vrings, 0) {
             panic!("event {event} stopped the device: {e}");
         }
-        queues.check_used(RX, before[RX]);
-        queues.check_used(TX, before[TX]);
+        queues.check_device_used(RX, before[RX]);
+        queues.check_device_used(TX, before[TX]);
     }
-    (0..queues.used_idx(RX))
+    (0..queues.device_used_idx(RX))
         .map(|n| u64::from(queues.used_elem(RX, n).1))
         .sum()
 }
