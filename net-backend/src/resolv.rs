@@ -72,6 +72,18 @@ impl Reloader {
         &self.path
     }
 
+    /// Reads the file again once the watch is in place: the configuration
+    /// read it before, and a change in between would otherwise be missed
+    /// (one after the watch is an event). Quiet when the file is unusable:
+    /// start-up has said so, and the current resolvers stay.
+    pub fn catch_up(&self) {
+        let usable = std::fs::read_to_string(&self.path)
+            .is_ok_and(|t| !ResolvConf::parse(&t, scope_id).nameservers.is_empty());
+        if usable {
+            self.reload();
+        }
+    }
+
     /// Reads the file again. Unreadable, or without a nameserver: the
     /// current resolvers stay (logged once until a reload succeeds).
     pub fn reload(&self) {
