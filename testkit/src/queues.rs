@@ -273,8 +273,8 @@ impl GuestQueues {
     /// own rings, and then the device's writes into those buffers rewrite
     /// the ring — the guest's own doing, which the ring's contents cannot
     /// tell from a device fault. The heads the device publishes need no
-    /// check here: virtio-queue's `add_used` refuses one outside the ring,
-    /// and that error reaches the event handler.
+    /// check here: virtio-queue's `add_used` refuses one outside the ring
+    /// before writing anything (both devices log that and go on).
     pub fn check_device_used(&self, q: usize, before: u16) {
         let size = self.size(q);
         let added = self.device_used_idx(q).wrapping_sub(before);
