@@ -180,7 +180,6 @@ pub fn run_with(config: Config, startup: Startup) -> Result<(), NetError> {
     });
     if let Some(r) = &reloader {
         resolv::watch(r.clone()).map_err(|e| NetError::Watch(r.path().to_owned(), e))?;
-        r.catch_up();
     }
     let reload = shared.clone();
     airlock_common::signals::on_hup(move || {

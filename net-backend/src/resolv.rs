@@ -59,29 +59,21 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    /// Follows `path` for `shared`'s DNS service, which start-up filled
+    /// from it: no resolvers there means the file was unusable then, and
+    /// start-up's log said so ("dns upstream none").
     pub fn new(path: PathBuf, search: bool, shared: Arc<Shared>) -> Reloader {
+        let failing = shared.dns.view().upstreams().is_empty();
         Reloader {
             path,
             search,
             shared,
-            failing: Mutex::new(false),
+            failing: Mutex::new(failing),
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Reads the file again once the watch is in place: the configuration
-    /// read it before, and a change in between would otherwise be missed
-    /// (one after the watch is an event). Quiet when the file is unusable:
-    /// start-up has said so, and the current resolvers stay.
-    pub fn catch_up(&self) {
-        let usable = std::fs::read_to_string(&self.path)
-            .is_ok_and(|t| !ResolvConf::parse(&t, scope_id).nameservers.is_empty());
-        if usable {
-            self.reload();
-        }
     }
 
     /// Reads the file again. Unreadable, or without a nameserver: the
@@ -265,10 +257,13 @@ impl Watcher {
     }
 }
 
-/// Starts the thread that reloads `reloader`'s file when it changes.
+/// Follows `reloader`'s file from now on: once the watches are in place
+/// it is read again (the configuration read it before them, and a change
+/// in between is no event), and a thread reloads it whenever it changes.
 pub fn watch(reloader: Arc<Reloader>) -> io::Result<()> {
     let mut watcher = Watcher::new()?;
     watcher.follow(reloader.path());
+    reloader.reload();
     std::thread::Builder::new()
         .name("resolv-watch".into())
         .spawn(move || loop {
@@ -313,6 +308,43 @@ fn settle(watcher: &Watcher) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn resolvers(shared: &Shared) -> (Vec<String>, Vec<String>) {
+        let view = shared.dns.view();
+        let ups = view
+            .upstreams()
+            .iter()
+            .map(|u| u.addr.to_string())
+            .collect();
+        (ups, view.search().to_vec())
+    }
+
+    /// The daemon reads resolv.conf for its configuration before the watch
+    /// exists; a file replaced in between must still be followed.
+    #[test]
+    fn a_change_before_the_watch_is_seen_when_it_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        std::fs::write(&path, "nameserver 10.0.0.1\nsearch a.test\n").unwrap();
+        let shared = crate::config::testing::shared();
+        let reloader = Arc::new(Reloader::new(path.clone(), true, shared.clone()));
+        // What start-up's configuration read found.
+        reloader.reload();
+        assert_eq!(
+            resolvers(&shared),
+            (vec!["10.0.0.1:53".to_owned()], vec!["a.test".to_owned()])
+        );
+        // Replaced the way NetworkManager does, before the watch.
+        let new = dir.path().join("resolv.conf.new");
+        std::fs::write(&new, "nameserver 10.0.0.2\nsearch b.test\n").unwrap();
+        std::fs::rename(&new, &path).unwrap();
+        watch(reloader).unwrap();
+        // No event will come for that rename: watch itself read the file.
+        assert_eq!(
+            resolvers(&shared),
+            (vec!["10.0.0.2:53".to_owned()], vec!["b.test".to_owned()])
+        );
+    }
 
     #[test]
     fn the_chain_follows_symlinks_to_the_file() {
