@@ -62,12 +62,19 @@ fn net_frame_seeds_reach_the_services() {
             .map(|(_, _, b)| b)
             .unwrap_or_else(|| panic!("no net_frame seed {name}"))
     };
-    for name in ["tcp-proxy-alias", "tcp-host-alias", "dns-tcp"] {
+    for name in [
+        "tcp-proxy-alias",
+        "tcp-host-alias",
+        "dns-tcp",
+        "checksum-offload",
+    ] {
         let got = fuzzing::run_net_frame(&seed(name));
         assert!(got.tcp_data > 0, "{name}: no data came back: {got:?}");
     }
-    let got = fuzzing::run_net_frame(&seed("udp-echo"));
-    assert!(got.udp >= 1, "udp-echo: {got:?}");
+    for name in ["udp-echo", "checksum-offload"] {
+        let got = fuzzing::run_net_frame(&seed(name));
+        assert!(got.udp >= 1, "{name}: {got:?}");
+    }
     let got = fuzzing::run_net_frame(&seed("dns-udp"));
     assert!(got.udp >= 3, "dns-udp: {got:?}");
     let got = fuzzing::run_net_frame(&seed("dhcp"));

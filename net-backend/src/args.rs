@@ -249,7 +249,9 @@ pub struct Args {
 
     /// Write every frame between the guest and the gateway to FILE in pcap
     /// format (tcpdump -r, Wireshark), on either transport. Created mode
-    /// 0600, truncated.
+    /// 0600, truncated. With checksum offload, TCP frames to the guest hold
+    /// only the pseudo-header's sum in their checksum, as captures on a
+    /// host with offload do (tcpdump says "incorrect").
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
 

@@ -103,7 +103,6 @@ impl NetSession {
             return Ok(());
         };
         let mergeable = self.acked(VIRTIO_NET_F_MRG_RXBUF);
-        let data_valid = inner.backlog.csum_offload();
         let shared = self.shared.clone();
         let stats = &shared.stats;
         let mut state = rx.get_mut();
@@ -115,7 +114,7 @@ impl NetSession {
                 if !queue.ready() {
                     return Ok(());
                 }
-                let hdr = NetHdr::to_guest(inner.backlog.front_segment(), data_valid);
+                let hdr = NetHdr::to_guest(inner.backlog.front_partial());
                 let placed = virtio_net::place_frame(queue, guard, frame, mergeable, &hdr);
                 match placed {
                     Ok(Placed::Done { .. }) => {

@@ -8,7 +8,7 @@
 
 use std::io::{self, Read, Write};
 
-use airlock_netcore::{FrameOffload, Segmentation, TxSegment, TCP_CSUM_OFFSET};
+use airlock_netcore::{FrameOffload, Segmentation, TxPartial, TCP_CSUM_OFFSET};
 use virtio_bindings::bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_HDR_GSO_NONE,
     VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
@@ -20,8 +20,6 @@ use vm_memory::{GuestMemoryLoadGuard, GuestMemoryMmap};
 pub(crate) const HDR_LEN: usize = 12;
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the L4 checksum is partial.
 pub(crate) const F_NEEDS_CSUM: u8 = 1;
-/// `VIRTIO_NET_HDR_F_DATA_VALID`: the L4 checksum need not be checked.
-pub(crate) const F_DATA_VALID: u8 = 2;
 /// Largest frame accepted from the guest (an MTU of 65535 plus Ethernet).
 pub(crate) const MAX_FRAME: usize = 65_535 + 14;
 
@@ -84,27 +82,27 @@ impl NetHdr {
         raw
     }
 
-    /// The header of a frame to the guest: a larger TCP segment for the
-    /// guest to take whole (GSO type and size, the partial checksum's
-    /// place), or an ordinary frame whose checksums are valid or filled in.
-    pub(crate) fn to_guest(segment: Option<TxSegment>, data_valid: bool) -> NetHdr {
-        match segment {
-            Some(s) => NetHdr {
-                flags: F_NEEDS_CSUM,
-                gso_type: if s.segmentation.ipv6 {
-                    VIRTIO_NET_HDR_GSO_TCPV6 as u8
-                } else {
-                    VIRTIO_NET_HDR_GSO_TCPV4 as u8
-                },
-                hdr_len: s.headers,
-                gso_size: s.segmentation.size,
-                csum_start: s.l4_offset,
-                csum_offset: TCP_CSUM_OFFSET,
-            },
-            None => NetHdr {
-                flags: if data_valid { F_DATA_VALID } else { 0 },
-                ..NetHdr::default()
-            },
+    /// The header of a frame to the guest: a TCP frame whose checksum the
+    /// guest finishes (NEEDS_CSUM and the checksum's place; for a larger
+    /// segment to take whole also GSO type, size and header length, which
+    /// Linux sets for segments only), or a frame whose checksums are all
+    /// filled in (no flag).
+    pub(crate) fn to_guest(partial: Option<TxPartial>) -> NetHdr {
+        let Some(p) = partial else {
+            return NetHdr::default();
+        };
+        let (gso_type, hdr_len, gso_size) = match p.segmentation {
+            Some(s) if s.ipv6 => (VIRTIO_NET_HDR_GSO_TCPV6 as u8, p.headers, s.size),
+            Some(s) => (VIRTIO_NET_HDR_GSO_TCPV4 as u8, p.headers, s.size),
+            None => (VIRTIO_NET_HDR_GSO_NONE as u8, 0, 0),
+        };
+        NetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type,
+            hdr_len,
+            gso_size,
+            csum_start: p.l4_offset,
+            csum_offset: TCP_CSUM_OFFSET,
         }
     }
 }
@@ -507,17 +505,17 @@ mod tests {
     }
 
     #[test]
-    fn frames_to_the_guest_carry_their_segmentation() {
-        let seg = TxSegment {
-            segmentation: Segmentation {
-                ipv6: true,
-                size: 1428,
-            },
+    fn frames_to_the_guest_carry_their_partial_checksum_and_segmentation() {
+        let seg = TxPartial {
             l4_offset: 54,
             headers: 86,
+            segmentation: Some(Segmentation {
+                ipv6: true,
+                size: 1428,
+            }),
         };
         assert_eq!(
-            NetHdr::to_guest(Some(seg), true),
+            NetHdr::to_guest(Some(seg)),
             NetHdr {
                 flags: F_NEEDS_CSUM,
                 gso_type: VIRTIO_NET_HDR_GSO_TCPV6 as u8,
@@ -527,8 +525,24 @@ mod tests {
                 csum_offset: 16,
             }
         );
-        assert_eq!(NetHdr::to_guest(None, true).flags, F_DATA_VALID);
-        assert_eq!(NetHdr::to_guest(None, false), NetHdr::default());
+        // An ordinary TCP frame: the checksum's place only.
+        let partial = TxPartial {
+            l4_offset: 34,
+            headers: 54,
+            segmentation: None,
+        };
+        assert_eq!(
+            NetHdr::to_guest(Some(partial)),
+            NetHdr {
+                flags: F_NEEDS_CSUM,
+                gso_type: VIRTIO_NET_HDR_GSO_NONE as u8,
+                hdr_len: 0,
+                gso_size: 0,
+                csum_start: 34,
+                csum_offset: 16,
+            }
+        );
+        assert_eq!(NetHdr::to_guest(None), NetHdr::default());
 
         // Written ahead of the frame, with num_buffers, into the guest's
         // receive buffer.
@@ -539,7 +553,7 @@ mod tests {
         queues.set_desc(0, 0, HIGH_BUFFERS.start, 4096, F_WRITE, 0);
         queues.push_avail(0, 0);
         let frame = [0xab_u8; 100];
-        let hdr = NetHdr::to_guest(Some(seg), true);
+        let hdr = NetHdr::to_guest(Some(seg));
         let placed = {
             let mut state = queues.vrings[0].get_mut();
             let mem = queues.mem.memory();

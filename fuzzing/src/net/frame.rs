@@ -12,7 +12,9 @@
 //!
 //! Every frame the gateway emits is checked: a well-formed Ethernet frame no
 //! larger than the MTU, and for IPv4 a valid header checksum, a total length
-//! that fits, and valid L4 checksums unless offloaded.
+//! that fits, and valid L4 checksums — with checksum offload, TCP frames
+//! carry the pseudo-header's sum instead and are marked partial at their
+//! TCP header, and IPv4 UDP may go without a checksum.
 
 use std::net::Ipv4Addr;
 
@@ -24,7 +26,7 @@ use smoltcp::wire::{
 };
 
 use super::{gateway_config, peers, shared, GUEST, GUEST_MAC, GW, GW_MAC, HOST, PROXY, PROXY_PORT};
-use airlock_netcore::{Backlog, Gateway, GuestTx};
+use airlock_netcore::{Backlog, Gateway, GuestTx, TxPartial};
 
 /// An Ethernet II header.
 const ETH_HEADER: usize = 14;
@@ -257,7 +259,8 @@ impl Harness {
             let Some(frame) = self.backlog.front() else {
                 break;
             };
-            match check_frame(frame, self.mtu, self.offload) {
+            let partial = self.backlog.front_partial();
+            match check_frame(frame, self.mtu, self.offload, partial) {
                 Delivered::Arp => self.received.arp += 1,
                 Delivered::Udp => self.received.udp += 1,
                 Delivered::Icmp => self.received.icmp += 1,
@@ -531,7 +534,7 @@ enum Delivered {
 }
 
 /// Checks a frame the gateway sent to the guest.
-fn check_frame(frame: &[u8], mtu: usize, offload: bool) -> Delivered {
+fn check_frame(frame: &[u8], mtu: usize, offload: bool, partial: Option<TxPartial>) -> Delivered {
     let eth = match EthernetFrame::new_checked(frame) {
         Ok(eth) => eth,
         Err(e) => panic!("gateway sent a malformed Ethernet frame ({e}): {frame:02x?}"),
@@ -546,17 +549,53 @@ fn check_frame(frame: &[u8], mtu: usize, offload: bool) -> Delivered {
         EthernetProtocol::Arp => {
             let parsed = ArpPacket::new_checked(eth.payload()).and_then(|p| ArpRepr::parse(&p));
             assert!(parsed.is_ok(), "gateway sent a malformed ARP frame");
+            assert_eq!(partial, None, "an ARP frame marked partial");
             Delivered::Arp
         }
-        EthernetProtocol::Ipv4 => check_ipv4(eth.payload(), offload),
-        EthernetProtocol::Ipv6 => check_ipv6(eth.payload(), offload),
+        EthernetProtocol::Ipv4 => check_ipv4(eth.payload(), offload, partial),
+        EthernetProtocol::Ipv6 => check_ipv6(eth.payload(), offload, partial),
         other => panic!("gateway sent an Ethernet frame of type {other}"),
     }
 }
 
+/// A TCP segment's checksum as the guest's side finishes it: whole without
+/// offload; with it, the pseudo-header's sum in a frame marked partial at
+/// this TCP header (`l4`: its offset in the frame).
+fn check_tcp_checksum(
+    tcp: &TcpPacket<&[u8]>,
+    (src, dst): (IpAddress, IpAddress),
+    l4: usize,
+    offload: bool,
+    partial: Option<TxPartial>,
+) {
+    if !offload {
+        assert_eq!(
+            partial, None,
+            "a partial checksum to a guest without offload"
+        );
+        assert!(
+            tcp.verify_checksum(&src, &dst),
+            "bad TCP checksum from the gateway"
+        );
+        return;
+    }
+    let Some(p) = partial else {
+        panic!("a TCP frame to a guest with offload is not marked partial");
+    };
+    assert_eq!(
+        usize::from(p.l4_offset),
+        l4,
+        "partial checksum not at the TCP header"
+    );
+    assert!(
+        tcp.verify_partial_checksum(&src, &dst),
+        "a frame marked partial does not carry the pseudo-header's sum"
+    );
+}
+
 /// Checks an IPv6 packet to the guest: lengths, and L4 checksums (UDP and
-/// ICMPv6 always; TCP unless offloaded).
-fn check_ipv6(packet: &[u8], offload: bool) -> Delivered {
+/// ICMPv6 always whole; TCP see [`check_tcp_checksum`]).
+fn check_ipv6(packet: &[u8], offload: bool, partial: Option<TxPartial>) -> Delivered {
     let ip = match Ipv6Packet::new_checked(packet) {
         Ok(ip) => ip,
         Err(e) => panic!("gateway sent a malformed IPv6 packet ({e}): {packet:02x?}"),
@@ -568,15 +607,21 @@ fn check_ipv6(packet: &[u8], offload: bool) -> Delivered {
         "IPv6 payload length disagrees with the frame"
     );
     let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    if ip.next_header() != IpProtocol::Tcp {
+        assert_eq!(partial, None, "a frame other than TCP marked partial");
+    }
     match ip.next_header() {
         IpProtocol::Tcp => {
             let tcp = match TcpPacket::new_checked(ip.payload()) {
                 Ok(t) => t,
                 Err(e) => panic!("gateway sent a malformed TCP segment: {e}"),
             };
-            assert!(
-                offload || tcp.verify_checksum(&src.into(), &dst.into()),
-                "bad TCP checksum from the gateway"
+            check_tcp_checksum(
+                &tcp,
+                (src.into(), dst.into()),
+                ETH_HEADER + 40,
+                offload,
+                partial,
             );
             Delivered::Tcp6(tcp.payload().len())
         }
@@ -607,7 +652,7 @@ fn check_ipv6(packet: &[u8], offload: bool) -> Delivered {
     }
 }
 
-fn check_ipv4(packet: &[u8], offload: bool) -> Delivered {
+fn check_ipv4(packet: &[u8], offload: bool, partial: Option<TxPartial>) -> Delivered {
     let ip = match Ipv4Packet::new_checked(packet) {
         Ok(ip) => ip,
         Err(e) => panic!("gateway sent a malformed IPv4 packet ({e}): {packet:02x?}"),
@@ -625,16 +670,17 @@ fn check_ipv4(packet: &[u8], offload: bool) -> Delivered {
         IpAddress::Ipv4(ip.src_addr()),
         IpAddress::Ipv4(ip.dst_addr()),
     );
+    if ip.next_header() != IpProtocol::Tcp {
+        assert_eq!(partial, None, "a frame other than TCP marked partial");
+    }
     match ip.next_header() {
         IpProtocol::Tcp => {
             let tcp = match TcpPacket::new_checked(ip.payload()) {
                 Ok(t) => t,
                 Err(e) => panic!("gateway sent a malformed TCP segment: {e}"),
             };
-            assert!(
-                offload || tcp.verify_checksum(&src, &dst),
-                "bad TCP checksum from the gateway"
-            );
+            let l4 = ETH_HEADER + usize::from(ip.header_len());
+            check_tcp_checksum(&tcp, (src, dst), l4, offload, partial);
             let data = tcp.payload().len();
             let seg = LastSeg {
                 src: ip.src_addr(),
@@ -658,8 +704,8 @@ fn check_ipv4(packet: &[u8], offload: bool) -> Delivered {
                 "UDP length disagrees with the IP packet"
             );
             assert!(
-                offload || udp.verify_checksum(&src, &dst),
-                "bad UDP checksum from the gateway"
+                (offload && udp.checksum() == 0) || udp.verify_checksum(&src, &dst),
+                "bad UDP checksum from the gateway (zero, none, only with offload)"
             );
             Delivered::Udp
         }

@@ -424,6 +424,14 @@ fn net_frame() -> Vec<(&'static str, Vec<u8>)> {
     );
     let mut host = Steps::new(1);
     host.tcp_session(addr::HOST, port::ECHO, b"echo me");
+    // A guest with checksum offload (setup bit 4): TCP frames to it carry
+    // partial checksums, IPv4 UDP none.
+    let mut offload = Steps::new(1 | 4);
+    offload
+        .tcp_session(addr::HOST, port::ECHO, b"echo me, partially summed")
+        .udp(None, addr::HOST, 41002, port::ECHO, b"no checksum")
+        .poll(3)
+        .deliver();
     let mut dns_tcp = Steps::new(0);
     let mut framed = Vec::new();
     for q in [
@@ -464,6 +472,7 @@ fn net_frame() -> Vec<(&'static str, Vec<u8>)> {
         ("udp-echo", udp_echo.0),
         ("tcp-proxy-alias", proxy.0),
         ("tcp-host-alias", host.0),
+        ("checksum-offload", offload.0),
         ("dns-tcp", dns_tcp.0),
         ("tcp-refused", refused.0),
         ("ping", ping.0),

@@ -33,7 +33,7 @@ pub use config::{GatewayConfig, PublishSource};
 pub use flows::tcp::TcpLimits;
 pub use gateway::Gateway;
 pub use phy::{
-    Backlog, FrameOffload, GuestSegmentation, GuestTx, Segmentation, TxSegment, TCP_CSUM_OFFSET,
+    Backlog, FrameOffload, GuestSegmentation, GuestTx, Segmentation, TxPartial, TCP_CSUM_OFFSET,
 };
 pub use shared::{GuestView, PolicySource, Shared, SharedError};
 pub use smoltcp::wire::EthernetAddress;

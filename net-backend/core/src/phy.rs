@@ -8,7 +8,10 @@
 //! - segmentation offload both ways ([`Segmentation`]): a guest may send
 //!   TCP segments larger than its MSS ([`FrameOffload`]), and take such
 //!   segments from the gateway when it says so ([`GuestSegmentation`]);
-//!   each such frame going to the guest is marked with a [`TxSegment`].
+//!   each such frame going to the guest is marked with a [`TxPartial`];
+//! - checksum offload towards the guest: a guest that finishes TCP
+//!   checksums gets frames with only the pseudo-header's sum in them,
+//!   marked with a [`TxPartial`] too.
 //!
 //! smoltcp runs with `Medium::Ip`: the gateway owns the Ethernet layer (ARP,
 //! MAC addresses), so smoltcp never needs a neighbour cache.
@@ -78,17 +81,23 @@ impl GuestSegmentation {
     }
 }
 
-/// A frame to the guest that is one TCP segment larger than the guest's
-/// MSS: how its transport describes it (virtio-net's header: GSO type and
-/// size, NEEDS_CSUM with the checksum's place). The TCP checksum field
-/// holds the pseudo-header sum only, as a partial checksum does.
+/// A TCP frame to the guest whose checksum the guest's side finishes: the
+/// checksum field holds only the pseudo-header's sum, as a partial
+/// checksum does (virtio-net's NEEDS_CSUM with the checksum's place; for
+/// a segment larger than the guest's MSS also GSO type and size). The
+/// guest's stack takes it unchecked when it delivers it locally, and
+/// computes the sum when it forwards it (to a container's veth, a tunnel,
+/// another NIC) — a frame only marked valid, with no sum in it, would
+/// leave the guest with a wrong checksum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TxSegment {
-    pub segmentation: Segmentation,
+pub struct TxPartial {
     /// Offset of the TCP header in the frame (where checksumming starts).
     pub l4_offset: u16,
     /// Ethernet + IP + TCP header bytes.
     pub headers: u16,
+    /// Set when the frame is one TCP segment larger than the guest's MSS,
+    /// for the guest to take whole or cut into segments of this size.
+    pub segmentation: Option<Segmentation>,
 }
 
 /// Offset of the checksum field in a TCP header.
@@ -102,17 +111,21 @@ pub trait GuestTx {
     /// Queues a frame of `len` bytes and returns it to be filled. Its
     /// contents are unspecified: the caller writes every byte.
     fn frame(&mut self, len: usize) -> &mut [u8];
-    /// True if frames may leave L4 checksums out (the guest accepted
-    /// checksum offload and frames are marked as carrying valid data).
+    /// True if the guest finishes TCP checksums (it accepted checksum
+    /// offload): TCP frames then carry the pseudo-header's sum only and
+    /// are marked so ([`GuestTx::mark_partial`]), and IPv4 UDP datagrams
+    /// go without a checksum (zero, which IPv4 allows).
     fn csum_offload(&self) -> bool;
     /// Which TCP segments larger than its MSS the guest takes (none unless
-    /// the transport can say so per frame, see [`GuestTx::mark_segment`]).
+    /// the transport can say so per frame, see [`GuestTx::mark_partial`]).
     fn segmentation(&self) -> GuestSegmentation {
         GuestSegmentation::default()
     }
-    /// Marks the frame last returned by [`GuestTx::frame`] as one larger
-    /// TCP segment; called only for what [`GuestTx::segmentation`] allows.
-    fn mark_segment(&mut self, _segment: TxSegment) {}
+    /// Marks the frame last returned by [`GuestTx::frame`] as a TCP frame
+    /// with a partial checksum; called only when [`GuestTx::csum_offload`]
+    /// says so, and with a segmentation only for what
+    /// [`GuestTx::segmentation`] allows.
+    fn mark_partial(&mut self, partial: TxPartial);
 }
 
 /// A `GuestTx` that discards everything (startup, shutdown).
@@ -130,13 +143,14 @@ impl GuestTx for NullTx {
     fn csum_offload(&self) -> bool {
         false
     }
+    fn mark_partial(&mut self, _partial: TxPartial) {}
 }
 
 /// Frames waiting for guest receive buffers, bounded in bytes: when full,
 /// [`GuestTx::has_room`] is false and TCP holds its data back. A transport
 /// moves its frames into the guest ([`Backlog::front`], [`Backlog::pop`]).
 pub struct Backlog {
-    frames: VecDeque<(Vec<u8>, Option<TxSegment>)>,
+    frames: VecDeque<(Vec<u8>, Option<TxPartial>)>,
     bytes: usize,
     limit: usize,
     pool: Vec<Vec<u8>>,
@@ -156,8 +170,8 @@ impl Backlog {
         }
     }
 
-    /// Whether frames go out marked valid (virtio-net DATA_VALID) instead of
-    /// with L4 checksums.
+    /// Whether the guest finishes TCP checksums (see
+    /// [`GuestTx::csum_offload`]).
     pub fn set_offload(&mut self, on: bool) {
         self.offload = on;
     }
@@ -193,8 +207,9 @@ impl Backlog {
         self.frames.front().map(|(f, _)| &f[..])
     }
 
-    /// How the first frame is segmented, if it is a larger TCP segment.
-    pub fn front_segment(&self) -> Option<TxSegment> {
+    /// The first frame's partial checksum (and segmentation), if it is a
+    /// TCP frame the guest finishes.
+    pub fn front_partial(&self) -> Option<TxPartial> {
         self.frames.front().and_then(|(_, s)| *s)
     }
 
@@ -239,9 +254,9 @@ impl GuestTx for Backlog {
         }
     }
 
-    fn mark_segment(&mut self, segment: TxSegment) {
-        if let Some((_, s)) = self.frames.back_mut() {
-            *s = Some(segment);
+    fn mark_partial(&mut self, partial: TxPartial) {
+        if let Some((_, p)) = self.frames.back_mut() {
+            *p = Some(partial);
         }
     }
 }
@@ -288,7 +303,7 @@ impl<'a> IpDevice<'a> {
 
     /// The MSS the guest announced on the TCP connection being polled:
     /// TCP segments from smoltcp larger than it go out as one frame marked
-    /// for the guest to take whole ([`GuestTx::mark_segment`]).
+    /// for the guest to take whole ([`GuestTx::mark_partial`]).
     pub(crate) fn with_mss(mut self, mss: u16) -> Self {
         self.mss = Some(mss);
         self
@@ -326,7 +341,7 @@ impl phy::TxToken for TxToken<'_> {
     where
         F: FnOnce(&mut [u8]) -> R,
     {
-        let fill = !self.tx.csum_offload();
+        let offload = self.tx.csum_offload();
         let allowed = self.tx.segmentation();
         let buf = self.tx.frame(ETH_HEADER + len);
         let r = f(&mut buf[ETH_HEADER..]);
@@ -336,13 +351,16 @@ impl phy::TxToken for TxToken<'_> {
             _ => EthernetProtocol::Ipv4,
         };
         write_eth(buf, self.src_mac, self.dst_mac, ethertype);
-        let segment = self
-            .mss
-            .and_then(|mss| tcp_segment(&mut buf[ETH_HEADER..], mss, allowed));
-        match segment {
-            Some(s) => self.tx.mark_segment(s),
-            None if fill => fill_tcp_checksum(&mut buf[ETH_HEADER..]),
-            None => {}
+        // Without offload, or for anything but a TCP segment, the checksum
+        // is whole (a no-op for what smoltcp already summed).
+        let partial = if offload {
+            partial_tcp(&mut buf[ETH_HEADER..], self.mss, allowed)
+        } else {
+            None
+        };
+        match partial {
+            Some(p) => self.tx.mark_partial(p),
+            None => fill_tcp_checksum(&mut buf[ETH_HEADER..]),
         }
         r
     }
@@ -389,7 +407,8 @@ impl phy::Device for IpDevice<'_> {
         caps.max_transmission_unit = self.mtu;
         // smoltcp reads these once, when the Interface is created, so they
         // cannot follow per-packet flags: it never touches TCP checksums, and
-        // the gateway verifies and fills them (see `fill_tcp_checksum`).
+        // the gateway verifies them, and fills them in or leaves them
+        // partial (see `fill_tcp_checksum`, `partial_tcp`).
         let mut checksum = ChecksumCapabilities::default();
         checksum.tcp = Checksum::None;
         caps.checksum = checksum;
@@ -405,16 +424,18 @@ impl phy::Device for IpDevice<'_> {
     }
 }
 
-/// If `packet` is a TCP segment whose payload is larger than what one
-/// segment of the guest's `mss` carries (less the segment's own TCP
-/// options, as the sender counts it), and the guest takes such segments
-/// for its IP version: leaves a partial checksum (the pseudo-header's sum)
-/// in it and says how to cut it.
-fn tcp_segment(packet: &mut [u8], mss: u16, allowed: GuestSegmentation) -> Option<TxSegment> {
+/// If `packet` is a TCP segment: leaves a partial checksum (the
+/// pseudo-header's sum) in it and says where it is. With the guest's `mss`
+/// on the connection, a segment whose payload is larger than what one
+/// segment of that MSS carries (less the segment's own TCP options, as the
+/// sender counts it) is also marked for segmentation, if the guest takes
+/// such segments for its IP version.
+fn partial_tcp(
+    packet: &mut [u8],
+    mss: Option<u16>,
+    allowed: GuestSegmentation,
+) -> Option<TxPartial> {
     let ipv6 = packet.first()? >> 4 == 6;
-    if !allowed.allows(ipv6) {
-        return None;
-    }
     let (ip_header, tcp_len, pseudo) = if ipv6 {
         let ip = Ipv6Packet::new_checked(&*packet).ok()?;
         if ip.next_header() != IpProtocol::Tcp {
@@ -438,18 +459,22 @@ fn tcp_segment(packet: &mut [u8], mss: u16, allowed: GuestSegmentation) -> Optio
     let mut tcp = TcpPacket::new_checked(packet.get_mut(ip_header..)?).ok()?;
     let tcp_header = usize::from(tcp.header_len());
     let payload = tcp_len.checked_sub(tcp_header)?;
-    let size = usize::from(mss).checked_sub(tcp_header.saturating_sub(20))?;
-    if size == 0 || payload <= size {
-        return None;
-    }
     tcp.set_checksum(pseudo);
-    Some(TxSegment {
-        segmentation: Segmentation {
-            ipv6,
-            size: u16::try_from(size).ok()?,
-        },
+    // Each cut segment repeats the options: it carries that much less.
+    let size = mss
+        .filter(|_| allowed.allows(ipv6))
+        .and_then(|mss| usize::from(mss).checked_sub(tcp_header.saturating_sub(20)))
+        .filter(|&size| size > 0 && payload > size);
+    Some(TxPartial {
         l4_offset: u16::try_from(ETH_HEADER + ip_header).ok()?,
         headers: u16::try_from(ETH_HEADER + ip_header + tcp_header).ok()?,
+        segmentation: match size {
+            Some(size) => Some(Segmentation {
+                ipv6,
+                size: u16::try_from(size).ok()?,
+            }),
+            None => None,
+        },
     })
 }
 
@@ -531,34 +556,50 @@ mod tests {
     };
 
     #[test]
-    fn a_segment_larger_than_the_mss_less_its_options_is_marked() {
-        // 1460 bytes of payload: one full segment, nothing to cut.
-        assert_eq!(tcp_segment(&mut packet(1460, false), 1460, V4), None);
+    fn every_tcp_segment_gets_a_partial_checksum_and_larger_ones_a_size() {
+        let seg = |p: &mut [u8], mss, allowed| {
+            partial_tcp(p, Some(mss), allowed).and_then(|t| t.segmentation)
+        };
+        // 1460 bytes of payload: one full segment, nothing to cut, but the
+        // checksum is still left for the guest to finish.
+        let mut p = packet(1460, false);
+        let t = partial_tcp(&mut p, Some(1460), V4).unwrap();
+        assert_eq!(t.segmentation, None);
+        assert_eq!((t.l4_offset, t.headers), (14 + 20, 14 + 40));
+        let ip = Ipv4Packet::new_checked(&p[..]).unwrap();
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(tcp.verify_partial_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
+        // One byte more is cut into segments of the MSS.
         let mut p = packet(1461, false);
-        let s = tcp_segment(&mut p, 1460, V4).unwrap();
+        let t = partial_tcp(&mut p, Some(1460), V4).unwrap();
         assert_eq!(
-            s.segmentation,
-            Segmentation {
+            t.segmentation,
+            Some(Segmentation {
                 ipv6: false,
                 size: 1460
-            }
+            })
         );
-        assert_eq!((s.l4_offset, s.headers), (14 + 20, 14 + 40));
+        assert_eq!((t.l4_offset, t.headers), (14 + 20, 14 + 40));
         let ip = Ipv4Packet::new_checked(&p[..]).unwrap();
         let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
         assert!(tcp.verify_partial_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
         // With 12 bytes of options each segment carries 12 bytes less.
-        assert_eq!(tcp_segment(&mut packet(1448, true), 1460, V4), None);
-        let s = tcp_segment(&mut packet(1449, true), 1460, V4).unwrap();
-        assert_eq!(s.segmentation.size, 1448);
-        assert_eq!(s.headers, 14 + 20 + 32);
-        // Not for a guest that takes no IPv4 segments, nor an MSS that
-        // the options eat up.
+        assert_eq!(seg(&mut packet(1448, true), 1460, V4), None);
+        let t = partial_tcp(&mut packet(1449, true), Some(1460), V4).unwrap();
+        assert_eq!(t.segmentation.map(|s| s.size), Some(1448));
+        assert_eq!(t.headers, 14 + 20 + 32);
+        // Not cut for a guest that takes no IPv4 segments, nor with an MSS
+        // the options eat up, nor without a connection's MSS.
         assert_eq!(
-            tcp_segment(&mut packet(3000, false), 1460, GuestSegmentation::default()),
+            seg(&mut packet(3000, false), 1460, GuestSegmentation::default()),
             None
         );
-        assert_eq!(tcp_segment(&mut packet(3000, true), 12, V4), None);
-        assert_eq!(tcp_segment(&mut [0x45, 0, 0], 1460, V4), None);
+        assert_eq!(seg(&mut packet(3000, true), 12, V4), None);
+        assert_eq!(
+            partial_tcp(&mut packet(3000, false), None, V4).map(|t| t.segmentation),
+            Some(None)
+        );
+        // Not TCP, or not a packet: left alone.
+        assert_eq!(partial_tcp(&mut [0x45, 0, 0], Some(1460), V4), None);
     }
 }

@@ -66,12 +66,14 @@ pub(crate) struct Route<A = Ipv4Addr> {
     pub dst_ip: A,
 }
 
-pub(crate) fn checksums(offload: bool) -> ChecksumCapabilities {
+/// Checksums for an IPv4 UDP datagram to the guest: with `offload` (the
+/// guest accepted checksum offload: the host's kernel checked the data,
+/// and the ring is memory) the UDP checksum is zero, "none", which IPv4
+/// allows and every receiver and router takes as it is.
+fn udp_checksums(offload: bool) -> ChecksumCapabilities {
     let mut caps = ChecksumCapabilities::default();
     if offload {
-        // The guest is told the L4 checksum is valid (DATA_VALID).
         caps.udp = smoltcp::phy::Checksum::None;
-        caps.tcp = smoltcp::phy::Checksum::None;
     }
     caps
 }
@@ -83,7 +85,7 @@ pub(crate) fn udp_frame_len(payload_len: usize) -> usize {
 
 /// Writes an Ethernet + IPv4 + UDP frame into `buf` (exactly
 /// [`udp_frame_len`] bytes). With `offload`, the UDP checksum is left zero
-/// (legal for IPv4, and the guest is told the data is valid).
+/// (see [`udp_checksums`]).
 pub(crate) fn write_udp(
     buf: &mut [u8],
     route: Route,
@@ -101,7 +103,7 @@ pub(crate) fn write_udp(
         payload_len: UDP_HEADER + payload.len(),
         hop_limit: TTL,
     };
-    let caps = checksums(offload);
+    let caps = udp_checksums(offload);
     let mut packet = Ipv4Packet::new_unchecked(&mut buf[ETH_HEADER..]);
     ip_repr.emit(&mut packet, &caps);
     let mut dgram = UdpPacket::new_unchecked(packet.payload_mut());

@@ -12,13 +12,12 @@
 //! device accepted them (VIRTIO_NET_F_CSUM, HOST_TSO4/6), and takes what
 //! the device sends (GUEST_CSUM, GUEST_TSO4/6) as a virtio-net guest would.
 //!
-//! One header needs translating: `VIRTIO_NET_HDR_F_DATA_VALID` on a frame
-//! to the guest (its checksum need not be checked, and may be left out) is
-//! what Linux' virtio-net driver turns into CHECKSUM_UNNECESSARY, but a
-//! TAP's write side ignores it and would verify the frame. For a TCP
-//! frame the bridge rewrites it to `NEEDS_CSUM` at the TCP checksum, which
-//! the TAP turns into CHECKSUM_PARTIAL: also taken unchecked on local
-//! delivery, the same outcome as in a virtio-net guest.
+//! Nothing is translated: a TCP frame whose checksum the device left for
+//! the guest (`NEEDS_CSUM` at the TCP checksum, the pseudo-header's sum in
+//! it) becomes CHECKSUM_PARTIAL in the TAP's write path, as in Linux's
+//! virtio-net driver, and the kernel checks the header's offsets as it
+//! does there. (A TAP ignores `DATA_VALID`, so a frame only marked valid
+//! with no checksum in it would count as `TcpInCsumErrors` and be dropped.)
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -210,47 +209,6 @@ pub struct Counters {
     pub tap_drops: AtomicU64,
     /// The bridge thread's kernel thread id, once it runs.
     pub tid: AtomicI32,
-}
-
-/// `virtio_net_hdr` flags.
-const F_NEEDS_CSUM: u8 = 1;
-const F_DATA_VALID: u8 = 2;
-/// Bytes of a frame to the namespace the bridge reads to translate its
-/// header: the header, Ethernet, and an IPv4 header with all options (an
-/// IPv6 header is shorter).
-const PEEK_LEN: usize = VNET_HDR_LEN + 14 + 60;
-
-/// Rewrites the header at the start of `head` (a virtio-net header and
-/// the frame's first bytes) from DATA_VALID to NEEDS_CSUM at the TCP
-/// checksum, for an untagged IPv4 or IPv6 (no extension headers) TCP
-/// frame with no other flags and no segmentation. Returns whether it did.
-pub fn data_valid_to_partial(head: &mut [u8]) -> bool {
-    const ETH: usize = VNET_HDR_LEN + 14;
-    const TCP_CSUM_OFFSET: u16 = 16;
-    // flags, then gso_type.
-    if head.len() < ETH + 40 || head[0] != F_DATA_VALID || head[1] != 0 {
-        return false;
-    }
-    let l4 = match (
-        u16::from_be_bytes([head[ETH - 2], head[ETH - 1]]),
-        head[ETH] >> 4,
-    ) {
-        // IPv4: the protocol at byte 9, the header length in words.
-        (0x0800, 4) if head[ETH + 9] == 6 => 14 + usize::from(head[ETH] & 0x0f) * 4,
-        // IPv6: the next header at byte 6, a fixed 40-byte header.
-        (0x86dd, 6) if head[ETH + 6] == 6 => 14 + 40,
-        _ => return false,
-    };
-    if l4 < 14 + 20 {
-        return false;
-    }
-    let Ok(start) = u16::try_from(l4) else {
-        return false;
-    };
-    head[0] = F_NEEDS_CSUM;
-    head[6..8].copy_from_slice(&start.to_le_bytes());
-    head[8..10].copy_from_slice(&TCP_CSUM_OFFSET.to_le_bytes());
-    true
 }
 
 /// The bridge's thread: runs until dropped.
@@ -507,7 +465,6 @@ impl Bridge {
             };
             let len = (used.len as usize).min(BUF_LEN as usize);
             if len > VNET_HDR_LEN {
-                self.translate_header(addr, len)?;
                 match self
                     .dev
                     .mem
@@ -531,23 +488,6 @@ impl Bridge {
             }
         }
         self.dev.queues[RX].publish_and_kick(&self.dev.mem)?;
-        Ok(())
-    }
-}
-
-impl Bridge {
-    /// See [`data_valid_to_partial`]: the header of the `len`-byte frame
-    /// at `addr`, rewritten in place where it applies.
-    fn translate_header(&self, addr: GuestAddress, len: usize) -> Result<(), Error> {
-        let mut head = [0u8; PEEK_LEN];
-        let head = &mut head[..len.min(PEEK_LEN)];
-        let mem = self.dev.mem.mem();
-        mem.read_slice(head, addr)
-            .map_err(copy_err("reading a frame's header"))?;
-        if data_valid_to_partial(head) {
-            mem.write_slice(&head[..VNET_HDR_LEN], addr)
-                .map_err(copy_err("rewriting a frame's header"))?;
-        }
         Ok(())
     }
 }
@@ -576,65 +516,5 @@ mod tests {
         // Segments without checksum offload cannot be: none.
         assert_eq!(Tap::offload_for(HOST_TSO4), 0);
         assert!(Tap::open("a-name-longer-than-15").is_err());
-    }
-
-    /// A virtio-net header and an Ethernet + IP frame start.
-    fn frame_head(flags: u8, ethertype: u16, ip: &[u8]) -> Vec<u8> {
-        let mut f = vec![0u8; VNET_HDR_LEN];
-        f[0] = flags;
-        f.extend_from_slice(&[0u8; 12]);
-        f.extend_from_slice(&ethertype.to_be_bytes());
-        f.extend_from_slice(ip);
-        f.resize(PEEK_LEN, 0);
-        f
-    }
-
-    #[test]
-    fn data_valid_tcp_becomes_a_partial_checksum() {
-        let mut v4 = [0u8; 20];
-        v4[0] = 0x46; // a 24-byte header: one option word
-        v4[9] = 6;
-        let mut head = frame_head(F_DATA_VALID, 0x0800, &v4);
-        assert!(data_valid_to_partial(&mut head));
-        assert_eq!(head[0], F_NEEDS_CSUM);
-        assert_eq!(u16::from_le_bytes([head[6], head[7]]), 14 + 24);
-        assert_eq!(u16::from_le_bytes([head[8], head[9]]), 16);
-
-        let mut v6 = [0u8; 40];
-        v6[0] = 0x60;
-        v6[6] = 6;
-        let mut head = frame_head(F_DATA_VALID, 0x86dd, &v6);
-        assert!(data_valid_to_partial(&mut head));
-        assert_eq!(u16::from_le_bytes([head[6], head[7]]), 14 + 40);
-    }
-
-    #[test]
-    fn other_frames_keep_their_header() {
-        let mut tcp = [0u8; 20];
-        tcp[0] = 0x45;
-        tcp[9] = 6;
-        let mut udp = tcp;
-        udp[9] = 17;
-        let mut short_ihl = tcp;
-        short_ihl[0] = 0x44;
-        let cases = [
-            frame_head(0, 0x0800, &tcp),            // checksum filled in
-            frame_head(F_NEEDS_CSUM, 0x0800, &tcp), // already partial
-            frame_head(F_DATA_VALID, 0x0800, &udp),
-            frame_head(F_DATA_VALID, 0x0806, &tcp), // ARP
-            frame_head(F_DATA_VALID, 0x86dd, &tcp), // version mismatch
-            frame_head(F_DATA_VALID, 0x0800, &short_ihl),
-        ];
-        for mut head in cases {
-            let before = head.clone();
-            assert!(!data_valid_to_partial(&mut head));
-            assert_eq!(head, before);
-        }
-        let mut segment = frame_head(F_DATA_VALID, 0x0800, &tcp);
-        segment[1] = 1; // GSO TCPv4
-        assert!(!data_valid_to_partial(&mut segment));
-        let mut truncated = frame_head(F_DATA_VALID, 0x0800, &tcp);
-        truncated.truncate(VNET_HDR_LEN + 14 + 30);
-        assert!(!data_valid_to_partial(&mut truncated));
     }
 }

@@ -19,7 +19,7 @@ use crate::config::PublishSource;
 use crate::config::{GatewayConfig, Ipv6Config};
 use crate::flows::tcp::TcpLimits;
 use crate::host::Target;
-use crate::phy::{GuestSegmentation, GuestTx, TxSegment};
+use crate::phy::{GuestSegmentation, GuestTx, TxPartial};
 use crate::policy::Proto;
 use crate::services::dhcp::DhcpConfig;
 use crate::services::dns::{
@@ -45,15 +45,16 @@ pub const GUEST6: Ipv6Addr = Ipv6Addr::new(
 
 /// Records frames to the guest; `room` simulates guest receive buffers.
 /// Without offloads by default; `offload` and `segmentation` play a guest
-/// that took checksum and segmentation offload, `segments` records the
-/// frames marked as larger TCP segments (by index).
+/// that took checksum and segmentation offload, `partial` records the
+/// frames marked with a partial checksum (by index), larger TCP segments
+/// among them.
 #[derive(Default)]
 pub struct Recorder {
     pub frames: Vec<Vec<u8>>,
     pub room: Option<usize>,
     pub offload: bool,
     pub segmentation: GuestSegmentation,
-    pub segments: Vec<(usize, TxSegment)>,
+    pub partial: Vec<(usize, TxPartial)>,
 }
 
 impl GuestTx for Recorder {
@@ -73,8 +74,12 @@ impl GuestTx for Recorder {
     fn segmentation(&self) -> GuestSegmentation {
         self.segmentation
     }
-    fn mark_segment(&mut self, segment: TxSegment) {
-        self.segments.push((self.frames.len() - 1, segment));
+    fn mark_partial(&mut self, partial: TxPartial) {
+        assert!(
+            self.offload,
+            "a partial checksum for a guest without offload"
+        );
+        self.partial.push((self.frames.len() - 1, partial));
     }
 }
 

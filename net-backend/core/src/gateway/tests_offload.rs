@@ -104,8 +104,9 @@ fn segment(
 }
 
 /// A TCP segment the gateway sent: its frame index, control, sequence and
-/// acknowledgement numbers and payload. The checksum must be complete, or
-/// partial where the frame was marked as a larger segment.
+/// acknowledgement numbers and payload. The checksum must be complete for
+/// a guest without checksum offload, and partial (the pseudo-header's
+/// sum, the frame marked so) for one with it.
 struct Out {
     index: usize,
     control: TcpControl,
@@ -137,14 +138,13 @@ fn tcp_out(tx: &Recorder) -> Vec<Out> {
             _ => continue,
         };
         let tcp = TcpPacket::new_checked(body).unwrap();
-        let marked = tx.segments.iter().any(|(i, _)| *i == index);
-        if marked || tx.offload {
-            if marked {
-                assert!(
-                    tcp.verify_partial_checksum(&src, &dst),
-                    "a larger segment carries the pseudo-header's sum"
-                );
-            }
+        let marked = tx.partial.iter().any(|(i, _)| *i == index);
+        assert_eq!(marked, tx.offload, "every TCP frame is marked with offload");
+        if tx.offload {
+            assert!(
+                tcp.verify_partial_checksum(&src, &dst),
+                "a frame marked partial carries the pseudo-header's sum"
+            );
         } else {
             assert!(tcp.verify_checksum(&src, &dst));
         }
@@ -210,7 +210,7 @@ fn handshake(
     );
     gw.guest_frame(&ack, false, tx);
     tx.frames.clear();
-    tx.segments.clear();
+    tx.partial.clear();
     (next, conn)
 }
 
@@ -272,8 +272,9 @@ fn a_larger_segment_from_the_guest_arrives_whole_v6() {
 
 /// The host sends 60 000 bytes. A guest taking larger segments gets frames
 /// of more than one MSS, each marked with the MSS as its size and the TCP
-/// header's place; every other frame stays within the MSS. A guest not
-/// taking them (for this IP version) gets MSS-sized segments only.
+/// header's place; every other frame stays within the MSS, marked with a
+/// partial checksum only. A guest not taking them (for this IP version)
+/// gets MSS-sized segments only.
 fn segments_to_the_guest(alias: IpAddr, segmentation: GuestSegmentation) -> usize {
     let (listener, port) = server(alias).expect("loopback");
     let (mut gw, _) = gateway();
@@ -296,20 +297,26 @@ fn segments_to_the_guest(alias: IpAddr, segmentation: GuestSegmentation) -> usiz
     let l4 = ETH_HEADER + if alias.is_ipv6() { 40 } else { 20 };
     let mut larger = 0;
     for s in &segs {
-        let mark = tx.segments.iter().find(|(i, _)| *i == s.index);
+        let (_, mark) = tx
+            .partial
+            .iter()
+            .find(|(i, _)| *i == s.index)
+            .expect("every TCP frame is marked partial");
+        assert_eq!(usize::from(mark.l4_offset), l4);
+        assert_eq!(usize::from(mark.headers), l4 + 20);
         if s.data.len() > usize::from(MSS) {
             larger += 1;
-            let (_, m) = mark.expect("a segment larger than the MSS is marked");
-            assert_eq!(m.segmentation.ipv6, alias.is_ipv6());
-            assert_eq!(m.segmentation.size, MSS, "no TCP options: the MSS");
-            assert_eq!(usize::from(m.l4_offset), l4);
-            assert_eq!(usize::from(m.headers), l4 + 20);
+            let m = mark
+                .segmentation
+                .expect("a segment larger than the MSS is marked for cutting");
+            assert_eq!(m.ipv6, alias.is_ipv6());
+            assert_eq!(m.size, MSS, "no TCP options: the MSS");
             assert!(
                 s.data.len() <= 65520 - 20 - (l4 - ETH_HEADER),
                 "a segment fits the link's MTU"
             );
         } else {
-            assert!(mark.is_none(), "only larger segments are marked");
+            assert_eq!(mark.segmentation, None, "only larger segments are cut");
         }
     }
     larger
